@@ -1,0 +1,214 @@
+"""Configuration: one tree of frozen pydantic models, loaded once from YAML and overridden by flags.
+
+Every section has working defaults, so ``InspectConfig()`` is a valid (full ResNet50) recipe. A YAML
+file sets any subset of it; ``--set train.epochs=3`` style overrides come last. The resolved tree is
+written next to every training run and inside every model version, so a run can be reproduced from
+its own directory.
+
+    cfg = load_config(Path("configs/demo.yaml"), overrides=["train.epochs=2"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from inspectline.errors import ConfigError
+
+TtaView = Literal["identity", "hflip", "vflip", "rot180"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Section):
+    """Where frames come from and how they are split and sized."""
+
+    source: Literal["elpv", "folder", "mvtec", "manifest"] = "elpv"
+    path: Path | None = Field(None, description="root folder or manifest CSV; unused for elpv")
+    defect_threshold: float = Field(0.5, gt=0, le=1, description="elpv: defect probability >= this is DEFECTIVE")
+    image_size: int = Field(224, ge=16, le=1024, description="square side the model sees, pixels")
+    color_mode: Literal["gray", "rgb"] = "gray"
+    test_size: float = Field(0.25, gt=0, lt=1, description="share of all samples held out for test")
+    val_size: float = Field(0.15, gt=0, lt=1, description="share of the non-test samples used for validation")
+    seed: int = 42
+    cache_images: bool = Field(True, description="decode every image once and keep it in memory")
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataConfig:
+        if self.source != "elpv" and self.path is None:
+            msg = f"data.path is required for data.source={self.source!r} (only 'elpv' ships with the package)"
+            raise ValueError(msg)
+        return self
+
+
+class AugmentConfig(_Section):
+    """Probabilities of the named training augmentations (0 disables one)."""
+
+    preset: Literal["train", "light", "none"] = "train"
+    hflip: float = Field(0.5, ge=0, le=1)
+    vflip: float = Field(0.5, ge=0, le=1)
+    rotate90: float = Field(0.5, ge=0, le=1)
+    affine: float = Field(0.3, ge=0, le=1)
+    elastic: float = Field(0.2, ge=0, le=1)
+    grid_distortion: float = Field(0.2, ge=0, le=1)
+    clahe: float = Field(0.3, ge=0, le=1)
+    brightness_contrast: float = Field(0.5, ge=0, le=1)
+    noise: float = Field(0.3, ge=0, le=1)
+    blur: float = Field(0.2, ge=0, le=1)
+    coarse_dropout: float = Field(0.3, ge=0, le=1)
+
+
+class ModelConfig(_Section):
+    """Backbone and the deep BatchNorm/dropout head."""
+
+    arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
+    head_dims: tuple[int, ...] = (512, 256)
+    head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2)
+    init_weights: Path | None = Field(None, description="local torchvision/ImageNet state dict; never downloaded")
+
+    @model_validator(mode="after")
+    def _dropout_per_layer(self) -> ModelConfig:
+        if len(self.head_dropout) != len(self.head_dims) + 1:
+            msg = (
+                f"model.head_dropout needs one rate per head layer plus one before the output "
+                f"({len(self.head_dims) + 1} values for head_dims={list(self.head_dims)}), got {list(self.head_dropout)}"
+            )
+            raise ValueError(msg)
+        return self
+
+
+class TrainConfig(_Section):
+    """The training recipe."""
+
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the OneCycle schedule")
+    weight_decay: float = Field(0.05, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    mixup_alpha: float = Field(0.2, ge=0, description="Beta(alpha, alpha) mixing; 0 disables mixup")
+    mixup_prob: float = Field(0.5, ge=0, le=1, description="share of batches that are mixed")
+    grad_clip: float = Field(1.0, gt=0)
+    balanced_sampling: bool = True
+    patience: int = Field(12, ge=1, description="early stopping: epochs without a better validation F1")
+    collapse_share: float = Field(0.95, gt=0.5, le=1, description="share of one predicted class that counts as collapse")
+    collapse_patience: int = Field(5, ge=1, description="collapsed epochs in a row before training stops")
+    collapse_warmup: int = Field(3, ge=0, description="epochs before the collapse detector may stop training")
+    num_workers: int = Field(0, ge=0)
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    amp: bool = Field(True, description="mixed precision on CUDA; ignored on CPU")
+    channels_last: bool = True
+    seed: int = 0
+
+
+class CalibrationConfig(_Section):
+    """Temperature scaling, the operating threshold and test-time augmentation."""
+
+    threshold_policy: Literal["max_f1", "target_recall"] = "max_f1"
+    target_recall: float = Field(0.99, gt=0, le=1)
+    tta_views: tuple[TtaView, ...] = ("identity", "hflip")
+
+    @model_validator(mode="after")
+    def _identity_first(self) -> CalibrationConfig:
+        if not self.tta_views or self.tta_views[0] != "identity":
+            msg = f"calibration.tta_views must start with 'identity', got {list(self.tta_views)}"
+            raise ValueError(msg)
+        return self
+
+
+class ReadinessConfig(_Section):
+    """Deployment-readiness checks in the evaluation report."""
+
+    min_defect_recall: float = Field(0.85, ge=0, le=1)
+    min_roc_auc: float = Field(0.90, ge=0, le=1)
+    max_ece: float = Field(0.10, ge=0, le=1)
+    max_latency_ms: float = Field(250.0, gt=0, description="CPU latency per frame with TTA, batch of one")
+
+
+class PathsConfig(_Section):
+    """Where runs, model versions and reports live."""
+
+    runs: Path = Path("runs")
+    registry: Path = Path("models")
+    reports: Path = Path("reports")
+
+
+class InspectConfig(_Section):
+    """The whole configuration tree."""
+
+    data: DataConfig = DataConfig()
+    augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    calibration: CalibrationConfig = CalibrationConfig()
+    readiness: ReadinessConfig = ReadinessConfig()
+    paths: PathsConfig = PathsConfig()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> InspectConfig:
+    """Read YAML (optional), apply ``dotted.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(path)
+    for item in overrides or []:
+        _apply_override(raw, item)
+    return build_config(raw, origin=str(path) if path else "defaults")
+
+
+def build_config(raw: dict[str, Any], *, origin: str = "config") -> InspectConfig:
+    """Validate a plain dict into an :class:`InspectConfig`, with readable errors."""
+    try:
+        return InspectConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(root)"
+            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
+        msg = f"invalid configuration in {origin}:\n" + "\n".join(lines)
+        raise ConfigError(msg) from None
+
+
+def merge_config(base: InspectConfig, overrides: list[str]) -> InspectConfig:
+    """Apply dotted overrides on top of an existing config (used by retraining and the CLI)."""
+    raw = base.model_dump(mode="json")
+    for item in overrides:
+        _apply_override(raw, item)
+    return build_config(raw, origin="overrides")
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        msg = f"config file {path} does not exist"
+        raise ConfigError(msg)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        msg = f"config file {path} is not valid YAML: {exc}"
+        raise ConfigError(msg) from None
+    if not isinstance(data, dict):
+        msg = f"config file {path} must hold a mapping at the top level, got {type(data).__name__}"
+        raise ConfigError(msg)
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        msg = f"override {item!r} is not of the form section.key=value (for example train.epochs=3)"
+        raise ConfigError(msg)
+    *parents, leaf = key.strip().split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            msg = f"override {item!r}: {part!r} is a value, not a section"
+            raise ConfigError(msg)
+        node = child
+    node[leaf] = yaml.safe_load(value) if value.strip() else None
