@@ -1,0 +1,94 @@
+"""Torch datasets and loaders, including the class-weighted sampler.
+
+``class_sample_weights`` maps each sample's weight through its *class index* (``weights[label]``),
+so a dataset whose first sample is DEFECTIVE, or whose classes are listed in another order, still
+draws each class equally often. (The classic bug builds the weight table in enumeration order of
+whatever classes appear first, silently swapping them.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+
+from inspectline.data.sources import CLASS_NAMES, Sample
+from inspectline.imaging import read_image, to_model_image
+
+
+class FrameDataset(Dataset):
+    """Samples through an albumentations transform; images come from memory when preloaded."""
+
+    def __init__(self, samples: Sequence[Sample], transform: A.Compose, color_mode: str, images: Sequence[np.ndarray] | None = None):
+        if images is not None and len(images) != len(samples):
+            msg = f"{len(images)} preloaded images for {len(samples)} samples"
+            raise ValueError(msg)
+        self.samples = list(samples)
+        self.transform = transform
+        self.color_mode = color_mode
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        image = self.images[index] if self.images is not None else to_model_image(read_image(sample.path), self.color_mode)
+        return self.transform(image=image)["image"], sample.label
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+
+def class_sample_weights(labels: np.ndarray, num_classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Per-sample weights that give every present class the same total weight."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    per_class = np.divide(counts.sum(), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return per_class[labels]
+
+
+def create_loader(
+    dataset: FrameDataset,
+    *,
+    batch_size: int,
+    train: bool,
+    balanced: bool = False,
+    num_workers: int = 0,
+    seed: int = 0,
+) -> DataLoader:
+    """A loader: class-balanced sampling or shuffling for training, ordered for evaluation."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = None
+    if train and balanced:
+        weights = class_sample_weights(dataset.labels)
+        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(dataset), replacement=True, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and len(dataset) > batch_size,  # BatchNorm in the head needs batches > 1
+        num_workers=num_workers,
+        generator=generator,
+        worker_init_fn=_seed_worker,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    import random
+
+    import cv2
+
+    cv2.setNumThreads(1)  # workers share the CPU with the training process
+    seed = torch.initial_seed() % 2**32  # differs per worker and per epoch
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset.transform, "set_random_seed"):
+        # each worker holds a copy of the Compose; without this they would augment identically
+        info.dataset.transform.set_random_seed(seed)

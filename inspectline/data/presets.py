@@ -1,0 +1,105 @@
+"""Albumentations presets, named and built from config, and the preprocessing that travels with a model.
+
+``Preprocessing`` is the single description of how a frame becomes a tensor: image size, colour mode,
+interpolation and normalisation statistics (computed on the training split). It is stored inside
+every checkpoint; training, evaluation, ``inspect predict`` and the service all call
+:func:`build_eval_preset` on it, so they cannot disagree.
+
+Presets (``augment.preset``):
+
+* ``train``  resize, flips and 90° rotations, a small affine, elastic transform, grid distortion,
+             CLAHE, brightness/contrast, Gaussian noise, blur, coarse dropout, normalise.
+* ``light``  resize, flips and 90° rotations, brightness/contrast, normalise.
+* ``none``   the eval preset (resize and normalise only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+from pydantic import BaseModel, ConfigDict
+
+from inspectline.config import AugmentConfig
+
+
+class Preprocessing(BaseModel):
+    """How a decoded frame becomes the model's input tensor; saved in every checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_size: int
+    color_mode: str  # "gray" -> 1 channel, "rgb" -> 3
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color_mode == "gray" else 3
+
+
+def _resize(size: int) -> A.Resize:
+    # INTER_AREA for the usual downscale from camera resolution; one definition for every preset.
+    return A.Resize(size, size, interpolation=cv2.INTER_AREA)
+
+
+def _finish(pre: Preprocessing) -> list[A.BasicTransform]:
+    return [A.Normalize(mean=pre.mean, std=pre.std, max_pixel_value=255.0), ToTensorV2()]
+
+
+def build_eval_preset(pre: Preprocessing) -> A.Compose:
+    """Resize and normalise: the only transform between a served frame and the model."""
+    return A.Compose([_resize(pre.image_size), *_finish(pre)])
+
+
+def build_train_preset(pre: Preprocessing, aug: AugmentConfig, *, seed: int | None = None) -> A.Compose:
+    """The named training preset with the probabilities from ``aug``.
+
+    Albumentations draws from the Compose's own generator, not numpy's global one, so ``seed`` is what
+    makes augmentation reproducible (loader workers re-seed their copy, see ``data.loader``).
+    """
+    if aug.preset == "none":
+        return build_eval_preset(pre)
+    geometric = [
+        A.HorizontalFlip(p=aug.hflip),
+        A.VerticalFlip(p=aug.vflip),
+        A.RandomRotate90(p=aug.rotate90),
+    ]
+    photometric = [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=aug.brightness_contrast)]
+    if aug.preset == "light":
+        return A.Compose([_resize(pre.image_size), *geometric, *photometric, *_finish(pre)], seed=seed)
+    heavy = [
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=aug.affine),
+        # alpha/sigma in pixels, scaled to the image so small test images are not shredded
+        A.ElasticTransform(alpha=pre.image_size * 0.25, sigma=pre.image_size * 0.05, border_mode=cv2.BORDER_REFLECT_101, p=aug.elastic),
+        A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_REFLECT_101, p=aug.grid_distortion),
+        A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=aug.clahe),
+        *photometric,
+        A.GaussNoise(std_range=(0.02, 0.08), p=aug.noise),
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=aug.blur),
+        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), fill=0, p=aug.coarse_dropout),
+    ]
+    return A.Compose([_resize(pre.image_size), *geometric, *heavy, *_finish(pre)], seed=seed)
+
+
+def compute_normalization(images: Sequence[np.ndarray], image_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std in [0, 1] of the training images, after the preset's resize."""
+    resize = _resize(image_size)
+    total = total_sq = None
+    pixels = 0
+    for image in images:
+        resized = resize(image=image)["image"].astype(np.float64) / 255.0
+        resized = resized.reshape(-1, resized.shape[-1] if resized.ndim == 3 else 1)
+        s, sq = resized.sum(axis=0), (resized**2).sum(axis=0)
+        total = s if total is None else total + s
+        total_sq = sq if total_sq is None else total_sq + sq
+        pixels += resized.shape[0]
+    if total is None:
+        msg = "cannot compute normalisation statistics from zero images"
+        raise ValueError(msg)
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_sq / pixels - mean**2, 1e-12))
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-3)) for s in std)
