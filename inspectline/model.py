@@ -1,0 +1,207 @@
+"""The classifier (a torchvision ResNet with a deep BatchNorm/dropout head) and its checkpoint format.
+
+A checkpoint is one ``torch.save`` file holding only tensors and plain data, so it loads with
+``torch.load(weights_only=True)`` and never unpickles code:
+
+    {"format": "inspectline.checkpoint/1", "card": {...ModelCard...}, "state_dict": {...}}
+
+The :class:`ModelCard` carries everything needed to use the weights without the training stack:
+architecture, class names, preprocessing, temperature, threshold, TTA views, metrics and lineage.
+
+    model = build_model("resnet50", in_channels=1)
+    save_checkpoint(path, model, card)
+    model, card = load_checkpoint(path)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from inspectline.data.presets import Preprocessing
+from inspectline.errors import CheckpointError
+
+CHECKPOINT_FORMAT = "inspectline.checkpoint/1"
+ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+
+
+class DefectClassifier(nn.Module):
+    """ResNet backbone (global-pooled features) followed by the deep head.
+
+    Head: Dropout(p0) -> Linear(d1) -> BN -> ReLU -> Dropout(p1) -> Linear(d2) -> BN -> ReLU
+          -> Dropout(p2) -> Linear(num_classes)
+    """
+
+    def __init__(self, arch: str, num_classes: int, in_channels: int, head_dims: tuple[int, ...], head_dropout: tuple[float, ...]):
+        super().__init__()
+        if arch not in ARCHITECTURES:
+            msg = f"model.arch {arch!r} is not one of {', '.join(ARCHITECTURES)}"
+            raise ValueError(msg)
+        backbone = getattr(torchvision.models, arch)(weights=None)
+        if in_channels != 3:
+            backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.feature_dim = backbone.fc.in_features  # 512 (resnet18/34) or 2048 (resnet50)
+        backbone.fc = nn.Identity()
+        self.backbone = backbone
+        layers: list[nn.Module] = []
+        width = self.feature_dim
+        for out, p in zip(head_dims, head_dropout, strict=False):
+            layers += [nn.Dropout(p), nn.Linear(width, out), nn.BatchNorm1d(out), nn.ReLU(inplace=True)]
+            width = out
+        self.embedding_dim = width
+        self.neck = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(head_dropout[-1]), nn.Linear(width, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.neck(self.backbone(x)))  # (B, C, H, W) -> (B, num_classes)
+
+    def forward_with_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the penultimate activations ``(B, head_dims[-1])`` in one pass (drift monitoring)."""
+        embedding = self.neck(self.backbone(x))
+        return self.classifier(embedding), embedding
+
+
+class ModelCard(BaseModel):
+    """What travels with the weights: enough to preprocess, predict and explain a verdict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    arch: str
+    class_names: tuple[str, ...]
+    head_dims: tuple[int, ...]
+    head_dropout: tuple[float, ...]
+    preprocessing: Preprocessing
+    temperature: float = 1.0
+    threshold: float = 0.5
+    threshold_policy: str = "max_f1"
+    tta_views: tuple[str, ...] = ("identity", "hflip")
+    metrics: dict[str, float] = {}
+    version: str | None = None
+    parent: str | None = None
+    created_at: str | None = None
+    config: dict[str, Any] = {}
+
+    @property
+    def defect_index(self) -> int:
+        return self.class_names.index("defective")
+
+
+def build_model(
+    arch: str = "resnet50",
+    *,
+    num_classes: int = 2,
+    in_channels: int = 3,
+    head_dims: tuple[int, ...] = (512, 256),
+    head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2),
+    init_weights: Path | None = None,
+) -> DefectClassifier:
+    """Build the classifier; ``init_weights`` is a local backbone state dict (e.g. ImageNet), never downloaded."""
+    model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout))
+    if init_weights is not None:
+        load_backbone_weights(model, init_weights)
+    return model
+
+
+def model_from_card(card: ModelCard) -> DefectClassifier:
+    return build_model(
+        card.arch,
+        num_classes=len(card.class_names),
+        in_channels=card.preprocessing.channels,
+        head_dims=card.head_dims,
+        head_dropout=card.head_dropout,
+    )
+
+
+def load_backbone_weights(model: DefectClassifier, path: Path) -> int:
+    """Load a torchvision-style ResNet state dict into the backbone; returns tensors loaded.
+
+    The classifier (``fc.*``) is skipped. For a gray model the RGB ``conv1`` kernel is summed over its
+    input channels, which keeps the response to a gray image equal to that of the RGB original.
+    """
+    state = _torch_load(Path(path))
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        msg = f"{path} is not a state dict of tensors (a torchvision ResNet .pth file is expected)"
+        raise CheckpointError(msg)
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    own = model.backbone.state_dict()
+    conv = state.get("conv1.weight")
+    if conv is not None and conv.shape[1] == 3 and own["conv1.weight"].shape[1] == 1:
+        state["conv1.weight"] = conv.sum(dim=1, keepdim=True)
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    unknown = [k for k in state if k not in own]
+    if mismatched or len(unknown) > len(state) // 2:
+        msg = f"{path} does not fit backbone {model.backbone.__class__.__name__}: shape mismatches {mismatched[:5]}, unknown keys {unknown[:5]}"
+        raise CheckpointError(msg)
+    model.backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return sum(1 for k in state if k in own)
+
+
+def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
+    """Write atomically: a reader never sees a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "card": card.model_dump(mode="json"), "state_dict": state}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_card(path: Path) -> ModelCard:
+    """The card of a checkpoint, validated (the weights are read too: one file)."""
+    return _validated(Path(path))[0]
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[DefectClassifier, ModelCard]:
+    """Rebuild the model in eval mode from a checkpoint; clear errors for missing, truncated or foreign files."""
+    path = Path(path)
+    card, state = _validated(path)
+    model = model_from_card(card)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        msg = f"{path}: weights do not match the {card.arch} architecture its card describes: {str(exc)[:300]}"
+        raise CheckpointError(msg) from None
+    return model.to(device).eval(), card
+
+
+def _validated(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
+    payload = _torch_load(path)
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = sorted(payload)[:6] if isinstance(payload, dict) else type(payload).__name__
+        msg = f"{path} was not written by inspectline: expected format {CHECKPOINT_FORMAT!r} with a card and state_dict, found {found}"
+        raise CheckpointError(msg)
+    try:
+        card = ModelCard.model_validate(payload["card"])
+    except (ValidationError, KeyError) as exc:
+        msg = f"{path} has an invalid model card: {exc}"
+        raise CheckpointError(msg) from None
+    return card, payload["state_dict"]
+
+
+def _torch_load(path: Path) -> Any:
+    if not path.is_file():
+        msg = f"no checkpoint at {path}"
+        raise CheckpointError(msg)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on corrupt input (KeyError, EOFError, ...)
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        msg = f"{path} is not a readable checkpoint (truncated, corrupt or not a torch file): {reason}"
+        raise CheckpointError(msg) from None
