@@ -1,0 +1,243 @@
+"""The ``inspect`` command. Each subcommand parses its options and calls one library function.
+
+    inspect train --profile demo            train, calibrate, evaluate, register
+    inspect evaluate --model production     metrics JSON + Markdown report with plots
+    inspect predict frame.png ...           verdicts through the Predictor
+    inspect models list|show|promote|rollback
+    inspect demo                            the end-to-end demo behind `make demo`
+
+Configuration: ``--profile NAME`` (a YAML shipped in ``inspectline/profiles``) or ``--config FILE``
+(default ``inspect.yaml`` in the working directory when it exists), then ``--set key=value``.
+Library errors are printed as one clear message with exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from inspectline.config import InspectConfig, load_config
+from inspectline.errors import ConfigError, InspectError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines.")
+models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback.")
+app.add_typer(models_app, name="models")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: ./inspect.yaml if present).")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="A shipped profile: demo, elpv-budget, elpv-resnet50.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")]
+DataOpt = Annotated[str | None, typer.Option("--data", help="elpv, folder:PATH, mvtec:PATH or manifest:FILE.csv")]
+RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Model registry folder (default: paths.registry).")]
+
+
+def resolve_config(config: Path | None = None, profile: str | None = None, overrides: list[str] | None = None, data: str | None = None) -> InspectConfig:
+    """Profile or file, then ``--data``, then ``--set`` overrides."""
+    if config is not None and profile is not None:
+        msg = "give either --config or --profile, not both"
+        raise ConfigError(msg)
+    if profile is not None:
+        config = profile_path(profile)
+    elif config is None and Path("inspect.yaml").is_file():
+        config = Path("inspect.yaml")
+    extra = list(overrides or [])
+    if data is not None:
+        extra = [*data_overrides(data), *extra]
+    return load_config(config, extra)
+
+
+def profile_path(name: str) -> Path:
+    folder = resources.files("inspectline") / "profiles"
+    path = Path(str(folder / f"{name}.yaml"))
+    if not path.is_file():
+        available = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+        msg = f"profile {name!r} does not exist; available: {', '.join(available)}"
+        raise ConfigError(msg)
+    return path
+
+
+def data_overrides(spec: str) -> list[str]:
+    """``folder:/data/cells`` -> ``["data.source=folder", "data.path=/data/cells"]``."""
+    kind, _, path = spec.partition(":")
+    kinds = ("elpv", "folder", "mvtec", "manifest")
+    if kind not in kinds:
+        msg = f"--data {spec!r}: source must be one of {', '.join(kinds)} (as elpv or folder:PATH)"
+        raise ConfigError(msg)
+    if kind != "elpv" and not path:
+        msg = f"--data {spec!r}: {kind} needs a path, as {kind}:PATH"
+        raise ConfigError(msg)
+    return [f"data.source={kind}"] + ([f"data.path={path}"] if path else [])
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    profile: ProfileOpt = None,
+    overrides: SetOpt = None,
+    data: DataOpt = None,
+    register: Annotated[bool, typer.Option(help="Register the trained model as a new version.")] = True,
+    promote: Annotated[bool, typer.Option(help="Also promote it to production.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Train, calibrate and evaluate a model; register it as a new version."""
+    from inspectline.registry import ModelRegistry
+    from inspectline.training import run_training
+
+    cfg = resolve_config(config, profile, overrides, data)
+    run = run_training(cfg, progress=not quiet)
+    _print_evaluation(run.evaluation.summary())
+    typer.echo(f"run folder: {run.run_dir}\nreport:     {run.report}")
+    if register:
+        registry = ModelRegistry(cfg.paths.registry)
+        version = registry.register(run.checkpoint)
+        typer.echo(f"registered {version.name} in {registry.root}")
+        if promote:
+            registry.promote(version.name, reason="inspect train --promote")
+            typer.echo(f"promoted {version.name} to production")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option("--model", "-m", help="production, latest, vNNNN or a checkpoint path.")] = "production",
+    split: Annotated[str, typer.Option(help="train, val, test (the model's saved split) or all.")] = "test",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.reports/<version>-<split>).")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    data: DataOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Evaluate a model and write metrics JSON plus a Markdown report with plots."""
+    from inspectline.evaluate import evaluate_model
+
+    cfg = resolve_config(config, None, overrides, data)
+    result = evaluate_model(cfg, model_ref=model, split=split, out_dir=out, registry_root=registry, data_given=data is not None)
+    _print_evaluation(result.evaluation.summary())
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, BMP, TIFF).")],
+    model: Annotated[str, typer.Option("--model", "-m")] = "production",
+    tta: Annotated[bool, typer.Option(help="Flip test-time augmentation as stored with the model.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    config: ConfigOpt = None,
+    registry: RegistryOpt = None,
+) -> None:
+    """Judge image files: verdict, calibrated defect probability and confidence for each."""
+    from inspectline.evaluate import predict_files
+
+    cfg = resolve_config(config)
+    results = predict_files(images, model_ref=model, registry_root=registry or cfg.paths.registry, tta=tta)
+    failed = 0
+    for path, outcome in results:
+        if isinstance(outcome, InspectError):
+            failed += 1
+            typer.echo(json.dumps({"path": str(path), "error": str(outcome)}) if as_json else f"{path}: ERROR {outcome}", err=not as_json)
+            continue
+        row = {"path": str(path), "verdict": outcome.verdict, "defect_probability": round(outcome.defect_probability, 4),
+               "confidence": round(outcome.confidence, 4), "threshold": round(outcome.threshold, 4), "model_version": outcome.model_version}
+        typer.echo(json.dumps(row) if as_json else f"{path}: {row['verdict']:<9} p(defect)={row['defect_probability']:.4f} confidence={row['confidence']:.4f}")
+    if failed:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Train a quick model on ELPV, evaluate it, register it and print where the report is."""
+    from inspectline.demo import run_demo
+
+    cfg = resolve_config(config, None if config else "demo", overrides)
+    run_demo(cfg)
+
+
+@models_app.command("list")
+def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+    """All versions, oldest first; * marks production."""
+    from inspectline.registry import ModelRegistry
+
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    production = reg.production()
+    versions = reg.list()
+    if not versions:
+        typer.echo(f"no model versions in {reg.root}")
+        return
+    typer.echo(f"  {'version':<8} {'created':<26} {'arch':<9} {'parent':<7} {'F1':>6} {'recall':>7} {'ROC-AUC':>8} {'threshold':>9}")
+    for v in versions:
+        m = v.card.metrics
+        mark = "*" if v.name == production else " "
+        typer.echo(
+            f"{mark} {v.name:<8} {v.card.created_at or '':<26} {v.card.arch:<9} {v.card.parent or '-':<7} "
+            f"{_num(m.get('f1'))} {_num(m.get('recall'), 7)} {_num(m.get('roc_auc'), 8)} {v.card.threshold:>9.3f}"
+        )
+
+
+@models_app.command("show")
+def models_show(version: Annotated[str, typer.Argument(help="vNNNN, production or latest.")] = "production", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+    """A version's model card: architecture, preprocessing, calibration, metrics, lineage."""
+    from inspectline.model import read_card
+    from inspectline.registry import ModelRegistry
+
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    path = reg.resolve(version)
+    card = read_card(path).model_dump(mode="json")
+    card.pop("config", None)
+    typer.echo(json.dumps({"checkpoint": str(path), **card}, indent=2))
+
+
+@models_app.command("promote")
+def models_promote(version: str, reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+    """Make VERSION the production model (running services switch to it)."""
+    from inspectline.registry import ModelRegistry
+
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    pointer = reg.promote(version, reason=reason)
+    typer.echo(f"production is now {pointer['version']} (previous: {pointer['previous'][-1] if pointer['previous'] else 'none'})")
+
+
+@models_app.command("rollback")
+def models_rollback(reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+    """Return production to the previous version."""
+    from inspectline.registry import ModelRegistry
+
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    pointer = reg.rollback(reason=reason)
+    typer.echo(f"production rolled back to {pointer['version']}")
+
+
+def _print_evaluation(summary: dict) -> None:
+    m = summary["metrics"]
+    typer.echo(
+        f"{summary['split']}: accuracy {m['accuracy']:.4f}  defect F1 {m['f1']:.4f}  recall {m['recall']:.4f}  "
+        f"precision {m['precision']:.4f}  ROC-AUC {_num(m['roc_auc'])}  ECE {summary['ece_after']:.4f}  "
+        f"latency {_num(summary['latency_ms'], 1)} ms  -> {'READY' if summary['ready'] else 'NOT READY'}"
+    )
+
+
+def _num(value: float | None, width: int = 6) -> str:
+    return f"{value:>{width}.4f}" if isinstance(value, float) else f"{'-':>{width}}"
+
+
+def main() -> None:
+    try:
+        app()
+    except InspectError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Evaluate a registered model on a dataset, and judge image files: the library side of
+``inspect evaluate`` and ``inspect predict``.
+
+Without ``--data``, a model is evaluated on its *own* data source and saved split (``splits.json`` in
+its version folder), so ``inspect evaluate --split test`` reproduces the test numbers of training
+exactly. With ``--data``, the given source is split with the configured seed (or taken whole with
+``--split all``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from inspectline.config import DataConfig, InspectConfig
+from inspectline.data import load_samples, load_split_manifest, split_samples
+from inspectline.errors import DataError, InspectError
+from inspectline.imaging import read_image
+from inspectline.predictor import Prediction, Predictor
+from inspectline.registry import ModelRegistry
+from inspectline.training.evaluation import Evaluation, evaluate_predictor
+from inspectline.training.report import write_report
+
+SPLITS = ("train", "val", "test", "all")
+
+
+@dataclass
+class EvaluationRun:
+    evaluation: Evaluation
+    report: Path
+
+
+def evaluate_model(
+    cfg: InspectConfig,
+    *,
+    model_ref: str = "production",
+    split: str = "test",
+    out_dir: Path | None = None,
+    registry_root: Path | None = None,
+    data_given: bool = False,
+) -> EvaluationRun:
+    """Evaluate one model version on one split and write ``metrics.json`` + ``report.md``."""
+    if split not in SPLITS:
+        msg = f"split {split!r} is not one of {', '.join(SPLITS)}"
+        raise DataError(msg)
+    registry = ModelRegistry(registry_root or cfg.paths.registry)
+    checkpoint = registry.resolve(model_ref)
+    predictor = Predictor.load(checkpoint)
+    card = predictor.card
+    trained_on = DataConfig.model_validate(card.config["data"]) if card.config.get("data") else cfg.data
+    data_cfg = cfg.data if data_given else trained_on
+    samples = load_samples(data_cfg)
+    if split != "all":
+        manifest = checkpoint.parent / "splits.json"
+        same_source = (data_cfg.source, data_cfg.path) == (trained_on.source, trained_on.path)
+        if same_source and manifest.is_file():
+            samples = load_split_manifest(manifest, samples)[split]
+        else:
+            samples = split_samples(samples, test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed)[split]
+    evaluation = evaluate_predictor(predictor, samples, cfg.readiness, split=split, size_bytes=checkpoint.stat().st_size)
+    name = card.version or checkpoint.stem
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
+    report = write_report(evaluation, out_dir, title=f"{name} ({card.arch}) on {data_cfg.source} / {split}")
+    return EvaluationRun(evaluation=evaluation, report=report)
+
+
+def predict_files(
+    paths: Sequence[Path],
+    *,
+    model_ref: str = "production",
+    registry_root: Path,
+    tta: bool = True,
+    batch_size: int = 32,
+) -> list[tuple[Path, Prediction | InspectError]]:
+    """Judge files in batches; an unreadable file gets its error, the others still get verdicts."""
+    checkpoint = ModelRegistry(registry_root).resolve(model_ref)
+    predictor = Predictor.load(checkpoint, tta_views=None if tta else ("identity",))
+    results: dict[int, Prediction | InspectError] = {}
+    decoded: list[tuple[int, object]] = []
+    for i, path in enumerate(paths):
+        try:
+            decoded.append((i, read_image(path)))
+        except InspectError as exc:
+            results[i] = exc
+    for start in range(0, len(decoded), batch_size):
+        chunk = decoded[start : start + batch_size]
+        for (i, _), prediction in zip(chunk, predictor.predict([image for _, image in chunk]), strict=True):
+            results[i] = prediction
+    return [(path, results[i]) for i, path in enumerate(paths)]

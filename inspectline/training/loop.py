@@ -1,0 +1,246 @@
+"""The training loop as plain functions: ``fit`` -> ``train_one_epoch`` / ``evaluate``.
+
+Recipe: cross-entropy with label smoothing, mixup on a share of batches, AdamW, a OneCycle schedule
+stepped per batch, gradient clipping, mixed precision on CUDA and channels-last memory. After every
+epoch the validation split is evaluated and one JSON line is appended to the history log (losses,
+accuracy, precision, recall, F1, ROC-AUC, the train-val gap, learning rate, prediction diversity).
+
+Two callbacks earn their place:
+
+* :class:`EarlyStopping` keeps the state of the best validation F1 and stops after ``patience``
+  epochs without improvement.
+* :class:`CollapseDetector` warns when (nearly) every validation sample gets the same class and stops
+  training after ``collapse_patience`` such epochs in a row.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from inspectline.config import TrainConfig
+from inspectline.training.metrics import classification_metrics, prediction_diversity
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EarlyStopping:
+    patience: int
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    bad_epochs: int = 0
+
+    def step(self, score: float, epoch: int, model: nn.Module) -> bool:
+        """Record an epoch; True when training should stop."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
+            self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            return False
+        self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class CollapseDetector:
+    share: float
+    patience: int
+    warmup: int
+    streak: int = 0
+
+    def step(self, diversity: float, epoch: int) -> bool:
+        """True when the model has predicted one class for ``patience`` epochs in a row after warm-up."""
+        if diversity < self.share:
+            self.streak = 0
+            return False
+        self.streak += 1
+        log.warning(
+            "epoch %d: prediction collapse, %.1f%% of validation samples get the same class (%d epoch(s) in a row)",
+            epoch, 100 * diversity, self.streak,
+        )
+        return epoch > self.warmup and self.streak >= self.patience
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_f1: float
+    epochs_run: int
+    stop_reason: str  # "completed", "early_stopping" or "collapse"
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix a batch with a shuffled copy: returns mixed inputs, both targets and the weight of the first."""
+    lam = float(generator.beta(alpha, alpha))
+    perm = torch.as_tensor(generator.permutation(x.shape[0]), device=x.device)
+    return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    cfg: TrainConfig,
+    device: torch.device,
+    rng: np.random.Generator,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> dict:
+    """One pass over the training loader; returns mean loss and accuracy on the (dominant) targets."""
+    model.train()
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    amp_dtype = _amp_dtype(cfg, device)
+    total_loss = correct = seen = 0.0
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
+        x = x.to(device, memory_format=memory_format, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        mixed = cfg.mixup_alpha > 0 and rng.random() < cfg.mixup_prob
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            if mixed:
+                x, y_a, y_b, lam = mixup(x, y, cfg.mixup_alpha, rng)
+                logits = model(x)
+                loss = lam * criterion(logits, y_a) + (1 - lam) * criterion(logits, y_b)
+                target = y_a if lam >= 0.5 else y_b
+            else:
+                logits = model(x)
+                loss = criterion(logits, y)
+                target = y
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:  # float16 autocast: scale the loss so small gradients do not underflow
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        scheduler.step()
+        n = y.shape[0]
+        total_loss += float(loss) * n
+        correct += float((logits.argmax(dim=1) == target).sum())
+        seen += n
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, *, channels_last: bool = True) -> dict:
+    """Loss and raw logits over a loader, in eval mode, no TTA (the per-epoch check)."""
+    model.eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    losses, logits_all, labels_all = [], [], []
+    for x, y in loader:
+        logits = model(x.to(device, memory_format=memory_format)).float()
+        losses.append(float(criterion(logits, y.to(device))) * y.shape[0])
+        logits_all.append(logits.cpu())
+        labels_all.append(y)
+    logits = torch.cat(logits_all)
+    labels = torch.cat(labels_all)
+    return {"loss": sum(losses) / max(len(labels), 1), "logits": logits, "labels": labels.numpy()}
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    *,
+    history_path: Path | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train with early stopping on validation F1; on return ``model`` holds the best weights."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    eval_criterion = nn.CrossEntropyLoss()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
+    stopper = EarlyStopping(cfg.patience)
+    collapse = CollapseDetector(cfg.collapse_share, cfg.collapse_patience, cfg.collapse_warmup)
+    rng = np.random.default_rng(cfg.seed)
+    scaler = torch.amp.GradScaler(device.type) if _amp_dtype(cfg, device) == torch.float16 else None
+    history: list[dict] = []
+    stop_reason = "completed"
+    started = time.perf_counter()
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
+    for epoch in epochs:
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        train = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, cfg, device, rng, scaler=scaler, progress=progress, desc=f"epoch {epoch}")
+        val = evaluate(model, val_loader, eval_criterion, device, channels_last=cfg.channels_last)
+        prob = torch.softmax(val["logits"], dim=1)[:, 1].numpy()
+        m = classification_metrics(val["labels"], prob, 0.5)
+        diversity = prediction_diversity((prob >= 0.5).astype(int))
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "val_loss": val["loss"],
+            "val_accuracy": m["accuracy"],
+            "val_precision": m["precision"],
+            "val_recall": m["recall"],
+            "val_f1": m["f1"],
+            "val_roc_auc": m["roc_auc"],
+            "gap_accuracy": train["accuracy"] - m["accuracy"],
+            "gap_loss": val["loss"] - train["loss"],
+            "prediction_diversity": diversity,
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if history_path is not None:
+            with history_path.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+        epochs.set_postfix(val_f1=f"{m['f1']:.3f}", auc=f"{m['roc_auc'] or 0:.3f}", best=f"{max(stopper.best_score, m['f1']):.3f}")
+        if not progress:
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s", epoch, train["loss"], val["loss"], m["f1"], m["roc_auc"])
+        if stopper.step(m["f1"], epoch, model):
+            stop_reason = "early_stopping"
+            break
+        if collapse.step(diversity, epoch):
+            stop_reason = "collapse"
+            break
+    epochs.close()
+    if stopper.best_state is not None:
+        model.load_state_dict(stopper.best_state)
+    return FitResult(
+        best_epoch=stopper.best_epoch,
+        best_val_f1=stopper.best_score,
+        epochs_run=len(history),
+        stop_reason=stop_reason,
+        history=history,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if not cfg.amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
