@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from inspectline.config import DataConfig
+from inspectline.data import FrameDataset, Preprocessing, Sample, build_eval_preset, class_sample_weights, create_loader
+
+
+def test_weights_follow_the_class_index_not_enumeration_order():
+    # DEFECTIVE (1) appears first and is the minority: the classic bug gives it the OK weight.
+    labels = np.array([1, 0, 0, 0, 0, 0, 0, 0, 0, 1])
+    weights = class_sample_weights(labels)
+    assert weights[0] == weights[-1] == 10 / (2 * 2)
+    assert np.allclose(weights[1:-1], 10 / (2 * 8))
+    assert np.isclose(weights[labels == 1].sum(), weights[labels == 0].sum())
+
+
+def test_absent_class_gets_zero_weight_without_dividing_by_zero():
+    weights = class_sample_weights(np.array([0, 0, 0]))
+    assert np.allclose(weights, 0.5)  # 3 samples / (2 classes * 3)
+
+
+def test_balanced_loader_draws_each_class_equally(tmp_path: Path):
+    labels = [1] * 10 + [0] * 90  # 10 % defective, defective first
+    samples = [Sample(key=str(i), path=tmp_path / f"{i}.png", label=l) for i, l in enumerate(labels)]
+    images = [np.full((8, 8, 1), l * 255, np.uint8) for l in labels]
+    pre = Preprocessing(image_size=8, color_mode="gray", mean=(0.0,), std=(1.0,))
+    dataset = FrameDataset(samples, build_eval_preset(pre), "gray", images)
+    loader = create_loader(dataset, batch_size=50, train=True, balanced=True, seed=0)
+    drawn = torch.cat([y for _ in range(40) for _, y in loader]).numpy()
+    assert abs(drawn.mean() - 0.5) < 0.03  # unbalanced would be 0.10
+    plain = create_loader(dataset, batch_size=50, train=True, balanced=False, seed=0)
+    assert abs(torch.cat([y for _, y in plain]).float().mean().item() - 0.1) < 1e-6
+
+
+def test_dataset_reads_from_disk_when_not_preloaded(folder_dataset: Path):
+    from inspectline.data import load_samples
+
+    samples = load_samples(DataConfig(source="folder", path=folder_dataset))[:3]
+    pre = Preprocessing(image_size=16, color_mode="gray", mean=(0.5,), std=(0.2,))
+    x, y = FrameDataset(samples, build_eval_preset(pre), "gray")[0]
+    assert x.shape == (1, 16, 16) and y == samples[0].label

@@ -1,0 +1,67 @@
+import albumentations as A
+import numpy as np
+import torch
+
+from inspectline.config import AugmentConfig
+from inspectline.data import Preprocessing, build_eval_preset, build_train_preset, compute_normalization
+
+PRE = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.25,))
+
+
+def _names(compose: A.Compose) -> list[str]:
+    names = []
+    for t in compose.transforms:
+        names.append(type(t).__name__)
+        if isinstance(t, A.OneOf):
+            names += [type(c).__name__ for c in t.transforms]
+    return names
+
+
+def test_train_preset_contains_the_recipe_augmentations():
+    names = _names(build_train_preset(PRE, AugmentConfig()))
+    for required in ("ElasticTransform", "GridDistortion", "CLAHE", "GaussNoise", "GaussianBlur", "MotionBlur",
+                     "CoarseDropout", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "RandomBrightnessContrast"):
+        assert required in names
+    assert names[0] == "Resize" and names[-2:] == ["Normalize", "ToTensorV2"]
+
+
+def test_eval_preset_is_resize_and_normalise_only_and_deterministic():
+    assert _names(build_eval_preset(PRE)) == ["Resize", "Normalize", "ToTensorV2"]
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 1), dtype=np.uint8)
+    a = build_eval_preset(PRE)(image=image)["image"]
+    b = build_eval_preset(PRE)(image=image)["image"]
+    assert a.shape == (1, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b)
+    flat = np.full((32, 32, 1), 128, np.uint8)
+    value = build_eval_preset(PRE)(image=flat)["image"][0, 0, 0].item()
+    assert abs(value - (128 / 255 - 0.5) / 0.25) < 1e-5
+
+
+def test_train_preset_augments_and_is_seeded():
+    image = np.random.default_rng(1).integers(0, 255, (40, 40, 1), dtype=np.uint8)
+    preset = build_train_preset(PRE, AugmentConfig(), seed=7)
+    outs = [preset(image=image)["image"] for _ in range(5)]
+    assert all(o.shape == (1, 32, 32) for o in outs)
+    assert not all(torch.equal(outs[0], o) for o in outs[1:])
+    again = build_train_preset(PRE, AugmentConfig(), seed=7)
+    assert torch.equal(again(image=image)["image"], outs[0])
+
+
+def test_all_probabilities_zero_equals_eval_and_none_preset_is_eval():
+    zero = AugmentConfig(**{k: 0.0 for k in AugmentConfig.model_fields if k != "preset"})
+    image = np.random.default_rng(2).integers(0, 255, (40, 40, 1), dtype=np.uint8)
+    expected = build_eval_preset(PRE)(image=image)["image"]
+    assert torch.equal(build_train_preset(PRE, zero)(image=image)["image"], expected)
+    assert _names(build_train_preset(PRE, AugmentConfig(preset="none"))) == ["Resize", "Normalize", "ToTensorV2"]
+    assert "ElasticTransform" not in _names(build_train_preset(PRE, AugmentConfig(preset="light")))
+
+
+def test_normalisation_statistics_match_numpy():
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 255, (32, 32, 1), dtype=np.uint8) for _ in range(6)]
+    mean, std = compute_normalization(images, 32)
+    stacked = np.stack(images).astype(np.float64) / 255
+    assert abs(mean[0] - stacked.mean()) < 1e-9
+    assert abs(std[0] - stacked.std()) < 1e-9
+    rgb_mean, rgb_std = compute_normalization([np.dstack([i, i // 2, i // 4]) for i in images], 32)
+    assert len(rgb_mean) == 3 and rgb_mean[0] > rgb_mean[1] > rgb_mean[2]

@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from inspectline.data import Preprocessing
+from inspectline.errors import CheckpointError
+from inspectline.model import ModelCard, build_model, load_backbone_weights, load_checkpoint, read_card, save_checkpoint
+
+PRE = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+
+
+def _card(**kw) -> ModelCard:
+    return ModelCard(arch="resnet18", class_names=("ok", "defective"), head_dims=(32, 16), head_dropout=(0.5, 0.3, 0.2), preprocessing=PRE, **kw)
+
+
+def test_deep_head_structure_matches_the_recipe():
+    model = build_model("resnet50", in_channels=3)
+    layers = [*model.neck, *model.classifier]
+    kinds = [type(m).__name__ for m in layers]
+    assert kinds == ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert [m.p for m in layers if isinstance(m, nn.Dropout)] == [0.5, 0.3, 0.2]
+    linears = [m for m in layers if isinstance(m, nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 512), (512, 256), (256, 2)]
+
+
+@pytest.mark.parametrize(("arch", "features"), [("resnet18", 512), ("resnet34", 512)])
+def test_small_backbones_and_gray_input(arch, features):
+    model = build_model(arch, in_channels=1).eval()
+    assert model.feature_dim == features
+    x = torch.randn(2, 1, 32, 32)
+    logits, embedding = model.forward_with_embedding(x)
+    assert logits.shape == (2, 2) and embedding.shape == (2, 256)
+    assert torch.allclose(model(x), logits)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path):
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16)).eval()
+    card = _card(temperature=1.7, threshold=0.31)
+    save_checkpoint(tmp_path / "m.pt", model, card)
+    loaded, loaded_card = load_checkpoint(tmp_path / "m.pt")
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.allclose(model(x), loaded(x))
+    assert loaded_card == card and read_card(tmp_path / "m.pt").threshold == 0.31
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left nothing behind
+
+
+def test_refuses_missing_truncated_and_foreign_files(tmp_path: Path):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16))
+    save_checkpoint(tmp_path / "m.pt", model, _card())
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 3])
+    with pytest.raises(CheckpointError, match="truncated, corrupt or not a torch file"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    torch.save(model.state_dict(), tmp_path / "plain_state_dict.pt")
+    with pytest.raises(CheckpointError, match="was not written by inspectline"):
+        load_checkpoint(tmp_path / "plain_state_dict.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "text.pt")
+
+
+def test_refuses_pickled_code(tmp_path: Path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "inspectline.checkpoint/1", "card": Evil(), "state_dict": {}}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_local_imagenet_style_weights_load_into_gray_backbone(tmp_path: Path):
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
+    model = build_model("resnet18", in_channels=1, init_weights=tmp_path / "resnet18.pth")
+    expected = reference.conv1.weight.sum(dim=1, keepdim=True)
+    assert torch.allclose(model.backbone.conv1.weight, expected)
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_backbone_weights(build_model("resnet50", in_channels=3), tmp_path / "resnet18.pth")

@@ -1,0 +1,62 @@
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspectline.config import DataConfig
+from inspectline.data import FrameDataset, Preprocessing, build_eval_preset, create_loader, load_images, load_samples
+from inspectline.model import build_model
+from inspectline.training.loop import CollapseDetector, EarlyStopping, fit, mixup
+from tests.helpers import tiny_config
+
+
+def test_mixup_mixes_inputs_with_beta_weight():
+    x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
+    y = torch.tensor([0, 1])
+    mixed, y_a, y_b, lam = mixup(x, y, 0.2, np.random.default_rng(0))
+    assert 0 <= lam <= 1 and torch.equal(y_a, y)
+    for i in range(2):
+        expected = lam * x[i] + (1 - lam) * x[int(y_b[i])]  # y equals the index here, so y_b is the permutation
+        assert torch.allclose(mixed[i], expected)
+
+
+def test_early_stopping_keeps_the_best_state():
+    model = torch.nn.Linear(1, 1)
+    stopper = EarlyStopping(patience=2)
+    assert not stopper.step(0.5, 1, model)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    assert not stopper.step(0.7, 2, model)
+    assert not stopper.step(0.6, 3, model)
+    assert stopper.step(0.6, 4, model)
+    assert stopper.best_epoch == 2 and stopper.best_state["weight"].item() == 3.0
+
+
+def test_collapse_detector_warns_then_stops_after_patience(caplog):
+    detector = CollapseDetector(share=0.95, patience=2, warmup=1)
+    with caplog.at_level(logging.WARNING):
+        assert not detector.step(0.99, 1)  # warm-up
+        assert not detector.step(0.60, 2)  # recovered: streak resets
+        assert not detector.step(0.99, 3)
+        assert detector.step(1.00, 4)
+    assert sum("prediction collapse" in r.message for r in caplog.records) == 3
+
+
+def test_fit_stops_a_collapsed_model(folder_dataset: Path, tmp_path: Path):
+    """A model that predicts OK for everything must be stopped by the collapse detector."""
+    cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 10, "lr": 1e-9, "collapse_patience": 2, "collapse_warmup": 1, "patience": 50})
+    samples = load_samples(cfg.data)
+    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    loader = create_loader(data, batch_size=8, train=True, seed=0)
+    val = create_loader(data, batch_size=16, train=False)
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16))
+    with torch.no_grad():
+        model.classifier[-1].bias.copy_(torch.tensor([50.0, -50.0]))  # always "ok"
+    result = fit(model, loader, val, cfg.train, torch.device("cpu"), history_path=tmp_path / "h.jsonl", progress=False)
+    assert result.stop_reason == "collapse"
+    assert result.epochs_run == 2
+    assert all(row["prediction_diversity"] == 1.0 for row in result.history)
+    assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 2
