@@ -164,6 +164,23 @@ def demo(
     run_demo(cfg)
 
 
+@app.command()
+def serve(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Ray Serve config file.")] = Path("serve_config.yaml"),
+    address: Annotated[str | None, typer.Option("--address", "-a", help="Deploy to this Ray cluster and return; default: a local Ray in the foreground.")] = None,
+) -> None:
+    """Run the inspection service (the same deploy as `serve run serve_config.yaml`)."""
+    from inspectline.serving.deploy import serve_until_interrupted
+
+    def ready(url: str, info: dict) -> None:
+        if address is not None:
+            typer.echo(f"deployed {config} to {address}; the service answers at {url} on the cluster's HTTP proxy")
+            return
+        typer.echo(f"service up at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops it")
+
+    serve_until_interrupted(config, address=address, on_ready=ready)
+
+
 @models_app.command("list")
 def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
     """All versions, oldest first; * marks production."""

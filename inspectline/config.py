@@ -137,6 +137,32 @@ class PathsConfig(_Section):
     reports: Path = Path("reports")
 
 
+class GatewayOptions(_Section):
+    """``user_config`` of the HTTP gateway deployment (see ``serve_config.yaml``)."""
+
+    model: str = Field("production", description="model to serve: production (follows promotions), latest or vNNNN")
+    reload_interval_s: float = Field(1.0, gt=0, description="how often the production pointer is checked")
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="larger request bodies get 413")
+    max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard: larger images get 422")
+    max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")
+    max_inflight: int = Field(64, ge=1, description="frames being judged at once; beyond it 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    api_token: str | None = Field(None, description="bearer token for /v1; None reads INSPECT_API_TOKEN, '' disables")
+
+
+class InspectorOptions(_Section):
+    """``user_config`` of the inspector replicas: verdict rules, TTA and dynamic batching."""
+
+    threshold: float | None = Field(None, gt=0, lt=1, description="override the model's operating threshold")
+    unsure_band: float = Field(0.0, ge=0, lt=0.5, description="verdict UNSURE within this distance of the threshold")
+    tta: bool = Field(True, description="flip test-time augmentation as stored with the model")
+    max_batch_size: int = Field(16, ge=1, le=512)
+    batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
+    max_loaded_versions: int = Field(2, ge=1, description="model versions kept in memory (old + new during a switch)")
+
+
 class InspectConfig(_Section):
     """The whole configuration tree."""
 

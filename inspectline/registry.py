@@ -40,15 +40,24 @@ POINTER_NAME = "production.json"
 _RUN_FILES = ("config.yaml", "splits.json", "history.jsonl", "drift_reference.npz")
 
 
-@dataclass(frozen=True)
+@dataclass
 class ModelVersion:
+    """A registered version; its card is read from the small ``card.json`` on first use."""
+
     name: str
     path: Path
-    card: ModelCard
+    _card: ModelCard | None = None
 
     @property
     def checkpoint(self) -> Path:
         return self.path / CHECKPOINT_NAME
+
+    @property
+    def card(self) -> ModelCard:
+        if self._card is None:
+            card_file = self.path / "card.json"
+            self._card = ModelCard.model_validate_json(card_file.read_text()) if card_file.is_file() else read_card(self.checkpoint)
+        return self._card
 
 
 class ModelRegistry:
@@ -72,7 +81,7 @@ class ModelRegistry:
             available = ", ".join(self.names()) or "none"
             msg = f"model version {name!r} is not in registry {self.root} (available: {available})"
             raise ModelNotFoundError(msg)
-        return ModelVersion(name=name, path=path, card=read_card(path / CHECKPOINT_NAME))
+        return ModelVersion(name=name, path=path)
 
     def list(self) -> list[ModelVersion]:
         return [self.get(n) for n in self.names()]
@@ -141,7 +150,7 @@ class ModelRegistry:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return ModelVersion(name=name, path=self.root / name, card=card)
+        return ModelVersion(name=name, path=self.root / name, _card=card)
 
     def promote(self, name: str, *, reason: str = "") -> dict:
         """Point production at ``name``; the current one is remembered for rollback."""

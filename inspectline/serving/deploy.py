@@ -1,0 +1,155 @@
+"""Deploying ``serve_config.yaml``: the library side of ``inspect serve`` and of ``make demo``.
+
+There is one deployment path: Ray Serve's own config deploy (``serve run CONFIG``), so ``inspect
+serve`` and ``serve run serve_config.yaml`` cannot drift apart. ``inspect serve`` adds what a plant
+admin wants around it: the file is validated first, relative paths are resolved against the
+working directory, a local Ray is started when no cluster address is given (and stopped on Ctrl-C
+or SIGTERM), and the command waits until ``/readyz`` answers before saying where the service is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from pydantic import ValidationError
+
+from inspectline.config import GatewayOptions, InspectorOptions
+from inspectline.errors import ConfigError, InspectError
+
+log = logging.getLogger(__name__)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
+_OPTIONS = {"Gateway": GatewayOptions, "Inspector": InspectorOptions}
+
+
+def load_serve_config(path: Path) -> dict[str, Any]:
+    """Read and validate a Serve config (Ray's schema, then our ``user_config`` schemas)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    if not path.is_file():
+        msg = f"serve config {path} does not exist"
+        raise ConfigError(msg)
+    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValidationError as exc:
+        msg = f"{path} is not a valid Ray Serve config: {exc}"
+        raise ConfigError(msg) from None
+    for app in raw.get("applications", []):
+        for deployment in app.get("deployments", []):
+            schema = _OPTIONS.get(deployment.get("name"))
+            if schema is not None:
+                try:
+                    schema.model_validate(deployment.get("user_config") or {})
+                except ValidationError as exc:
+                    msg = f"{path}: user_config of {deployment['name']} is invalid: {exc}"
+                    raise ConfigError(msg) from None
+    return raw
+
+
+def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of ``config`` whose application ``registry`` args are absolute (relative to ``base``)."""
+    config = json.loads(json.dumps(config))
+    for app in config.get("applications", []):
+        args = app.setdefault("args", {}) or {}
+        registry = Path(args.get("registry", "models")).expanduser()
+        args["registry"] = str(registry if registry.is_absolute() else (base / registry).resolve())
+        app["args"] = args
+    return config
+
+
+def service_url(config: dict[str, Any]) -> str:
+    http = config.get("http_options") or {}
+    host = http.get("host", "127.0.0.1")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{http.get('port', 8000)}"
+
+
+def deploy(config: dict[str, Any], address: str, *, timeout_s: float = 300) -> None:
+    """Submit a Serve config to the Ray cluster at ``address`` with ``serve run --non-blocking``."""
+    serve_bin = Path(sys.executable).with_name("serve")
+    command = str(serve_bin) if serve_bin.is_file() else shutil.which("serve")
+    if command is None:
+        msg = "the `serve` command (ray[serve]) is not installed in this environment"
+        raise InspectError(msg)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="inspectline-serve-", delete=False) as fh:
+        yaml.safe_dump(config, fh, sort_keys=False)
+    try:
+        proc = subprocess.run([command, "run", "--non-blocking", "--address", address, fh.name], capture_output=True, text=True, timeout=timeout_s)
+    finally:
+        Path(fh.name).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        msg = f"serve run failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}"
+        raise InspectError(msg)
+
+
+def wait_until_ready(url: str, *, timeout_s: float = 180, path: str = "/readyz") -> dict:
+    """Poll ``url + path`` until it answers 200; returns its JSON. Raises with the last answer on timeout."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url + path, timeout=5)
+            if response.status_code == 200:
+                return response.json()
+            last = f"{response.status_code} {response.text[:300]}"
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.5)
+    msg = f"{url}{path} was not ready after {timeout_s:.0f} s: {last}"
+    raise InspectError(msg)
+
+
+def start_local_ray(num_cpus: int | None = None) -> str:
+    """Start an embedded Ray for this process; returns the address ``serve run`` connects to."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, namespace="serve", include_dashboard=False, log_to_driver=False)
+    return ray.get_runtime_context().gcs_address
+
+
+def stop_local_ray() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def serve_until_interrupted(config_path: Path, *, address: str | None = None, on_ready: Callable[[str, dict], None] | None = None, ready_timeout_s: float = 300) -> None:
+    """``inspect serve``: deploy; without ``address`` also own a local Ray and block until interrupted."""
+    config = resolve_paths(load_serve_config(config_path), Path.cwd())
+    url = service_url(config)
+    if address is not None:
+        deploy(config, address)
+        if on_ready is not None:
+            on_ready(url, {"deployed_to": address})
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        deploy(config, start_local_ray())
+        health = wait_until_ready(url, path="/healthz", timeout_s=ready_timeout_s)
+        if on_ready is not None:
+            on_ready(url, health)
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        log.info("shutting down the service")
+        stop_local_ray()

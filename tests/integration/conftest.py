@@ -1,0 +1,101 @@
+"""Session fixtures for the running service: one local Ray, the repo's serve_config.yaml deployed with
+`serve run` (only the port, the registry and CPU shares changed), and a registry with two versions.
+
+Tests that reconfigure the service (auth, backpressure, extra apps) restore the base config before
+they return, so test order does not matter.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from inspectline.registry import ModelRegistry
+from inspectline.serving.deploy import deploy, load_serve_config, service_url, start_local_ray, stop_local_ray, wait_until_ready
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def app_config(registry: Path, *, name: str = "inspectline", route_prefix: str = "/", gateway: dict | None = None,
+               inspector: dict | None = None, inspector_options: dict | None = None) -> dict:
+    """The repo's application entry with test-sized settings."""
+    app = copy.deepcopy(load_serve_config(REPO / "serve_config.yaml")["applications"][0])
+    app["name"], app["route_prefix"] = name, route_prefix
+    app["args"] = {"registry": str(registry)}
+    for deployment in app["deployments"]:
+        if deployment["name"] == "Gateway":
+            deployment["user_config"].update({"reload_interval_s": 0.3, **(gateway or {})})
+        if deployment["name"] == "Inspector":
+            deployment["ray_actor_options"] = {"num_cpus": 0.5}  # two replicas on a 2-core CI machine
+            deployment["user_config"].update(inspector or {})
+            deployment.update(inspector_options or {})
+    return app
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+@dataclass
+class Service:
+    url: str
+    port: int
+    address: str
+    registry: ModelRegistry
+    base_app: dict
+    extra_apps: list[dict] = field(default_factory=list)
+
+    def deploy(self, *apps: dict) -> None:
+        config = load_serve_config(REPO / "serve_config.yaml")
+        config["http_options"] = {"host": "127.0.0.1", "port": self.port}
+        config["applications"] = list(apps)
+        deploy(config, self.address)
+
+    def reconfigure(self, **changes) -> None:
+        self.deploy(app_config(self.registry.root, **changes))
+
+    def restore(self) -> None:
+        self.deploy(self.base_app)
+        wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, what="the base config")
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    address = start_local_ray(num_cpus=2)
+    yield address
+    stop_local_ray()
+
+
+@pytest.fixture(scope="session")
+def service(ray_address: str, trained_run, tmp_path_factory) -> Iterator[Service]:
+    registry = ModelRegistry(tmp_path_factory.mktemp("service") / "models")
+    registry.register(trained_run.checkpoint)
+    registry.register(trained_run.checkpoint)  # v0002: the same weights, a different version for switching
+    registry.promote("v0001")
+    port = free_port()
+    svc = Service(url=f"http://127.0.0.1:{port}", port=port, address=ray_address, registry=registry, base_app=app_config(registry.root))
+    svc.deploy(svc.base_app)
+    assert service_url({"http_options": {"host": "127.0.0.1", "port": port}}) == svc.url
+    wait_until_ready(svc.url, timeout_s=300)
+    yield svc

@@ -1,0 +1,278 @@
+"""The inspection service over real HTTP: content types, verdicts, TTA, batching, errors, auth,
+readiness, promotion under load, backpressure and the serve config."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from ray import serve
+
+from inspectline.imaging import encode_png
+from inspectline.registry import ModelRegistry
+from tests.helpers import make_cell
+from tests.integration.conftest import REPO, app_config, wait_for
+
+pytestmark = pytest.mark.integration
+IDS = {"line_id": "line-1", "camera_id": "cam-1"}
+
+
+def cell(seed: int = 0, defective: bool = True) -> np.ndarray:
+    return make_cell(np.random.default_rng(seed), defective)
+
+
+def encoded(array: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def post(url: str, body: bytes, content_type: str = "image/png", params: dict | None = None, **kw) -> httpx.Response:
+    return httpx.post(f"{url}/v1/frames", content=body, headers={"Content-Type": content_type, **kw.pop("headers", {})},
+                      params=IDS | (params or {}), timeout=60, **kw)
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"] == code and isinstance(body["detail"], str) and body["detail"]
+    return body
+
+
+@pytest.mark.parametrize(("fmt", "content_type"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")])
+def test_each_content_type(service, fmt, content_type):
+    response = post(service.url, encoded(cell(1), fmt), content_type)
+    assert response.status_code == 200, response.text
+    assert response.json()["verdict"] in ("OK", "DEFECTIVE")
+
+
+def test_multipart_upload_with_metadata_in_form_fields(service):
+    files = {"image": ("frame.png", encoded(cell(2)), "image/png")}
+    response = httpx.post(f"{service.url}/v1/frames", files=files, data={"line_id": "line-2", "camera_id": "cam-9", "frame_id": "f-1"}, timeout=60)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["line_id"], body["camera_id"], body["frame_id"]) == ("line-2", "cam-9", "f-1")
+
+
+def test_image_modes_gray_rgb_rgba_16_bit(service):
+    gray = cell(3)
+    reference = post(service.url, encode_png(gray)).json()["defect_probability"]
+    layouts = {
+        "rgb": np.dstack([gray] * 3),
+        "rgba": np.dstack([gray] * 3 + [np.full_like(gray, 255)]),
+        "gray16": gray.astype(np.uint16) << 8,
+    }
+    for name, array in layouts.items():
+        body = encoded(array) if name == "gray16" else encode_png(array)
+        response = post(service.url, body)
+        assert response.status_code == 200, (name, response.text)
+        assert response.json()["defect_probability"] == pytest.approx(reference, abs=1e-4), name
+
+
+def test_response_fields(service):
+    response = post(service.url, encode_png(cell(4)), params={"part_id": "P-77", "frame_id": "frame-0001", "captured_at": "2026-11-22T08:00:00+00:00"})
+    body = response.json()
+    assert set(body) >= {"frame_id", "verdict", "defect_probability", "confidence", "threshold", "model_version", "views", "latency_ms"}
+    assert body["frame_id"] == "frame-0001" and body["part_id"] == "P-77" and body["captured_at"].startswith("2026-11-22T08:00:00")
+    assert body["model_version"] == "v0001" and set(body["views"]) == {"identity", "hflip"}
+    p, t = body["defect_probability"], body["threshold"]
+    assert body["verdict"] == ("DEFECTIVE" if p >= t else "OK")
+    assert body["confidence"] == pytest.approx(p if p >= t else 1 - p)
+    assert body["latency_ms"] > 0
+    headers = {"X-Line-Id": "line-3", "X-Camera-Id": "cam-3", "X-Frame-Id": "hdr-1"}
+    via_headers = httpx.post(f"{service.url}/v1/frames", content=encode_png(cell(4)), headers={"Content-Type": "image/png", **headers}, timeout=60)
+    assert (via_headers.json()["line_id"], via_headers.json()["frame_id"]) == ("line-3", "hdr-1")
+
+
+def test_flip_tta_invariance(service):
+    frame = cell(5)
+    a = post(service.url, encode_png(frame)).json()
+    b = post(service.url, encode_png(frame[:, ::-1].copy())).json()
+    assert a["defect_probability"] == pytest.approx(b["defect_probability"], abs=1e-4)
+    assert a["views"]["identity"] == pytest.approx(b["views"]["hflip"], abs=1e-4)
+
+
+def test_batch_endpoint_judges_each_file_and_isolates_bad_ones(service):
+    files = [("files", (f"part-{i}.png", encode_png(cell(10 + i)), "image/png")) for i in range(3)]
+    files.append(("files", ("broken.png", encode_png(cell(1))[:50], "image/png")))
+    response = httpx.post(f"{service.url}/v1/frames/batch", files=files, params=IDS, timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [200, 200, 200, 422]
+    assert [r["result"]["frame_id"] for r in results[:3]] == ["part-0", "part-1", "part-2"]
+    assert results[3]["error"] == "undecodable_image" and "broken.png" in results[3]["detail"]
+
+
+def test_replicas_form_batches_under_concurrency(service):
+    handle = serve.get_deployment_handle("Inspector", app_name="inspectline")
+
+    async def burst() -> list[dict]:
+        return await asyncio.gather(*(handle.judge.remote(cell(i), "v0001") for i in range(32)))
+
+    results = asyncio.run(burst())
+    assert all("verdict" in r for r in results)
+    assert max(r["batch_size"] for r in results) > 1
+
+
+def test_every_error_status_has_a_json_body(service):
+    url = service.url
+    assert_error(httpx.post(f"{url}/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params={"line_id": "l"}), 400, "invalid_request")
+    assert_error(post(url, encode_png(cell()), params={"camera_id": "cam 1 with spaces"}), 400, "invalid_request")
+    assert_error(post(url, encode_png(cell()), params={"captured_at": "yesterday"}), 400, "invalid_request")
+    assert_error(post(url, b""), 400, "invalid_request")
+    too_big = assert_error(post(url, b"\0" * (21 * 2**20)), 413, "payload_too_large")
+    assert "20,971,520" in too_big["detail"]
+
+    def chunks():
+        for _ in range(21):
+            yield b"\0" * 2**20
+
+    assert_error(httpx.post(f"{url}/v1/frames", content=chunks(), headers={"Content-Type": "image/png"}, params=IDS, timeout=60), 413, "payload_too_large")
+    assert_error(post(url, b"hello", "text/plain"), 415, "unsupported_media_type")
+    assert_error(post(url, encoded(cell(), "GIF")), 415, "unsupported_media_type")
+    assert_error(post(url, encode_png(cell())[:60]), 422, "undecodable_image")
+    bomb = assert_error(post(url, _png_header(100_000, 100_000)), 422, "image_too_large")
+    assert "10,000,000,000 pixels" in bomb["detail"]
+    assert_error(httpx.get(f"{url}/v1/nothing-here"), 404, "not_found")
+    # nothing above took a replica down
+    assert post(url, encode_png(cell())).status_code == 200
+    status = serve.status().applications["inspectline"]
+    assert status.status == "RUNNING" and all(d.status == "HEALTHY" for d in status.deployments.values())
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+def test_openapi_and_model_endpoints(service):
+    spec = httpx.get(f"{service.url}/openapi.json").json()
+    assert {"/v1/frames", "/v1/frames/batch", "/v1/model", "/healthz", "/readyz"} <= set(spec["paths"])
+    model = httpx.get(f"{service.url}/v1/model").json()
+    assert model["version"] == "v0001" and model["classes"] == ["ok", "defective"] and 0 < model["threshold"] < 1
+    assert "roc_auc" in model["metrics"]
+
+
+def test_auth_on_and_off(service):
+    try:
+        service.reconfigure(gateway={"api_token": "s3cret"})
+        wait_for(lambda: post(service.url, encode_png(cell())).status_code == 401, what="auth on")
+        response = post(service.url, encode_png(cell()))
+        assert_error(response, 401, "unauthorized")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert_error(post(service.url, encode_png(cell()), headers={"Authorization": "Bearer wrong"}), 403, "forbidden")
+        assert_error(httpx.get(f"{service.url}/v1/model"), 401, "unauthorized")
+        assert post(service.url, encode_png(cell()), headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{service.url}/healthz").status_code == 200  # health stays open
+        assert httpx.get(f"{service.url}/readyz").status_code == 200
+    finally:
+        service.restore()
+    wait_for(lambda: post(service.url, encode_png(cell())).status_code == 200, what="auth off")
+
+
+def test_readiness_before_and_after_the_model_loads(service, tmp_path, trained_run):
+    fresh = ModelRegistry(tmp_path / "fresh")
+    fresh.register(trained_run.checkpoint)
+    other = app_config(fresh.root, name="fresh", route_prefix="/fresh", inspector_options={"num_replicas": 1})
+    try:
+        service.deploy(service.base_app, other)
+        wait_for(lambda: httpx.get(f"{service.url}/fresh/healthz").status_code == 200, timeout_s=240, what="second app")
+        not_ready = httpx.get(f"{service.url}/fresh/readyz")
+        assert_error(not_ready, 503, "not_ready")
+        assert "no model is in production" in not_ready.json()["detail"] and not_ready.headers["Retry-After"] == "1"
+        refused = httpx.post(f"{service.url}/fresh/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params=IDS)
+        assert_error(refused, 503, "not_ready")
+        fresh.promote("v0001")
+        wait_for(lambda: httpx.get(f"{service.url}/fresh/readyz").status_code == 200, timeout_s=120, what="readiness")
+        assert httpx.get(f"{service.url}/fresh/readyz").json()["model_version"] == "v0001"
+        assert httpx.post(f"{service.url}/fresh/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params=IDS).status_code == 200
+    finally:
+        service.restore()
+
+
+def test_promotion_under_load_has_no_failures_and_switches_once(service):
+    stop = threading.Event()
+    sequences: list[list[str]] = [[] for _ in range(3)]
+    failures: list[str] = []
+    body = encode_png(cell(7))
+
+    def client(seq: list[str]) -> None:
+        with httpx.Client(timeout=60) as http:
+            while not stop.is_set():
+                r = http.post(f"{service.url}/v1/frames", content=body, headers={"Content-Type": "image/png"}, params=IDS)
+                if r.status_code == 200:
+                    seq.append(r.json()["model_version"])
+                else:
+                    failures.append(f"{r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(seq,)) for seq in sequences]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: all(len(s) >= 3 for s in sequences), what="traffic before the promotion")
+        service.registry.promote("v0002", reason="test")
+        wait_for(lambda: all(s and s[-1] == "v0002" and s.count("v0002") >= 3 for s in sequences), timeout_s=90, what="the switch")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        service.registry.rollback()
+        wait_for(lambda: httpx.get(f"{service.url}/readyz").json()["model_version"] == "v0001", what="rollback")
+    assert failures == []
+    for seq in sequences:
+        switch = seq.index("v0002")
+        assert set(seq[:switch]) == {"v0001"} and set(seq[switch:]) == {"v0002"}, seq
+
+
+def test_backpressure_answers_503_with_retry_after_quickly(service):
+    try:
+        service.reconfigure(gateway={"max_inflight": 2}, inspector={"batch_wait_timeout_s": 0.2, "max_batch_size": 2})
+        wait_for(lambda: _burst(service.url, 12)[1] > 0, timeout_s=90, what="the smaller limit")
+        results, overloaded = _burst(service.url, 24)
+        statuses = [status for status, _, _ in results]
+        assert set(statuses) <= {200, 503} and statuses.count(200) >= 1 and overloaded >= 10
+        for status, seconds, response in results:
+            if status == 503:
+                assert response.headers["Retry-After"] == "1" and response.json()["error"] == "overloaded"
+                assert seconds < 3.0  # refused at once, not queued
+    finally:
+        service.restore()
+
+
+def _burst(url: str, n: int) -> tuple[list[tuple[int, float, httpx.Response]], int]:
+    body = encode_png(cell(8))
+
+    async def one(client: httpx.AsyncClient) -> tuple[int, float, httpx.Response]:
+        t0 = time.perf_counter()
+        r = await client.post(f"{url}/v1/frames", content=body, headers={"Content-Type": "image/png"}, params=IDS)
+        return r.status_code, time.perf_counter() - t0, r
+
+    async def run() -> list:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=n)) as client:
+            return await asyncio.gather(*(one(client) for _ in range(n)))
+
+    results = asyncio.run(run())
+    return results, sum(1 for s, _, _ in results if s == 503)
+
+
+def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
+    """The fixture deployed the repo's serve_config.yaml with `serve run`; its deployments are running."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    app = config["applications"][0]
+    assert app["import_path"] == "inspectline.serving.app:build_app"
+    status = serve.status().applications[app["name"]]
+    assert set(status.deployments) == {d["name"] for d in app["deployments"]}
+    details = serve.status().applications[app["name"]].deployments["Inspector"]
+    assert details.status == "HEALTHY"
