@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from inspectline.config import InspectConfig, load_config
+from inspectline.config import InspectConfig, data_overrides, load_config
 from inspectline.errors import ConfigError, InspectError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines.")
@@ -59,19 +59,6 @@ def profile_path(name: str) -> Path:
         msg = f"profile {name!r} does not exist; available: {', '.join(available)}"
         raise ConfigError(msg)
     return path
-
-
-def data_overrides(spec: str) -> list[str]:
-    """``folder:/data/cells`` -> ``["data.source=folder", "data.path=/data/cells"]``."""
-    kind, _, path = spec.partition(":")
-    kinds = ("elpv", "folder", "mvtec", "manifest")
-    if kind not in kinds:
-        msg = f"--data {spec!r}: source must be one of {', '.join(kinds)} (as elpv or folder:PATH)"
-        raise ConfigError(msg)
-    if kind != "elpv" and not path:
-        msg = f"--data {spec!r}: {kind} needs a path, as {kind}:PATH"
-        raise ConfigError(msg)
-    return [f"data.source={kind}"] + ([f"data.path={path}"] if path else [])
 
 
 @app.callback()
@@ -156,12 +143,14 @@ def predict(
 def demo(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
+    serve_config: Annotated[Path, typer.Option(help="Ray Serve config used for the service step.")] = Path("serve_config.yaml"),
+    frames: Annotated[int, typer.Option(help="Test-split cells posted to the service.")] = 200,
 ) -> None:
-    """Train a quick model on ELPV, evaluate it, register it and print where the report is."""
+    """Train a quick model on ELPV, register it, serve it and post frames to it."""
     from inspectline.demo import run_demo
 
     cfg = resolve_config(config, None if config else "demo", overrides)
-    run_demo(cfg)
+    run_demo(cfg, serve_config=serve_config, frames=frames)
 
 
 @app.command()

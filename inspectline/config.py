@@ -209,6 +209,19 @@ def merge_config(base: InspectConfig, overrides: list[str]) -> InspectConfig:
     return build_config(raw, origin="overrides")
 
 
+def data_overrides(spec: str) -> list[str]:
+    """A ``--data`` spec as overrides: ``folder:/data/cells`` -> ``["data.source=folder", "data.path=/data/cells"]``."""
+    kind, _, path = spec.partition(":")
+    kinds = ("elpv", "folder", "mvtec", "manifest")
+    if kind not in kinds:
+        msg = f"--data {spec!r}: source must be one of {', '.join(kinds)} (as elpv or folder:PATH)"
+        raise ConfigError(msg)
+    if kind != "elpv" and not path:
+        msg = f"--data {spec!r}: {kind} needs a path, as {kind}:PATH"
+        raise ConfigError(msg)
+    return [f"data.source={kind}"] + ([f"data.path={path}"] if path else [])
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         msg = f"config file {path} does not exist"

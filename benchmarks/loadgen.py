@@ -1,0 +1,124 @@
+"""HTTP load generator for the serving benchmark, run in its own process.
+
+* closed loop: ``concurrency`` clients post back to back for ``seconds`` -> throughput at saturation.
+* open loop: requests start on a fixed schedule at ``rate`` per second whatever the answers do
+  (no coordinated omission), for ``seconds`` -> latency percentiles at a given load.
+
+Each run reports its own CPU time, so the benchmark can say how much of the machine the load
+generator itself used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import resource
+import time
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    ok: int
+    errors: dict[int, int]
+    seconds: float
+    latencies_ms: list[float]
+    cpu_seconds: float
+
+    @property
+    def throughput(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+def run_in_process(mode: str, url: str, bodies: list[bytes], **kw) -> LoadResult:
+    """Run one load phase in a fresh process (its CPU use is then its own)."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, mode, url, bodies, kw))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _child(queue: mp.Queue, mode: str, url: str, bodies: list[bytes], kw: dict) -> None:
+    runner = _closed_loop if mode == "closed" else _open_loop
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    result = asyncio.run(runner(url, bodies, **kw))
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    result.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    queue.put(result)
+
+
+async def _post(client: httpx.AsyncClient, url: str, body: bytes, i: int) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    try:
+        r = await client.post(url, content=body, headers={"Content-Type": "image/png"},
+                              params={"line_id": "bench", "camera_id": f"cam-{i % 4}", "frame_id": f"f{i}"})
+        status = r.status_code
+    except httpx.HTTPError:
+        status = 0
+    return status, (time.perf_counter() - t0) * 1000
+
+
+async def _closed_loop(url: str, bodies: list[bytes], *, concurrency: int, seconds: float, warmup_s: float = 3.0) -> LoadResult:
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    counter = 0
+    ok = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        measure_from = start + warmup_s
+        deadline = measure_from + seconds
+
+        async def worker() -> None:
+            nonlocal counter, ok
+            while time.perf_counter() < deadline:
+                counter += 1
+                i = counter
+                status, ms = await _post(client, url, bodies[i % len(bodies)], i)
+                if time.perf_counter() < measure_from:
+                    continue
+                if status == 200:
+                    ok += 1
+                    latencies.append(ms)
+                else:
+                    errors[status] = errors.get(status, 0) + 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoadResult(requests=ok + sum(errors.values()), ok=ok, errors=errors, seconds=seconds, latencies_ms=latencies, cpu_seconds=0.0)
+
+
+async def _open_loop(url: str, bodies: list[bytes], *, rate: float, seconds: float) -> LoadResult:
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    n = max(1, int(rate * seconds))
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+
+        async def scheduled(i: int) -> tuple[int, float]:
+            # latency counts from the scheduled start, so a late start is charged to the service
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            scheduled_at = start + i / rate
+            status, _ = await _post(client, url, bodies[i % len(bodies)], i)
+            return status, (time.perf_counter() - scheduled_at) * 1000
+
+        outcomes = await asyncio.gather(*(scheduled(i) for i in range(n)))
+        elapsed = time.perf_counter() - start
+    for status, ms in outcomes:
+        if status == 200:
+            latencies.append(ms)
+        else:
+            errors[status] = errors.get(status, 0) + 1
+    return LoadResult(requests=n, ok=len(latencies), errors=errors, seconds=elapsed, latencies_ms=latencies, cpu_seconds=0.0)
