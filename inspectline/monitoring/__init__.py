@@ -1,0 +1,1 @@
+"""Line monitoring: Prometheus metric definitions, drift references and detectors."""
