@@ -95,6 +95,9 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     balanced_sampling: bool = True
     patience: int = Field(12, ge=1, description="early stopping: epochs without a better validation F1")
+    early_stopping_start: float = Field(
+        0.5, ge=0, le=1, description="share of the epochs before early stopping may stop: OneCycle's high-LR phase is noisy"
+    )
     collapse_share: float = Field(0.95, gt=0.5, le=1, description="share of one predicted class that counts as collapse")
     collapse_patience: int = Field(5, ge=1, description="collapsed epochs in a row before training stops")
     collapse_warmup: int = Field(3, ge=0, description="epochs before the collapse detector may stop training")
@@ -147,7 +150,8 @@ class GatewayOptions(_Section):
     max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")
     max_inflight: int = Field(64, ge=1, description="frames being judged at once; beyond it 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
-    request_timeout_s: float = Field(30.0, gt=0)
+    recent_frames: int = Field(100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id")
+    monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
     api_token: str | None = Field(None, description="bearer token for /v1; None reads INSPECT_API_TOKEN, '' disables")
 
 
@@ -161,6 +165,15 @@ class InspectorOptions(_Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
     max_loaded_versions: int = Field(2, ge=1, description="model versions kept in memory (old + new during a switch)")
+
+
+class MonitorOptions(_Section):
+    """``user_config`` of the line monitor: drift windows and label limits."""
+
+    drift_window: int = Field(200, ge=10, description="frames per camera in the sliding drift window")
+    drift_interval: int = Field(50, ge=1, description="frames between two drift evaluations once the window is full")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="significance of a drift alarm (corrected over every test of a window)")
+    max_streams: int = Field(256, ge=1, description="distinct (line, camera) label pairs; more are counted under 'other'")
 
 
 class InspectConfig(_Section):

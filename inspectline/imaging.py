@@ -21,6 +21,7 @@ from inspectline.errors import InvalidImageError
 
 ACCEPTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp", "TIFF": "image/tiff"}
 DEFAULT_MAX_PIXELS = 40_000_000
+_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
 
 # We enforce our own pixel limit from the header; Pillow's global bomb check would only warn first.
 Image.MAX_IMAGE_PIXELS = None
@@ -37,6 +38,10 @@ def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
+        claimed = next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
+        if claimed is not None:  # starts like one of ours, so it is a corrupt file rather than another format
+            msg = f"{name} starts like a {claimed} file but its header is corrupt"
+            raise InvalidImageError(msg, code="undecodable") from None
         msg = f"{name} is not a recognised image; accepted formats are {', '.join(ACCEPTED_FORMATS)}"
         raise InvalidImageError(msg, code="unsupported_type") from None
     except (OSError, ValueError, SyntaxError) as exc:  # a known format whose header is broken

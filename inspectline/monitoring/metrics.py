@@ -4,21 +4,64 @@ Naming follows Prometheus conventions: an ``inspect_`` prefix, base units (``_se
 ratios 0-1), ``_total`` on counters, and bounded labels only (line, camera, verdict, reason, signal:
 never a frame or part id). Every class takes a ``registry`` so tests and each process use their own.
 
+* :class:`LineMetrics`    exported by the service at ``GET /metrics``: one instance in the line
+                          monitor deployment, fed by every gateway, so totals are line-wide however
+                          many replicas judge the frames.
 * :class:`CameraMetrics`  exported by a camera adapter on its own port (``--metrics-port``).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# End-to-end latencies: a few ms for a small model on a GPU, hundreds on a loaded CPU.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
+CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 # Post latencies from a camera: tens of milliseconds normally, seconds while the service recovers.
 POST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class LineMetrics:
+    """What the inspection service exports: throughput, verdicts, latency, confidence, model, drift."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # the *_created series double the series count and no panel uses them
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        stream = ("line", "camera")
+        self.frames = Counter("inspect_frames_total", "Frames judged, by verdict (a repeated frame id is counted once).", (*stream, "verdict"), registry=r)
+        self.errors = Counter("inspect_errors_total", "Requests or frames that got an error instead of a verdict, by reason.", ("reason",), registry=r)
+        self.latency = Histogram("inspect_request_duration_seconds", "End-to-end time from receiving a frame to its verdict.", ("line",), buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("inspect_inference_duration_seconds", "Time of one batched TTA forward on an inspector replica.", buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("inspect_batch_size", "Frames per batched forward.", buckets=BATCH_BUCKETS, registry=r)
+        self.probability = Histogram("inspect_defect_probability", "Calibrated defect probability per frame.", stream, buckets=PROBABILITY_BUCKETS, registry=r)
+        self.confidence = Histogram("inspect_confidence", "Calibrated probability that the verdict is right.", stream, buckets=CONFIDENCE_BUCKETS, registry=r)
+        self.disagreement = Histogram(
+            "inspect_tta_disagreement", "Spread (max - min) of the defect probability across TTA views.", stream, buckets=DISAGREEMENT_BUCKETS, registry=r,
+        )
+        self.unsure_ratio = Gauge("inspect_unsure_ratio", "Share of UNSURE verdicts in the current drift window.", stream, registry=r)
+        self.defect_ratio = Gauge("inspect_defect_ratio", "Share of DEFECTIVE verdicts in the current drift window.", stream, registry=r)
+        self.model_info = Gauge("inspect_model_info", "The model version being served (value 1).", ("version", "arch"), registry=r)
+        self.model_version = Gauge("inspect_model_version", "Number of the served model version (v0003 -> 3); changes mark promotions.", registry=r)
+        self.threshold = Gauge("inspect_model_threshold", "Operating threshold on the defect probability.", registry=r)
+        self.reference_defect_ratio = Gauge("inspect_reference_defect_ratio", "Share the served model flags DEFECTIVE on its held-out reference frames.", registry=r)
+        self.drift_score = Gauge("inspect_drift_score", "Drift statistic per signal (KS distance; ratio to the reference for defect_rate).", (*stream, "signal"), registry=r)
+        self.drift_p_value = Gauge("inspect_drift_p_value", "Bonferroni-corrected p-value of the drift test per signal.", (*stream, "signal"), registry=r)
+        self.drift_alarm = Gauge("inspect_drift_alarm", "1 when the signal's corrected p-value is below alpha.", (*stream, "signal"), registry=r)
+        self.drift_alpha = Gauge("inspect_drift_alpha", "Significance level of the drift alarms.", registry=r)
+        self.drift_window = Gauge("inspect_drift_window_frames", "Frames in the current drift window.", stream, registry=r)
+        self.store_backlog = Gauge("inspect_store_backlog_frames", "Judged frames waiting to be written to the frame store.", registry=r)
 
 
 class CameraMetrics:
     """What a camera adapter exports: capture, delivery, retries and its disk spool."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # as in LineMetrics
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ("line", "camera")
         self.captured = Counter("inspect_camera_frames_captured_total", "Frames the adapter took from its source.", labels, registry=self.registry)

@@ -18,6 +18,7 @@ from ray.serve import Application
 from inspectline.errors import ConfigError
 from inspectline.serving.gateway import Gateway
 from inspectline.serving.inspector import Inspector
+from inspectline.serving.monitor import LineMonitor
 
 
 class AppArgs(BaseModel):
@@ -29,11 +30,11 @@ class AppArgs(BaseModel):
 
 
 def build_app(args: dict) -> Application:
-    """Gateway -> Inspector replicas; paths are made absolute where the app is built."""
+    """Gateway -> Inspector replicas, Gateway -> LineMonitor; paths are made absolute where the app is built."""
     try:
         parsed = AppArgs.model_validate(args or {})
     except ValidationError as exc:
         msg = f"invalid application args in the Serve config: {exc}"
         raise ConfigError(msg) from None
     registry = str(parsed.registry.expanduser().resolve())
-    return Gateway.bind(Inspector.bind(registry), registry)
+    return Gateway.bind(Inspector.bind(registry), LineMonitor.bind(registry), registry)

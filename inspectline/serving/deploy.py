@@ -26,12 +26,12 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
-from inspectline.config import GatewayOptions, InspectorOptions
+from inspectline.config import GatewayOptions, InspectorOptions, MonitorOptions
 from inspectline.errors import ConfigError, InspectError
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
-_OPTIONS = {"Gateway": GatewayOptions, "Inspector": InspectorOptions}
+_OPTIONS = {"Gateway": GatewayOptions, "Inspector": InspectorOptions, "LineMonitor": MonitorOptions}
 
 
 def load_serve_config(path: Path) -> dict[str, Any]:

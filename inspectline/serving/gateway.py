@@ -7,10 +7,15 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
     GET  /v1/model           the model being served
     GET  /healthz            alive
     GET  /readyz             model loaded and warmed (503 until then)
+    GET  /metrics            Prometheus text format, line-wide (rendered by the line monitor)
 
 Every error is JSON ``{"error": code, "detail": message}``: 400 missing/invalid fields, 401/403 auth,
 413 body too large, 415 unsupported type, 422 undecodable or absurdly large image, 503 with
 ``Retry-After`` when overloaded or not ready.
+
+Monitoring: every verdict and every error becomes a small record that the gateway sends to the
+line monitor in micro-batches off the request path (see ``serving.monitor``). A repeated frame id
+is answered from memory and not recorded again.
 
 Model switching: the gateway is the one place that decides which version judges a frame. It polls
 the registry's production pointer; on a change it has the inspectors load and warm the new version,
@@ -20,11 +25,13 @@ then flips. Frames already being judged finish on the old version; every respons
 # No `from __future__ import annotations` here: Ray's class-based ingress re-reads the endpoint
 # signatures outside this module, so the Annotated aliases must be real objects, not strings.
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
 import time
 import uuid
+from collections import OrderedDict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -32,7 +39,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -53,6 +60,7 @@ IMAGE_TYPES = {
 }
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 _IMAGE_STATUS = {"unsupported_type": 415, "too_large": 422, "undecodable": 422}
+MAX_PENDING_RECORDS = 200_000  # records kept while the line monitor is unreachable (~100 MB)
 _IMAGE_CODES = {"unsupported_type": "unsupported_media_type", "too_large": "image_too_large", "undecodable": "undecodable_image"}
 
 
@@ -90,6 +98,7 @@ class Verdict(BaseModel):
     latency_ms: float
     captured_at: datetime | None
     received_at: datetime
+    duplicate: bool = Field(False, description="true when this (camera_id, frame_id) was judged before: the first verdict is returned")
 
 
 class BatchItem(BaseModel):
@@ -202,6 +211,27 @@ def _frame_id_from_filename(name: str | None, index: int) -> str:
     return stem if stem else f"frame-{index}-{uuid.uuid4().hex[:8]}"
 
 
+def _frame_record(verdict: Verdict, result: dict) -> dict:
+    """What the line monitor needs about one judged frame (bounded labels, numbers, no image)."""
+    return {
+        "type": "frame",
+        "line": verdict.line_id,
+        "camera": verdict.camera_id,
+        "verdict": verdict.verdict,
+        "defect_probability": verdict.defect_probability,
+        "confidence": verdict.confidence,
+        "threshold": verdict.threshold,
+        "model_version": verdict.model_version,
+        "views": verdict.views,
+        "latency_s": verdict.latency_ms / 1000,
+        "inference_s": result["inference_ms"] / 1000,
+        "batch_size": result["batch_size"],
+        "first_in_batch": result["first_in_batch"],
+        "stats": result["stats"],
+        "embedding": result["embedding"],
+    }
+
+
 def _verdict(meta: FrameMeta, result: dict, received: float) -> Verdict:
     return Verdict(
         frame_id=meta.frame_id,
@@ -223,15 +253,22 @@ def _verdict(meta: FrameMeta, result: dict, received: float) -> Verdict:
 @serve.deployment(name="Gateway", max_ongoing_requests=128)
 @serve.ingress(api)
 class Gateway:
-    async def __init__(self, inspector: DeploymentHandle, registry: str):
+    async def __init__(self, inspector: DeploymentHandle, monitor: DeploymentHandle, registry: str):
         self.inspector = inspector
+        self.monitor = monitor
         self.options = GatewayOptions()
         self.registry = ModelRegistry(Path(registry))
         self.active_version: str | None = None
         self.not_ready_reason = "the model is loading"
         self.inflight = 0
         self._token: str | None = None
-        self._watcher = asyncio.get_running_loop().create_task(self._watch_model())
+        self._recent: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
+        self._pending: dict[tuple[str, str], asyncio.Future] = {}
+        self._outbox: list[dict] = []
+        self._flush_lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        self._watcher = loop.create_task(self._watch_model())
+        self._flusher = loop.create_task(self._flush_forever())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = GatewayOptions.model_validate(user_config or {})
@@ -249,11 +286,18 @@ class Gateway:
             raise ApiError(503, "not_ready", self.not_ready_reason, {"Retry-After": str(self.options.retry_after_s)})
         return {"status": "ready", "model_version": self.active_version}
 
+    @api.get("/metrics", summary="Prometheus metrics (text exposition format)", response_class=Response)
+    async def metrics(self) -> Response:
+        await self._flush()  # include every verdict this gateway has answered so far
+        body, content_type = await self.monitor.render.remote()
+        return Response(content=body, media_type=content_type)
+
     @api.get("/v1/model", summary="The model being served")
     async def model(self, authorization: Annotated[str | None, Header()] = None) -> dict:
-        self._authorize(authorization)
-        version = self._require_ready()
-        return await self.inspector.describe.remote(version)
+        with self._counting_errors():
+            self._authorize(authorization)
+            version = self._require_ready()
+            return await self.inspector.describe.remote(version)
 
     @api.post(
         "/v1/frames",
@@ -269,27 +313,24 @@ class Gateway:
         x_line_id: LineH = None, x_camera_id: CameraH = None, x_part_id: PartH = None, x_frame_id: FrameH = None, x_captured_at: CapturedH = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Verdict:
-        received = time.perf_counter()
-        self._authorize(authorization)
-        body, content_type = await self._read_body(request)
-        fields: dict[str, str | None] = {}
-        if content_type == "multipart/form-data":
-            files, fields = await _parse_multipart(request, body, max_files=1)
-            if len(files) != 1:
-                raise ApiError(400, "invalid_request", f"multipart body must hold exactly one image file, got {len(files)}")
-            data = files[0][1]
-        else:
-            data = body
-        meta = _frame_meta(
-            line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id"),
-            part_id or x_part_id or fields.get("part_id"), frame_id or x_frame_id or fields.get("frame_id"),
-            captured_at or x_captured_at or fields.get("captured_at"),
-        )
-        version = self._require_ready()
-        frame = self._decode(data)
-        with self._slot():
-            result = await self._judge(frame, version)
-        return _verdict(meta, result, received)
+        with self._counting_errors():
+            received = time.perf_counter()
+            self._authorize(authorization)
+            body, content_type = await self._read_body(request)
+            fields: dict[str, str | None] = {}
+            if content_type == "multipart/form-data":
+                files, fields = await _parse_multipart(request, body, max_files=1)
+                if len(files) != 1:
+                    raise ApiError(400, "invalid_request", f"multipart body must hold exactly one image file, got {len(files)}")
+                data = files[0][1]
+            else:
+                data = body
+            meta = _frame_meta(
+                line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id"),
+                part_id or x_part_id or fields.get("part_id"), frame_id or x_frame_id or fields.get("frame_id"),
+                captured_at or x_captured_at or fields.get("captured_at"),
+            )
+            return await self._judge_once(meta, data, received, explicit_id=bool(frame_id or x_frame_id or fields.get("frame_id")))
 
     @api.post(
         "/v1/frames/batch",
@@ -304,32 +345,100 @@ class Gateway:
         x_line_id: LineH = None, x_camera_id: CameraH = None, x_part_id: PartH = None, x_captured_at: CapturedH = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> BatchResponse:
-        received = time.perf_counter()
-        self._authorize(authorization)
-        body, content_type = await self._read_body(request, multipart_only=True)
-        files, fields = await _parse_multipart(request, body, max_files=self.options.max_batch_files)
-        if not files:
-            raise ApiError(400, "invalid_request", "multipart body holds no image files")
-        line, camera = line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id")
-        part, captured = part_id or x_part_id or fields.get("part_id"), captured_at or x_captured_at or fields.get("captured_at")
-        metas = [_frame_meta(line, camera, part, _frame_id_from_filename(name, i), captured) for i, (name, _) in enumerate(files)]
-        if len({m.frame_id for m in metas}) != len(metas):
-            raise ApiError(400, "invalid_request", "two files in the batch have the same name; file names are the frame ids")
-        version = self._require_ready()
+        with self._counting_errors():
+            received = time.perf_counter()
+            self._authorize(authorization)
+            body, content_type = await self._read_body(request, multipart_only=True)
+            files, fields = await _parse_multipart(request, body, max_files=self.options.max_batch_files)
+            if not files:
+                raise ApiError(400, "invalid_request", "multipart body holds no image files")
+            line, camera = line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id")
+            part, captured = part_id or x_part_id or fields.get("part_id"), captured_at or x_captured_at or fields.get("captured_at")
+            metas = [_frame_meta(line, camera, part, _frame_id_from_filename(name, i), captured) for i, (name, _) in enumerate(files)]
+            if len({m.frame_id for m in metas}) != len(metas):
+                raise ApiError(400, "invalid_request", "two files in the batch have the same name; file names are the frame ids")
+            self._require_ready()
 
         async def one(i: int, name: str | None, data: bytes) -> BatchItem:
             try:
-                frame = self._decode(data, name=name or f"file {i}")
-                with self._slot():
-                    result = await self._judge(frame, version)
-                return BatchItem(index=i, filename=name, result=_verdict(metas[i], result, received))
+                verdict = await self._judge_once(metas[i], data, received, explicit_id=bool(name), name=name or f"file {i}")
+                return BatchItem(index=i, filename=name, result=verdict)
             except ApiError as exc:
+                self._outbox.append({"type": "error", "reason": exc.code})
                 return BatchItem(index=i, filename=name, error=exc.code, detail=exc.detail, status=exc.status)
 
         items = await asyncio.gather(*(one(i, name, data) for i, (name, data) in enumerate(files)))
         return BatchResponse(results=list(items))
 
     # --- helpers -------------------------------------------------------------------------------
+    async def _judge_once(self, meta: FrameMeta, data: bytes, received: float, *, explicit_id: bool, name: str = "image") -> Verdict:
+        """Judge a frame unless this camera already sent this frame id: then answer the first verdict.
+
+        A retry that arrives while the first attempt is still being judged waits for that verdict,
+        so a frame is judged and counted once however often a camera resends it.
+        """
+        key = (meta.camera_id, meta.frame_id)
+        if explicit_id:
+            if key in self._recent:
+                return self._recent[key].model_copy(update={"duplicate": True})
+            if key in self._pending:
+                first = await asyncio.shield(self._pending[key])
+                return first.model_copy(update={"duplicate": True})
+        version = self._require_ready()
+        frame = self._decode(data, name=name)
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        if explicit_id:
+            self._pending[key] = future
+        try:
+            with self._slot():
+                result = await self._judge(frame, version)
+            verdict = _verdict(meta, result, received)
+            future.set_result(verdict)
+            self._outbox.append(_frame_record(verdict, result))
+            if explicit_id and self.options.recent_frames:
+                self._recent[key] = verdict
+                while len(self._recent) > self.options.recent_frames:
+                    self._recent.popitem(last=False)
+            return verdict
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+            future.exception()  # retrieved here: no "never retrieved" warning when nobody waited
+            raise
+        finally:
+            if explicit_id:
+                self._pending.pop(key, None)
+
+    @contextlib.contextmanager
+    def _counting_errors(self):
+        """Record an API error (by its code) for the line monitor, then let it reach the client."""
+        try:
+            yield
+        except ApiError as exc:
+            self._outbox.append({"type": "error", "reason": exc.code})
+            raise
+
+    async def _flush(self) -> None:
+        """Send the pending records to the line monitor; on failure keep them for the next try."""
+        async with self._flush_lock:
+            if not self._outbox:
+                return
+            batch, self._outbox = self._outbox, []
+            try:
+                await self.monitor.observe.remote(batch)
+            except Exception as exc:  # noqa: BLE001 - the monitor may be restarting; the line must not notice
+                self._outbox = batch + self._outbox
+                overflow = len(self._outbox) - MAX_PENDING_RECORDS
+                if overflow > 0:
+                    del self._outbox[:overflow]
+                    log.error("line monitor unreachable (%s); dropped the %d oldest metric records", exc, overflow)
+                else:
+                    log.warning("line monitor unreachable (%s); %d records kept for the next try", exc, len(self._outbox))
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.monitor_flush_s)
+            await self._flush()
+
     def _authorize(self, authorization: str | None) -> None:
         if self._token is None:
             return

@@ -10,6 +10,8 @@ in a worker thread, so batches of other versions keep flowing meanwhile.
 version, and each group is one TTA forward (frames and their flips). The forward runs in a thread
 so the replica's event loop keeps accepting frames for the next batch while the current one runs.
 A frame that fails preprocessing gets its own error; its neighbours in the batch are unaffected.
+Each result also carries what monitoring needs: the frame's image statistics and embedding, and
+whether it was the first of its batch (batch metrics are counted once per batch).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ray import serve
 from inspectline.config import InspectorOptions
 from inspectline.errors import InspectError
 from inspectline.model import DefectClassifier, ModelCard, load_checkpoint
+from inspectline.monitoring.drift import image_statistics
 from inspectline.predictor import Prediction, Predictor
 from inspectline.registry import ModelRegistry
 from inspectline.training.loop import resolve_device
@@ -75,8 +78,9 @@ class Inspector:
             started = time.perf_counter()
             outcomes = await asyncio.to_thread(_predict_isolating_failures, predictor, [frames[i] for i in index])
             inference_ms = (time.perf_counter() - started) * 1000
-            for i, outcome in zip(index, outcomes, strict=True):
-                results[i] = _result(outcome, inference_ms, len(index))
+            stats = await asyncio.to_thread(lambda: [image_statistics(frames[i]).tolist() for i in index])
+            for n, (i, outcome) in enumerate(zip(index, outcomes, strict=True)):
+                results[i] = _result(outcome, inference_ms, len(index), first_in_batch=n == 0, stats=stats[n])
         return results
 
     # --- model versions ------------------------------------------------------------------------
@@ -145,10 +149,13 @@ def _predict_isolating_failures(predictor: Predictor, frames: list[np.ndarray]) 
         return outcomes
 
 
-def _result(outcome: Prediction | Exception, inference_ms: float, batch_size: int) -> dict:
+def _result(outcome: Prediction | Exception, inference_ms: float, batch_size: int, *, first_in_batch: bool, stats: list[float]) -> dict:
     if isinstance(outcome, Exception):
         return {"error": "unprocessable_image", "detail": f"the model could not process this frame: {outcome}"}
     return {
+        "first_in_batch": first_in_batch,
+        "stats": stats,
+        "embedding": outcome.embedding,
         "verdict": outcome.verdict,
         "defect_probability": outcome.defect_probability,
         "confidence": outcome.confidence,

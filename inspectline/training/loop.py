@@ -8,7 +8,12 @@ accuracy, precision, recall, F1, ROC-AUC, the train-val gap, learning rate, pred
 Two callbacks earn their place:
 
 * :class:`EarlyStopping` keeps the state of the best validation F1 and stops after ``patience``
-  epochs without improvement.
+  epochs without improvement, but never before ``early_stopping_start`` of the epochs: the best
+  OneCycle models come from the annealing phase, after the noisy high learning rates.
+
+The validation F1 that selects the checkpoint is the best F1 over thresholds (``val_best_f1``):
+the operating point calibration will choose. F1 at a fixed 0.5 (``val_f1``, logged) swings with
+label smoothing and mixup, which shift the logits without changing the ranking.
 * :class:`CollapseDetector` warns when (nearly) every validation sample gets the same class and stops
   training after ``collapse_patience`` such epochs in a row.
 """
@@ -30,7 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from inspectline.config import TrainConfig
-from inspectline.training.metrics import classification_metrics, prediction_diversity
+from inspectline.training.metrics import best_f1, classification_metrics, prediction_diversity
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EarlyStopping:
     patience: int
+    min_epochs: int = 0
     best_score: float = -math.inf
     best_epoch: int = 0
     best_state: dict | None = None
@@ -50,7 +56,7 @@ class EarlyStopping:
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             return False
         self.bad_epochs += 1
-        return self.bad_epochs >= self.patience
+        return self.bad_epochs >= self.patience and epoch >= self.min_epochs
 
 
 @dataclass
@@ -136,7 +142,7 @@ def train_one_epoch(
             optimizer.step()
         scheduler.step()
         n = y.shape[0]
-        total_loss += float(loss) * n
+        total_loss += float(loss.detach()) * n
         correct += float((logits.argmax(dim=1) == target).sum())
         seen += n
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
@@ -175,7 +181,7 @@ def fit(
     eval_criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
-    stopper = EarlyStopping(cfg.patience)
+    stopper = EarlyStopping(cfg.patience, min_epochs=math.ceil(cfg.early_stopping_start * cfg.epochs))
     collapse = CollapseDetector(cfg.collapse_share, cfg.collapse_patience, cfg.collapse_warmup)
     rng = np.random.default_rng(cfg.seed)
     scaler = torch.amp.GradScaler(device.type) if _amp_dtype(cfg, device) == torch.float16 else None
@@ -191,6 +197,7 @@ def fit(
         prob = torch.softmax(val["logits"], dim=1)[:, 1].numpy()
         m = classification_metrics(val["labels"], prob, 0.5)
         diversity = prediction_diversity((prob >= 0.5).astype(int))
+        selection_f1 = best_f1(val["labels"], prob)
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -201,6 +208,7 @@ def fit(
             "val_precision": m["precision"],
             "val_recall": m["recall"],
             "val_f1": m["f1"],
+            "val_best_f1": selection_f1,
             "val_roc_auc": m["roc_auc"],
             "gap_accuracy": train["accuracy"] - m["accuracy"],
             "gap_loss": val["loss"] - train["loss"],
@@ -211,10 +219,10 @@ def fit(
         if history_path is not None:
             with history_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-        epochs.set_postfix(val_f1=f"{m['f1']:.3f}", auc=f"{m['roc_auc'] or 0:.3f}", best=f"{max(stopper.best_score, m['f1']):.3f}")
+        epochs.set_postfix(val_f1=f"{selection_f1:.3f}", auc=f"{m['roc_auc'] or 0:.3f}", best=f"{max(stopper.best_score, selection_f1):.3f}")
         if not progress:
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s", epoch, train["loss"], val["loss"], m["f1"], m["roc_auc"])
-        if stopper.step(m["f1"], epoch, model):
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s", epoch, train["loss"], val["loss"], selection_f1, m["roc_auc"])
+        if stopper.step(selection_f1, epoch, model):
             stop_reason = "early_stopping"
             break
         if collapse.step(diversity, epoch):

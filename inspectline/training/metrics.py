@@ -15,6 +15,7 @@ from sklearn.metrics import (
     balanced_accuracy_score,
     confusion_matrix,
     f1_score,
+    precision_recall_curve,
     precision_recall_fscore_support,
     roc_auc_score,
 )
@@ -84,6 +85,16 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, n_bins: int
         if mask.any():
             ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
     return float(ece)
+
+
+def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
+    """The highest defect F1 over all thresholds: the F1 of the operating point calibration will pick."""
+    y_true = np.asarray(y_true, dtype=int)
+    if y_true.min() == y_true.max():
+        return 0.0
+    precision, recall, _ = precision_recall_curve(y_true, prob)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+    return float(f1.max())
 
 
 def prediction_diversity(y_pred: np.ndarray) -> float:

@@ -97,13 +97,13 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
         lines += ["", f"## Breakdown by {name}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in rows]
     if history:
-        best = max(history, key=lambda r: r["val_f1"])
+        best = max(history, key=lambda r: r["val_best_f1"])
         last = history[-1]
         lines += [
             "",
             "## Training",
             "",
-            f"{len(history)} epochs; best validation F1 {best['val_f1']:.4f} at epoch {best['epoch']}; "
+            f"{len(history)} epochs; best validation F1 {best['val_best_f1']:.4f} at epoch {best['epoch']}; "
             f"final train-val accuracy gap {last['gap_accuracy']:+.4f}, loss gap {last['gap_loss']:+.4f}.",
             "",
             f"![training curves]({plots['training'].name})",
@@ -158,7 +158,7 @@ def _training_plot(history: list[dict], path: Path) -> Path:
     loss_ax.plot(epochs, [r["train_loss"] for r in history], label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in history], label="validation")
     loss_ax.set(xlabel="epoch", title="Loss")
-    score_ax.plot(epochs, [r["val_f1"] for r in history], label="val F1")
+    score_ax.plot(epochs, [r["val_best_f1"] for r in history], label="val F1 (best threshold)")
     score_ax.plot(epochs, [r["val_roc_auc"] or np.nan for r in history], label="val ROC-AUC")
     score_ax.plot(epochs, [r["val_accuracy"] for r in history], label="val accuracy")
     score_ax.set(xlabel="epoch", title="Validation", ylim=(0, 1.02))

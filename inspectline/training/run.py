@@ -7,6 +7,7 @@ A run directory holds everything needed to understand and reproduce it:
       splits.json      the exact train/val/test keys
       history.jsonl    one line per epoch
       model.pt         the calibrated checkpoint (weights + model card)
+      drift_reference.npz   validation-split outputs, image statistics and embedding components
       report/          metrics.json, report.md and plots on the test split
 
 ``inspect train`` calls :func:`run_training`; ``inspect retrain`` calls :func:`train_model` with its
@@ -41,6 +42,7 @@ from inspectline.data import (
     split_samples,
 )
 from inspectline.model import ModelCard, build_model, load_checkpoint, save_checkpoint
+from inspectline.monitoring.drift import reference_from_frames
 from inspectline.predictor import Predictor
 from inspectline.training.calibration import choose_threshold, fit_temperature
 from inspectline.training.evaluation import Evaluation, collect_outputs, evaluate_predictor
@@ -144,6 +146,8 @@ def train_model(
     checkpoint = run_dir / "model.pt"
     save_checkpoint(checkpoint, model, card)
     predictor = Predictor(model, card, device=device, channels_last=t.channels_last)
+    val_frames = images["val"] if cache else load_images(splits.val, color_mode)
+    reference_from_frames(predictor, val_frames).save(run_dir / "drift_reference.npz")
     evaluation = evaluate_predictor(predictor, splits.test, cfg.readiness, images=images["test"], split="test", size_bytes=checkpoint.stat().st_size)
     headline = {k: v for k, v in evaluation.metrics.items() if isinstance(v, float)} | {"ece": evaluation.ece_after, "val_f1": result.best_val_f1}
     card = card.model_copy(update={"metrics": headline})

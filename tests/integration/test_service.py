@@ -276,3 +276,23 @@ def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
     assert set(status.deployments) == {d["name"] for d in app["deployments"]}
     details = serve.status().applications[app["name"]].deployments["Inspector"]
     assert details.status == "HEALTHY"
+
+
+def test_a_repeated_frame_id_returns_the_first_verdict(service):
+    params = {"frame_id": "dup-0001", "camera_id": "cam-dup"}
+    first = post(service.url, encode_png(cell(20)), params=params).json()
+    again = post(service.url, encode_png(cell(21)), params=params).json()  # other bytes, same id: still the first verdict
+    assert first["duplicate"] is False and again["duplicate"] is True
+    assert again["defect_probability"] == first["defect_probability"] and again["received_at"] == first["received_at"]
+    other_camera = post(service.url, encode_png(cell(21)), params={**params, "camera_id": "cam-other"}).json()
+    assert other_camera["duplicate"] is False
+
+    async def concurrent() -> list[dict]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            rs = await asyncio.gather(*(client.post(f"{service.url}/v1/frames", content=encode_png(cell(22)), headers={"Content-Type": "image/png"},
+                                                    params=IDS | {"frame_id": "dup-0002"}) for _ in range(6)))
+        return [r.json() for r in rs]
+
+    results = asyncio.run(concurrent())
+    assert sum(not r["duplicate"] for r in results) == 1
+    assert len({r["defect_probability"] for r in results}) == 1

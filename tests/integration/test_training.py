@@ -14,7 +14,7 @@ from inspectline.config import build_config
 pytestmark = pytest.mark.integration
 
 HISTORY_KEYS = {"epoch", "lr", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "val_precision", "val_recall",
-                "val_f1", "val_roc_auc", "gap_accuracy", "gap_loss", "prediction_diversity", "seconds"}
+                "val_f1", "val_best_f1", "val_roc_auc", "gap_accuracy", "gap_loss", "prediction_diversity", "seconds"}
 
 
 def test_run_folder_holds_everything_to_reproduce_it(trained_run):

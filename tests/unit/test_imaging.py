@@ -61,6 +61,9 @@ def test_truncated_file_is_an_error_not_a_grey_frame():
     assert err.value.code == "undecodable"
     with pytest.raises(InvalidImageError, match="empty"):
         decode_image(b"")
+    with pytest.raises(InvalidImageError, match="starts like a PNG file but its header is corrupt") as err:
+        decode_image(b"\x89PNG\r\n\x1a\nbroken")
+    assert err.value.code == "undecodable"
 
 
 def _png_header_only(width: int, height: int) -> bytes:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from inspectline.training.calibration import choose_threshold, fit_temperature
-from inspectline.training.metrics import classification_metrics, expected_calibration_error, prediction_diversity
+from inspectline.training.metrics import best_f1, classification_metrics, expected_calibration_error, prediction_diversity
 
 
 def _sample_logits(n: int, temperature: float, seed: int = 0):
@@ -55,3 +55,12 @@ def test_metrics_are_none_when_undefined_and_diversity_detects_one_class():
     assert m["roc_auc"] is None and m["accuracy"] == 1.0
     assert prediction_diversity(np.array([1, 1, 1, 0])) == 0.75
     assert prediction_diversity(np.zeros(5)) == 1.0
+
+
+def test_best_f1_is_the_f1_at_the_max_f1_threshold():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 300)
+    prob = np.clip(labels * 0.3 + rng.random(300) * 0.7, 0, 1)
+    threshold = choose_threshold(labels, prob, "max_f1")
+    assert best_f1(labels, prob) == pytest.approx(classification_metrics(labels, prob, threshold)["f1"])
+    assert best_f1(np.zeros(5, int), np.linspace(0, 1, 5)) == 0.0

@@ -34,6 +34,13 @@ def test_early_stopping_keeps_the_best_state():
     assert stopper.best_epoch == 2 and stopper.best_state["weight"].item() == 3.0
 
 
+def test_early_stopping_waits_for_min_epochs():
+    model = torch.nn.Linear(1, 1)
+    stopper = EarlyStopping(patience=1, min_epochs=5)
+    stopper.step(0.9, 1, model)
+    assert [stopper.step(0.1, e, model) for e in range(2, 7)] == [False, False, False, True, True]
+
+
 def test_collapse_detector_warns_then_stops_after_patience(caplog):
     detector = CollapseDetector(share=0.95, patience=2, warmup=1)
     with caplog.at_level(logging.WARNING):

@@ -1,0 +1,191 @@
+"""Drift detection: does what the cameras see still look like what the model was trained on?
+
+At training time :func:`build_reference` stores, from held-out frames (the validation split):
+
+* the calibrated defect probabilities the model gives them;
+* image statistics per frame (:func:`image_statistics`): brightness, contrast, focus (variance of
+  the Laplacian) and the share of clipped pixels;
+* the penultimate-layer embeddings, reduced to a few principal components (PCA fitted on them);
+* the share of frames the model flags DEFECTIVE at its threshold.
+
+Online, a :class:`DriftDetector` per line and camera keeps a sliding window of the same quantities
+and, every ``interval`` frames once the window is full, runs two-sample tests against the reference:
+Kolmogorov-Smirnov on the model's output (the black-box shift detection that worked best in
+Rabanser et al., "Failing Loudly", NeurIPS 2019), on each image statistic and on each embedding
+component, and a binomial test of the window's defect rate against the reference rate.
+
+Every test of a window is Bonferroni-corrected for the total number of tests in that window, so
+the chance that an unshifted window raises *any* alarm stays at or below ``alpha``. A signal
+alarms when its corrected p-value is below ``alpha``; a family (image statistics, embedding) reports
+its smallest corrected p-value.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from scipy.stats import binomtest, ks_2samp
+from sklearn.decomposition import PCA
+
+from inspectline.imaging import to_model_image
+
+STAT_NAMES = ("brightness", "contrast", "focus", "clipping")
+SIGNALS = ("output", *STAT_NAMES, "embedding", "defect_rate")
+_STATS_SIZE = 128  # statistics are taken at a fixed size, so they do not depend on camera resolution
+
+
+def image_statistics(frame: np.ndarray) -> np.ndarray:
+    """``[brightness, contrast, focus, clipping]`` of a decoded frame (any layout ``decode_image`` returns).
+
+    Brightness and contrast are the mean and standard deviation in [0, 1]; focus is the variance of
+    the Laplacian (it drops when a lens defocuses or vibrates); clipping is the share of pixels at
+    the ends of the range (over- or under-exposure).
+    """
+    gray = cv2.resize(to_model_image(frame, "gray")[:, :, 0], (_STATS_SIZE, _STATS_SIZE), interpolation=cv2.INTER_AREA)
+    values = gray.astype(np.float32) / 255.0
+    focus = float(cv2.Laplacian(values, cv2.CV_32F).var())
+    clipped = float(((gray <= 2) | (gray >= 253)).mean())
+    return np.array([values.mean(), values.std(), focus, clipped], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class DriftReference:
+    """Held-out reference distributions stored with a model version (``drift_reference.npz``)."""
+
+    probabilities: np.ndarray  # (N,)
+    statistics: np.ndarray  # (N, 4)
+    components: np.ndarray  # (N, k) embeddings projected on the principal components
+    pca_mean: np.ndarray  # (D,)
+    pca_basis: np.ndarray  # (k, D)
+    defect_rate: float
+    threshold: float
+
+    def project(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings ``(M, D)`` -> components ``(M, k)``."""
+        return (np.asarray(embeddings, dtype=np.float64) - self.pca_mean) @ self.pca_basis.T
+
+    def save(self, path: Path) -> None:
+        np.savez(
+            path, probabilities=self.probabilities, statistics=self.statistics, components=self.components,
+            pca_mean=self.pca_mean, pca_basis=self.pca_basis, defect_rate=self.defect_rate, threshold=self.threshold,
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> DriftReference:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                probabilities=data["probabilities"], statistics=data["statistics"], components=data["components"],
+                pca_mean=data["pca_mean"], pca_basis=data["pca_basis"],
+                defect_rate=float(data["defect_rate"]), threshold=float(data["threshold"]),
+            )
+
+
+def build_reference(probabilities: np.ndarray, statistics: np.ndarray, embeddings: np.ndarray, threshold: float, n_components: int = 8) -> DriftReference:
+    """Fit the reference from held-out frames' outputs, statistics and embeddings."""
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    k = max(1, min(n_components, embeddings.shape[1], embeddings.shape[0] - 1))
+    pca = PCA(n_components=k, random_state=0).fit(embeddings)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return DriftReference(
+        probabilities=probabilities,
+        statistics=np.asarray(statistics, dtype=np.float64),
+        components=pca.transform(embeddings),
+        pca_mean=pca.mean_,
+        pca_basis=pca.components_,
+        defect_rate=float((probabilities >= threshold).mean()),
+        threshold=float(threshold),
+    )
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    """One evaluated window: per signal a score (KS statistic or rate ratio), a corrected p-value and an alarm."""
+
+    frames: int
+    scores: dict[str, float]
+    p_values: dict[str, float]
+    alarms: dict[str, bool]
+
+    @property
+    def alarm(self) -> bool:
+        return any(self.alarms.values())
+
+
+class DriftDetector:
+    """Sliding-window two-sample tests against a :class:`DriftReference`, for one camera."""
+
+    def __init__(self, reference: DriftReference, *, window: int = 200, interval: int = 50, alpha: float = 0.01):
+        if window < 10 or interval < 1:
+            msg = f"drift window {window} must be >= 10 frames and interval {interval} >= 1"
+            raise ValueError(msg)
+        self.reference = reference
+        self.window, self.interval, self.alpha = window, interval, alpha
+        self._probs: deque[float] = deque(maxlen=window)
+        self._stats: deque[np.ndarray] = deque(maxlen=window)
+        self._components: deque[np.ndarray] = deque(maxlen=window)
+        self._since_eval = 0
+        self.last: DriftReport | None = None
+
+    def __len__(self) -> int:
+        return len(self._probs)
+
+    def update(self, probability: float, statistics: np.ndarray, embedding: np.ndarray) -> DriftReport | None:
+        """Add one frame; returns a report when a window was evaluated."""
+        self._probs.append(float(probability))
+        self._stats.append(np.asarray(statistics, dtype=np.float64))
+        self._components.append(self.reference.project(np.asarray(embedding)[None, :])[0])
+        self._since_eval += 1
+        if len(self._probs) < self.window or self._since_eval < self.interval:
+            return None
+        self._since_eval = 0
+        self.last = evaluate_window(self.reference, np.array(self._probs), np.array(self._stats), np.array(self._components), self.alpha)
+        return self.last
+
+
+def evaluate_window(reference: DriftReference, probabilities: np.ndarray, statistics: np.ndarray, components: np.ndarray, alpha: float) -> DriftReport:
+    """All tests of one window against the reference, Bonferroni-corrected over every test run."""
+    raw: dict[str, float] = {}
+    scores: dict[str, float] = {}
+    ks = ks_2samp(probabilities, reference.probabilities)
+    raw["output"], scores["output"] = ks.pvalue, ks.statistic
+    for i, name in enumerate(STAT_NAMES):
+        ks = ks_2samp(statistics[:, i], reference.statistics[:, i])
+        raw[name], scores[name] = ks.pvalue, ks.statistic
+    component_p = []
+    component_d = []
+    for j in range(components.shape[1]):
+        ks = ks_2samp(components[:, j], reference.components[:, j])
+        component_p.append(ks.pvalue)
+        component_d.append(ks.statistic)
+    flagged = int((probabilities >= reference.threshold).sum())
+    rate = min(max(reference.defect_rate, 1e-6), 1 - 1e-6)  # a reference of 0 % would make any defect "impossible"
+    raw["defect_rate"] = binomtest(flagged, len(probabilities), rate).pvalue
+    scores["defect_rate"] = (flagged / len(probabilities)) / rate
+    n_tests = len(raw) + len(component_p)
+    p_values = {name: min(1.0, p * n_tests) for name, p in raw.items()}
+    p_values["embedding"] = min(1.0, min(component_p) * n_tests)
+    scores["embedding"] = max(component_d)
+    ordered = {name: p_values[name] for name in SIGNALS}
+    return DriftReport(
+        frames=len(probabilities),
+        scores={name: float(scores[name]) for name in SIGNALS},
+        p_values=ordered,
+        alarms={name: bool(p < alpha) for name, p in ordered.items()},
+    )
+
+
+def reference_from_frames(predictor, frames: Sequence[np.ndarray], batch_size: int = 32, n_components: int = 8) -> DriftReference:
+    """Build a reference by running a :class:`~inspectline.predictor.Predictor` over decoded frames."""
+    probabilities, statistics, embeddings = [], [], []
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        for frame, prediction in zip(chunk, predictor.predict(chunk), strict=True):
+            probabilities.append(prediction.defect_probability)
+            statistics.append(image_statistics(frame))
+            embeddings.append(prediction.embedding)
+    return build_reference(np.array(probabilities), np.array(statistics), np.array(embeddings), predictor.threshold, n_components)
