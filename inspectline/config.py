@@ -132,6 +132,15 @@ class ReadinessConfig(_Section):
     max_latency_ms: float = Field(250.0, gt=0, description="CPU latency per frame with TTA, batch of one")
 
 
+class StoreConfig(_Section):
+    """Where judged frames are kept: a database for rows, object storage for image bytes."""
+
+    database_url: str = Field("sqlite:///data/frames.db", description="SQLAlchemy URL: sqlite:///... or postgresql+psycopg://...")
+    storage_url: str = Field("data/images", description="fsspec URL or folder for image bytes: a path, file://, s3://bucket/prefix ...")
+    keep_ok_images: float = Field(0.1, ge=0, le=1, description="share of OK frames whose image is kept; DEFECTIVE/UNSURE always are")
+    max_age_days: int | None = Field(90, ge=1, description="clean-up removes older images unless labelled or in a training snapshot")
+
+
 class PathsConfig(_Section):
     """Where runs, model versions and reports live."""
 
@@ -186,6 +195,7 @@ class InspectConfig(_Section):
     calibration: CalibrationConfig = CalibrationConfig()
     readiness: ReadinessConfig = ReadinessConfig()
     paths: PathsConfig = PathsConfig()
+    store: StoreConfig = StoreConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

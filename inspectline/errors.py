@@ -11,7 +11,10 @@ the code.
     ├── InvalidImageError      bytes or a file that do not decode to an acceptable image
     ├── CheckpointError        a weights file that is missing, truncated or not ours
     ├── ModelNotFoundError     a model version or reference that the registry does not hold
-    └── TrainingError          training cannot go on (for example a collapsed model)
+    ├── TrainingError          training cannot go on (for example a collapsed model)
+    └── StoreError             the frame store cannot be reached or refuses a request
+        ├── FrameNotFoundError     no stored frame has that id
+        └── InvalidLabelError      a label that is not ok/defective, or a bad review file
 """
 
 from __future__ import annotations
@@ -51,3 +54,15 @@ class ModelNotFoundError(InspectError):
 
 class TrainingError(InspectError):
     """Training stopped because it cannot produce a useful model."""
+
+
+class StoreError(InspectError):
+    """The frame store cannot be reached, or a store request is invalid."""
+
+
+class FrameNotFoundError(StoreError):
+    """No stored frame has the requested id."""
+
+
+class InvalidLabelError(StoreError):
+    """A label that is not one of ok/defective, or a review file that cannot be imported."""
