@@ -1,0 +1,353 @@
+"""The frame store: every judged frame recorded, its image kept by the retention policy, labels added by review.
+
+    store = FrameStore(cfg.store)                  # creates the tables if missing
+    store.add_frames(records)                      # from the service's background recorder
+    queue = store.query(labelled=False, limit=50)  # the review queue, most uncertain first
+    store.set_label(queue[0].id, "defective", reviewer="ana@plant")
+    store.cleanup()                                # images past max_age_days, unless labelled/snapshotted
+
+Writing a batch is one database transaction. Its order is what makes the store safe to read at any
+moment: first the image files are written, atomically and once per content hash; then their ``images``
+rows; then the frame rows that point at them. A crash between the steps leaves at most an unreferenced
+complete file, which the next write of the same bytes adopts. A ``(camera_id, frame_id)`` pair already
+stored is left exactly as first written: a camera that retries a frame is counted once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from inspectline.config import StoreConfig
+from inspectline.errors import FrameNotFoundError, StoreError
+from inspectline.store import retention
+from inspectline.store.database import Database
+from inspectline.store.images import ImageStore
+from inspectline.store.records import (
+    ORDERS,
+    CleanupReport,
+    FrameRecord,
+    LabelUpdate,
+    ShadowVerdict,
+    StoredFrame,
+    check_record,
+    image_format_of,
+    normalize_label,
+    normalize_reviewer,
+    normalize_verdict,
+)
+from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_frames, snapshots
+
+# Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
+_CHUNK = 500
+_FRAME_COLUMNS = [c for c in frames.c if c.name != "uncertainty"]
+_FILTERS = ("since", "until", "line", "camera", "verdict", "labelled", "model_version", "has_image")
+_ORDER_BY = {
+    "uncertainty": (frames.c.uncertainty.asc(), frames.c.received_at.desc(), frames.c.id.desc()),
+    "newest": (frames.c.received_at.desc(), frames.c.id.desc()),
+    "oldest": (frames.c.received_at.asc(), frames.c.id.asc()),
+}
+
+
+class FrameStore:
+    """Judged frames, their images and their review labels; see the module docstring."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._images = ImageStore(config.storage_url)  # first: it holds no resources if the database then fails
+        self._db = Database(config.database_url)
+
+    def __enter__(self) -> FrameStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._db.close()
+
+    # --- writing ---------------------------------------------------------------------------------
+    def add_frames(self, records: Sequence[FrameRecord]) -> int:
+        """Record judged frames in one transaction; returns how many were new (repeats are ignored)."""
+        for record in records:
+            check_record(record)
+        batch, seen = [], set()
+        for r in records:  # within a batch too, the first of a (camera_id, frame_id) pair wins
+            if (r.camera_id, r.frame_id) not in seen:
+                seen.add((r.camera_id, r.frame_id))
+                batch.append(r)
+        if not batch:
+            return 0
+        with self._db.write(image_lock="shared") as conn:
+            known = self._existing_pairs(conn, [(r.camera_id, r.frame_id) for r in batch])
+            new = [r for r in batch if (r.camera_id, r.frame_id) not in known]
+            rows, files = [], {}
+            for r in new:
+                sha, fmt = None, None
+                if r.image is not None and retention.keeps_image(r.camera_id, r.frame_id, r.verdict, self.config.keep_ok_images):
+                    sha, fmt = hashlib.sha256(r.image).hexdigest(), image_format_of(r)
+                    files.setdefault(sha, (fmt, r.image))
+                rows.append(_frame_row(r, sha, fmt))
+            self._store_images(conn, files)
+            if not rows:
+                return 0
+            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
+            return len(conn.execute(stmt.returning(frames.c.id), rows).all())
+
+    def _store_images(self, conn: sa.Connection, files: dict[str, tuple[str, bytes]]) -> None:
+        """Write the files not yet recorded, then record them: files strictly before rows."""
+        if not files:
+            return
+        recorded = set(conn.scalars(sa.select(images.c.sha256).where(images.c.sha256.in_(list(files)))))
+        missing = {sha: v for sha, v in files.items() if sha not in recorded}
+        for sha, (fmt, data) in missing.items():
+            self._images.write(sha, fmt, data)
+        if missing:
+            now = datetime.now(timezone.utc)
+            rows = [{"sha256": sha, "format": fmt, "size_bytes": len(data), "stored_at": now} for sha, (fmt, data) in missing.items()]
+            conn.execute(self._db.insert(images).on_conflict_do_nothing(index_elements=["sha256"]), rows)
+
+    @staticmethod
+    def _existing_pairs(conn: sa.Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for i in range(0, len(pairs), _CHUNK):
+            key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+            found.update(tuple(row) for row in conn.execute(sa.select(frames.c.camera_id, frames.c.frame_id).where(key.in_(pairs[i : i + _CHUNK]))))
+        return found
+
+    def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
+        """Record shadow-model verdicts; one per (camera_id, frame_id, model_version), repeats ignored."""
+        values = [
+            {"camera_id": r.camera_id, "frame_id": r.frame_id, "model_version": r.model_version, "verdict": normalize_verdict(r.verdict),
+             "defect_probability": float(r.defect_probability), "received_at": r.received_at}
+            for r in rows
+        ]
+        if not values:
+            return 0
+        stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(index_elements=["camera_id", "frame_id", "model_version"])
+        with self._db.write() as conn:
+            return len(conn.execute(stmt.returning(shadow_verdicts.c.id), values).all())
+
+    def shadow_verdicts(self, frame_id: int) -> list[ShadowVerdict]:
+        """Shadow verdicts on stored frame ``frame_id`` (its store id), oldest first."""
+        frame = self.get(frame_id)
+        sv = shadow_verdicts.c
+        with self._db.read() as conn:
+            result = conn.execute(
+                sa.select(sv.camera_id, sv.frame_id, sv.model_version, sv.verdict, sv.defect_probability, sv.received_at)
+                .where(sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
+                .order_by(sv.received_at, sv.model_version)
+            )
+            return [ShadowVerdict(**row._mapping) for row in result]
+
+    # --- reading ---------------------------------------------------------------------------------
+    def get(self, id: int) -> StoredFrame:
+        """The stored frame with this id; FrameNotFoundError if there is none."""
+        found = self.get_many([id])
+        if id not in found:
+            raise FrameNotFoundError(f"no stored frame has id {id!r}; ids come from GET /v1/frames or `inspect review export`")
+        return found[id]
+
+    def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
+        """Stored frames by id; unknown ids are simply absent from the result."""
+        wanted = list(dict.fromkeys(ids))
+        out: dict[int, StoredFrame] = {}
+        with self._db.read() as conn:
+            for i in range(0, len(wanted), _CHUNK):
+                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(frames.c.id.in_(wanted[i : i + _CHUNK]))):
+                    out[row.id] = _to_frame(row)
+        return out
+
+    def find(self, camera_id: str, frame_id: str) -> StoredFrame | None:
+        """The frame a camera sent under ``frame_id``, or None."""
+        return self.find_many([(camera_id, frame_id)]).get((camera_id, frame_id))
+
+    def find_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredFrame]:
+        """Stored frames by ``(camera_id, frame_id)``; unknown pairs are absent from the result."""
+        wanted = list(dict.fromkeys(keys))
+        out: dict[tuple[str, str], StoredFrame] = {}
+        key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+        with self._db.read() as conn:
+            for i in range(0, len(wanted), _CHUNK):
+                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
+                    out[(row.camera_id, row.frame_id)] = _to_frame(row)
+        return out
+
+    def query(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        camera: str | None = None,
+        verdict: str | None = None,
+        labelled: bool | None = None,
+        model_version: str | None = None,
+        has_image: bool | None = None,
+        order: str = "uncertainty",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredFrame]:
+        """Frames received in ``[since, until)`` matching every filter given, in ``order``.
+
+        ``order`` is ``uncertainty`` (most uncertain first: the review queue), ``newest`` or ``oldest``.
+        ``has_image`` keeps only frames whose image is (True) or is not (False) stored.
+        """
+        if not isinstance(limit, int) or limit < 1 or not isinstance(offset, int) or offset < 0:
+            msg = f"limit {limit!r} must be an integer >= 1 and offset {offset!r} an integer >= 0"
+            raise StoreError(msg)
+        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
+        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit).offset(offset)
+        with self._db.read() as conn:
+            return [_to_frame(row) for row in conn.execute(stmt)]
+
+    def iter_query(self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any) -> Iterator[StoredFrame]:
+        """Like :meth:`query` without a page size (``limit`` None = all), streamed from one consistent read."""
+        where = _conditions(**{k: filters.pop(k, None) for k in _FILTERS})
+        if filters:
+            msg = f"unknown frame filters {sorted(filters)}; accepted: {', '.join(_FILTERS)}"
+            raise StoreError(msg)
+        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit)
+        with self._db.read() as conn:
+            for row in conn.execution_options(yield_per=batch_size).execute(stmt):
+                yield _to_frame(row)
+
+    def count(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        camera: str | None = None,
+        verdict: str | None = None,
+        labelled: bool | None = None,
+        model_version: str | None = None,
+        has_image: bool | None = None,
+    ) -> int:
+        """How many frames :meth:`query` would find with these filters, ignoring pages."""
+        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
+        with self._db.read() as conn:
+            return conn.scalar(sa.select(sa.func.count()).select_from(frames).where(*where))
+
+    def recent(self, limit: int) -> list[StoredFrame]:
+        """The ``limit`` most recently received frames, newest first."""
+        return self.query(order="newest", limit=limit)
+
+    def labelled(self, *, since: datetime | None = None, until: datetime | None = None) -> list[StoredFrame]:
+        """Every labelled frame received in ``[since, until)``, oldest first."""
+        return list(self.iter_query(since=since, until=until, labelled=True, order="oldest"))
+
+    # --- images ----------------------------------------------------------------------------------
+    def image(self, id: int) -> tuple[bytes, str]:
+        """The frame's image bytes and format; StoreError if retention did not keep them."""
+        frame = self.get(id)
+        if frame.image_sha256 is None:
+            raise StoreError(_not_kept(frame, self.config))
+        return self._images.read(frame.image_sha256, frame.image_format), frame.image_format
+
+    def local_image_path(self, frame: StoredFrame, cache_dir: Path) -> Path:
+        """A local file with the frame's image: the stored file on local storage, else a copy in ``cache_dir``."""
+        if frame.image_sha256 is None:
+            raise StoreError(_not_kept(frame, self.config))
+        return self._images.local_file(frame.image_sha256, frame.image_format, cache_dir)
+
+    # --- review ----------------------------------------------------------------------------------
+    def set_label(self, id: int, label: str, reviewer: str, at: datetime | None = None) -> StoredFrame:
+        """Label one frame ``ok`` or ``defective`` (any case); a new label replaces the old one."""
+        return self.set_labels([LabelUpdate(id, label, reviewer, at)])[0]
+
+    def set_labels(self, updates: Sequence[LabelUpdate]) -> list[StoredFrame]:
+        """Apply many labels in one transaction: all of them, or none if any is invalid or unknown."""
+        now = datetime.now(timezone.utc)
+        values = [{"fid": u.id, "new_label": normalize_label(u.label), "new_by": normalize_reviewer(u.reviewer), "new_at": u.at or now} for u in updates]
+        if not values:
+            return []
+        missing = sorted({v["fid"] for v in values} - set(self.get_many(v["fid"] for v in values)))
+        if missing:
+            raise FrameNotFoundError(f"no stored frame has id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
+        stmt = sa.update(frames).where(frames.c.id == sa.bindparam("fid")).values(
+            label=sa.bindparam("new_label"), labelled_by=sa.bindparam("new_by"), labelled_at=sa.bindparam("new_at", type_=frames.c.labelled_at.type)
+        )
+        with self._db.write() as conn:
+            conn.execute(stmt, values)
+        stored = self.get_many(v["fid"] for v in values)
+        return [stored[u.id] for u in updates]
+
+    def create_snapshot(self, name: str, frame_ids: Sequence[int]) -> int:
+        """Record which frames a training run used; clean-up never removes their images. Returns its id."""
+        ids = list(dict.fromkeys(frame_ids))
+        if not name or not name.strip():
+            raise StoreError(f"snapshot name {name!r} is empty; name it after the training run")
+        with self._db.write(image_lock="shared") as conn:
+            if conn.scalar(sa.select(snapshots.c.id).where(snapshots.c.name == name)) is not None:
+                raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, choose a new name")
+            known: set[int] = set()
+            for i in range(0, len(ids), _CHUNK):
+                known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(ids[i : i + _CHUNK]))))
+            missing = [i for i in ids if i not in known]
+            if missing:
+                raise FrameNotFoundError(f"snapshot {name!r}: no stored frame has id {', '.join(map(str, missing[:10]))}")
+            snapshot_id = conn.execute(
+                sa.insert(snapshots).values(name=name, created_at=datetime.now(timezone.utc)).returning(snapshots.c.id)
+            ).scalar_one()
+            if ids:
+                conn.execute(sa.insert(snapshot_frames), [{"snapshot_id": snapshot_id, "frame_id": i} for i in ids])
+        return snapshot_id
+
+    def cleanup(self, now: datetime | None = None) -> CleanupReport:
+        """Age-based clean-up of images (never rows, labelled frames or snapshot frames); see ``retention``."""
+        return retention.cleanup(self._db, self._images, self.config.max_age_days, now or datetime.now(timezone.utc))
+
+
+def _frame_row(r: FrameRecord, sha: str | None, fmt: str | None) -> dict[str, Any]:
+    return {
+        "camera_id": r.camera_id, "frame_id": r.frame_id, "line_id": r.line_id, "part_id": r.part_id,
+        "captured_at": r.captured_at, "received_at": r.received_at, "verdict": r.verdict,
+        "defect_probability": float(r.defect_probability), "confidence": float(r.confidence), "threshold": float(r.threshold),
+        "uncertainty": abs(float(r.defect_probability) - float(r.threshold)), "model_version": r.model_version,
+        "views": {str(k): float(v) for k, v in r.views.items()}, "image_sha256": sha, "image_format": fmt,
+    }
+
+
+def _to_frame(row: sa.Row) -> StoredFrame:
+    return StoredFrame(**row._mapping)
+
+
+def _order(order: str) -> tuple:
+    if order not in _ORDER_BY:
+        msg = f"order {order!r} is not one of {', '.join(ORDERS)}"
+        raise StoreError(msg)
+    return _ORDER_BY[order]
+
+
+def _conditions(since=None, until=None, line=None, camera=None, verdict=None, labelled=None, model_version=None, has_image=None) -> list:
+    """WHERE clauses for the shared filters; ``since`` is inclusive and ``until`` exclusive."""
+    where = []
+    if since is not None:
+        where.append(frames.c.received_at >= since)
+    if until is not None:
+        where.append(frames.c.received_at < until)
+    if line is not None:
+        where.append(frames.c.line_id == line)
+    if camera is not None:
+        where.append(frames.c.camera_id == camera)
+    if verdict is not None:
+        where.append(frames.c.verdict == normalize_verdict(verdict))
+    if labelled is not None:
+        where.append(frames.c.label.is_not(None) if labelled else frames.c.label.is_(None))
+    if model_version is not None:
+        where.append(frames.c.model_version == model_version)
+    if has_image is not None:
+        where.append(frames.c.image_sha256.is_not(None) if has_image else frames.c.image_sha256.is_(None))
+    return where
+
+
+def _not_kept(frame: StoredFrame, config: StoreConfig) -> str:
+    return (f"frame {frame.id} ({frame.camera_id}/{frame.frame_id}, {frame.verdict}) has no stored image: OK frames keep "
+            f"a sample of keep_ok_images={config.keep_ok_images}, and clean-up removes images older than "
+            f"max_age_days={config.max_age_days} unless labelled")

@@ -1,0 +1,188 @@
+"""The frame store's value types: what goes in (a judged frame, a shadow verdict, a label) and what
+comes out (a stored frame, a clean-up report), with the checks that keep bad values out of the database.
+
+Everything here is a plain frozen dataclass so the service, the CLI and ``inspect retrain`` can pass
+records around without touching SQLAlchemy. Datetimes are timezone-aware UTC on the way out; on the way
+in an aware datetime in any zone is converted to UTC and a naive one is taken to be UTC already.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from inspectline.errors import InvalidLabelError, StoreError
+
+VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
+LABELS = ("ok", "defective")
+IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
+ORDERS = ("uncertainty", "newest", "oldest")
+
+_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+
+
+@dataclass(frozen=True)
+class FrameRecord:
+    """One judged frame as the service hands it over; ``image`` may be None (not sent or not kept)."""
+
+    camera_id: str
+    frame_id: str
+    line_id: str
+    part_id: str | None
+    captured_at: datetime | None
+    received_at: datetime
+    verdict: str
+    defect_probability: float
+    confidence: float
+    threshold: float
+    model_version: str
+    views: dict[str, float] = field(hash=False)
+    image: bytes | None = field(default=None, repr=False)
+    image_format: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """A frame as read back from the store, with its review label if it has one."""
+
+    id: int
+    camera_id: str
+    frame_id: str
+    line_id: str
+    part_id: str | None
+    captured_at: datetime | None
+    received_at: datetime
+    verdict: str
+    defect_probability: float
+    confidence: float
+    threshold: float
+    model_version: str
+    views: dict[str, float] = field(hash=False)
+    image_sha256: str | None
+    image_format: str | None
+    label: str | None
+    labelled_by: str | None
+    labelled_at: datetime | None
+
+    @property
+    def uncertainty(self) -> float:
+        """Distance of the defect probability from the threshold: the smaller, the less sure the model was."""
+        return abs(self.defect_probability - self.threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field, ISO 8601 datetimes, plus ``uncertainty``."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        out["views"] = dict(self.views)
+        out["uncertainty"] = self.uncertainty
+        return out
+
+
+@dataclass(frozen=True)
+class ShadowVerdict:
+    """What a shadow (challenger) model said about a frame; never returned to the line."""
+
+    camera_id: str
+    frame_id: str
+    model_version: str
+    verdict: str
+    defect_probability: float
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class LabelUpdate:
+    """One review decision: frame ``id`` is ``label`` according to ``reviewer`` (at ``at``, default now)."""
+
+    id: int
+    label: str
+    reviewer: str
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    """What one age-based clean-up did. ``cutoff`` is None when ``max_age_days`` is off."""
+
+    cutoff: datetime | None
+    images_deleted: int = 0
+    bytes_freed: int = 0
+    frames_cleared: int = 0  # rows whose image reference was removed (the rows themselves stay)
+    kept_labelled: int = 0  # frames past the cutoff that keep their image because they carry a label
+    kept_in_snapshot: int = 0  # unlabelled frames past the cutoff kept because a training snapshot holds them
+    failed_deletes: int = 0  # files that could not be removed; unreferenced, so only their space is lost
+
+
+def to_utc(value: datetime) -> datetime:
+    """Aware datetimes converted to UTC; naive ones are taken to be UTC already."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def normalize_verdict(value: str) -> str:
+    """``ok`` / ``Defective`` ... -> ``OK`` / ``DEFECTIVE``; StoreError naming the accepted verdicts otherwise."""
+    verdict = str(value).strip().upper()
+    if verdict not in VERDICTS:
+        msg = f"verdict {value!r} is not one of {', '.join(VERDICTS)}"
+        raise StoreError(msg)
+    return verdict
+
+
+def normalize_label(value: object) -> str:
+    """``OK`` / `` Defective `` ... -> ``ok`` / ``defective``; InvalidLabelError otherwise."""
+    label = str(value).strip().lower() if isinstance(value, str) else None
+    if label not in LABELS:
+        msg = f"label {value!r} is not one of {', '.join(LABELS)} (case does not matter)"
+        raise InvalidLabelError(msg)
+    return label
+
+
+def normalize_reviewer(value: object) -> str:
+    """A non-empty reviewer name, stripped; InvalidLabelError otherwise."""
+    reviewer = value.strip() if isinstance(value, str) else ""
+    if not reviewer:
+        msg = f"reviewer {value!r} is empty; every label must name who set it (a name or an e-mail address)"
+        raise InvalidLabelError(msg)
+    return reviewer
+
+
+def image_format_of(record: FrameRecord) -> str:
+    """The record's image format, normalised (``JPG`` -> ``jpeg``), or sniffed from the bytes when not given."""
+    if record.image_format is not None:
+        fmt = record.image_format.strip().lower()
+        fmt = _FORMAT_ALIASES.get(fmt, fmt)
+        if fmt not in IMAGE_FORMATS:
+            msg = f"frame {record.camera_id}/{record.frame_id}: image format {record.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}"
+            raise StoreError(msg)
+        return fmt
+    for magic, fmt in _MAGIC:
+        if record.image and record.image.startswith(magic):
+            return fmt
+    msg = f"frame {record.camera_id}/{record.frame_id}: image format not given and the bytes are not {', '.join(IMAGE_FORMATS)}"
+    raise StoreError(msg)
+
+
+def check_record(record: FrameRecord) -> None:
+    """Refuse a record the database would store wrongly; the message names the frame and the bad field."""
+    where = f"frame {record.camera_id!r}/{record.frame_id!r}"
+    for name in ("camera_id", "frame_id", "line_id", "model_version"):
+        value = getattr(record, name)
+        if not isinstance(value, str) or not value:
+            msg = f"{where}: {name} {value!r} must be a non-empty string"
+            raise StoreError(msg)
+    if record.verdict not in VERDICTS:
+        msg = f"{where}: verdict {record.verdict!r} is not one of {', '.join(VERDICTS)}"
+        raise StoreError(msg)
+    if not isinstance(record.received_at, datetime):
+        msg = f"{where}: received_at {record.received_at!r} must be a datetime"
+        raise StoreError(msg)
+    for name in ("defect_probability", "confidence", "threshold"):
+        value = getattr(record, name)
+        if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            msg = f"{where}: {name} {value!r} must be a number in [0, 1]"
+            raise StoreError(msg)
+    if record.image is not None:
+        image_format_of(record)

@@ -1,0 +1,207 @@
+"""Frame rows: round trips, idempotent frame ids, queries and the review queue order, labels, shadow verdicts."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from inspectline.config import StoreConfig
+from inspectline.errors import FrameNotFoundError, InvalidLabelError, StoreError
+from inspectline.store import FrameStore, ShadowVerdict
+from inspectline.store.schema import frames
+from tests.unit.store.factories import T0, record
+
+
+def test_round_trip_keeps_every_field(store):
+    sent = record("f1", verdict="UNSURE", p=0.55, part_id=None, views={"identity": 0.5, "hflip": 0.6})
+    assert store.add_frames([sent]) == 1
+
+    got = store.find("cam1", "f1")
+    assert got == store.get(got.id)
+    for name in ("camera_id", "frame_id", "line_id", "part_id", "captured_at", "received_at", "verdict",
+                 "defect_probability", "confidence", "threshold", "model_version", "views"):
+        assert getattr(got, name) == getattr(sent, name), name
+    assert got.received_at.tzinfo == timezone.utc
+    assert got.image_format == "png" and len(got.image_sha256) == 64
+    assert (got.label, got.labelled_by, got.labelled_at) == (None, None, None)
+    assert got.uncertainty == pytest.approx(0.05)
+
+    doc = json.loads(json.dumps(got.to_dict()))
+    assert doc["received_at"] == "2025-03-03T08:00:00+00:00"
+    assert doc["uncertainty"] == pytest.approx(0.05) and doc["views"] == {"identity": 0.5, "hflip": 0.6}
+
+
+def test_other_time_zones_are_stored_as_the_same_instant(store):
+    cet = timezone(timedelta(hours=1))
+    store.add_frames([record("f1", received_at=datetime(2025, 3, 3, 9, 0, tzinfo=cet))])
+    assert store.find("cam1", "f1").received_at == T0
+    assert store.count(since=datetime(2025, 3, 3, 8, 0)) == 1  # a naive bound is read as UTC
+
+
+def test_a_repeated_camera_frame_pair_is_counted_once_and_the_first_is_kept(store):
+    assert store.add_frames([record("f1", verdict="DEFECTIVE", p=0.9)]) == 1
+    # The camera retries f1 (judged differently this time) in a batch with a new frame and a repeat of it.
+    again = [record("f1", verdict="OK", p=0.1), record("f2", p=0.7), record("f2", verdict="OK", p=0.2)]
+    assert store.add_frames(again) == 1
+    assert store.find("cam1", "f1").verdict == "DEFECTIVE"
+    assert store.find("cam1", "f2").defect_probability == 0.7
+    assert store.count() == 2
+    assert store.add_frames(again) == 0
+
+
+def test_the_same_frame_id_from_two_cameras_is_two_frames(store):
+    assert store.add_frames([record("f1", camera_id="cam1"), record("f1", camera_id="cam2")]) == 2
+    assert store.find("cam2", "f1").camera_id == "cam2"
+    assert store.find("cam3", "f1") is None
+
+
+def test_an_invalid_record_refuses_the_batch_before_anything_is_written(store):
+    with pytest.raises(StoreError, match=r"'maybe'.*OK, DEFECTIVE, UNSURE"):
+        store.add_frames([record("f1"), record("f2", verdict="maybe")])
+    with pytest.raises(StoreError, match=r"'gif'.*png, jpeg, bmp, tiff"):
+        store.add_frames([record("f3", image_format="gif")])
+    assert store.count() == 0
+
+
+def test_frames_survive_reopening_the_store(make_store):
+    make_store().add_frames([record("f1")])
+    assert make_store().find("cam1", "f1") is not None  # tables exist: opened, not recreated
+
+
+def _queue_fixture(store):
+    store.add_frames([
+        record("a", p=0.52, minutes=0, line_id="line-a", camera_id="cam1", verdict="UNSURE"),
+        record("b", p=0.95, minutes=1, line_id="line-a", camera_id="cam2", verdict="DEFECTIVE"),
+        record("c", p=0.10, minutes=2, line_id="line-b", camera_id="cam1", verdict="OK", model_version="v0002"),
+        record("d", p=0.40, minutes=3, line_id="line-b", camera_id="cam2", verdict="OK", model_version="v0002"),
+    ])
+    return {f.frame_id: f.id for f in store.query(limit=10)}
+
+
+def test_query_filters_and_count_agree(store):
+    ids = _queue_fixture(store)
+    store.set_label(ids["b"], "defective", "ana")
+
+    def frame_ids(**filters):
+        found = {f.frame_id for f in store.query(**filters)}
+        assert store.count(**filters) == len(found)
+        return found
+
+    assert frame_ids() == {"a", "b", "c", "d"}
+    assert frame_ids(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3)) == {"b", "c"}  # [since, until)
+    assert frame_ids(line="line-b") == {"c", "d"}
+    assert frame_ids(camera="cam2") == {"b", "d"}
+    assert frame_ids(verdict="ok") == {"c", "d"}
+    assert frame_ids(labelled=True) == {"b"}
+    assert frame_ids(labelled=False, line="line-a") == {"a"}
+    assert frame_ids(model_version="v0002", camera="cam1") == {"c"}
+    assert frame_ids(line="line-z") == set()
+
+
+def test_query_orders_the_review_queue_most_uncertain_first(store):
+    _queue_fixture(store)
+    assert [f.frame_id for f in store.query()] == ["a", "d", "c", "b"]  # |p - 0.5|: .02 .10 .40 .45
+    assert [f.frame_id for f in store.query(order="newest")] == ["d", "c", "b", "a"]
+    assert [f.frame_id for f in store.query(order="oldest", limit=2, offset=1)] == ["b", "c"]
+    assert [f.frame_id for f in store.recent(3)] == ["d", "c", "b"]
+
+
+def test_invalid_query_arguments_name_what_is_accepted(store):
+    with pytest.raises(StoreError, match=r"'loudest'.*uncertainty, newest, oldest"):
+        store.query(order="loudest")
+    with pytest.raises(StoreError, match=r"'broken'.*OK, DEFECTIVE, UNSURE"):
+        store.count(verdict="broken")
+    with pytest.raises(StoreError, match="limit 0"):
+        store.query(limit=0)
+
+
+def test_labels_are_case_insensitive_and_a_relabel_replaces_the_old_one(store):
+    ids = _queue_fixture(store)
+    first = store.set_label(ids["a"], " Defective ", "ana", at=T0 + timedelta(hours=1))
+    assert (first.label, first.labelled_by, first.labelled_at) == ("defective", "ana", T0 + timedelta(hours=1))
+
+    second = store.set_label(ids["a"], "OK", "ben")
+    assert (second.label, second.labelled_by) == ("ok", "ben")
+    assert second.labelled_at > first.labelled_at
+    assert store.get(ids["a"]) == second
+
+
+def test_bad_labels_and_unknown_frames_are_clear_errors(store):
+    ids = _queue_fixture(store)
+    with pytest.raises(InvalidLabelError, match=r"'maybe'.*ok, defective"):
+        store.set_label(ids["a"], "maybe", "ana")
+    with pytest.raises(InvalidLabelError, match="reviewer"):
+        store.set_label(ids["a"], "ok", "  ")
+    with pytest.raises(FrameNotFoundError, match="9999"):
+        store.set_label(9999, "ok", "ana")
+    with pytest.raises(FrameNotFoundError, match="9999"):
+        store.get(9999)
+    assert store.count(labelled=True) == 0
+
+
+def test_labelled_lists_the_labelled_frames_of_a_window_oldest_first(store):
+    ids = _queue_fixture(store)
+    for name in ("d", "a", "c"):
+        store.set_label(ids[name], "ok", "ana")
+    assert [f.frame_id for f in store.labelled()] == ["a", "c", "d"]
+    assert [f.frame_id for f in store.labelled(since=T0 + timedelta(minutes=1))] == ["c", "d"]
+    assert [f.frame_id for f in store.labelled(since=T0, until=T0 + timedelta(minutes=3))] == ["a", "c"]
+
+
+def test_shadow_verdicts_are_kept_once_per_model_and_listed_per_frame(store):
+    store.add_frames([record("f1"), record("f2")])
+    shadow = [ShadowVerdict("cam1", "f1", "v0002", "OK", 0.3, T0), ShadowVerdict("cam1", "f1", "v0003", "DEFECTIVE", 0.7, T0),
+              ShadowVerdict("cam1", "f2", "v0002", "DEFECTIVE", 0.8, T0)]
+    assert store.add_shadow_verdicts(shadow) == 3
+    assert store.add_shadow_verdicts([ShadowVerdict("cam1", "f1", "v0002", "DEFECTIVE", 0.9, T0)]) == 0
+
+    listed = store.shadow_verdicts(store.find("cam1", "f1").id)
+    assert [(s.model_version, s.verdict, s.defect_probability) for s in listed] == [("v0002", "OK", 0.3), ("v0003", "DEFECTIVE", 0.7)]
+    with pytest.raises(FrameNotFoundError):
+        store.shadow_verdicts(9999)
+
+
+def test_an_unreachable_or_unsupported_database_is_a_store_error(tmp_path):
+    unreachable = StoreConfig(database_url="postgresql+psycopg://inspect:secret@127.0.0.1:1/frames", storage_url=str(tmp_path))
+    with pytest.raises(StoreError, match="127.0.0.1:1") as caught:
+        FrameStore(unreachable)
+    assert "secret" not in str(caught.value)
+    with pytest.raises(StoreError, match="sqlite, postgresql"):
+        FrameStore(StoreConfig(database_url="mysql://db/frames", storage_url=str(tmp_path)))
+
+
+def test_two_writers_at_once_neither_fail_nor_double_count(make_store):
+    # Two stores on one database stand for the service's recorder and a second process writing at once.
+    stores = [make_store(), make_store()]
+    errors: list[BaseException] = []
+
+    def write(store, offset):
+        try:
+            for i in range(15):  # overlapping frame ids: each pair must be stored exactly once
+                store.add_frames([record(f"f{i + offset}", shade=i % 3), record(f"f{i + offset + 1}", shade=i % 3)])
+        except BaseException as exc:  # surfaced below; a thread's exception would otherwise be lost
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, k * 5)) for k, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert stores[0].count() == 21  # f0 .. f20
+
+
+def test_the_database_enforces_that_rows_only_name_recorded_images(store):
+    """The last line of defence behind the write order: a frame row cannot name an unknown image."""
+    row = {"camera_id": "c", "frame_id": "f", "line_id": "l", "received_at": T0, "verdict": "OK", "defect_probability": 0.1,
+           "confidence": 0.9, "threshold": 0.5, "uncertainty": 0.4, "model_version": "v1", "views": {}, "image_sha256": "0" * 64}
+    with pytest.raises(StoreError, match="(?i)foreign key"), store._db.write() as conn:
+        conn.execute(sa.insert(frames), row)
+    if store._db.dialect == "sqlite":
+        with store._db.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
