@@ -170,6 +170,22 @@ def serve(
     serve_until_interrupted(config, address=address, on_ready=ready)
 
 
+@app.command()
+def monitor(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Prometheus config: scrape targets and alert rules.")] = Path("grafana/prometheus/prometheus.yml"),
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (Grafana's provisioned data source expects 9090).")] = 9090,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder for Prometheus' time series database.")] = Path("runs/prometheus"),
+) -> None:
+    """Run Prometheus on loopback with the line's scrape config and alert rules, until Ctrl-C."""
+    from inspectline.monitoring.prometheus import PrometheusServer, run_prometheus_until_interrupted
+
+    def ready(server: PrometheusServer) -> None:
+        typer.echo(f"Prometheus up at {server.url} (targets: {server.url}/targets, alerts: {server.url}/alerts); Ctrl-C stops it")
+
+    if run_prometheus_until_interrupted(config, data_dir=data_dir, port=port, on_ready=ready) != 0:
+        raise typer.Exit(code=1)
+
+
 @models_app.command("list")
 def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
     """All versions, oldest first; * marks production."""
