@@ -3,7 +3,13 @@
     inspect train --profile demo            train, calibrate, evaluate, register
     inspect evaluate --model production     metrics JSON + Markdown report with plots
     inspect predict frame.png ...           verdicts through the Predictor
-    inspect models list|show|promote|rollback
+    inspect models list|show|promote|rollback|shadow
+    inspect serve                           the inspection service (serve_config.yaml)
+    inspect monitor                         Prometheus on loopback with the line's alert rules
+    inspect camera folder|video|replay      camera adapters feeding the service
+    inspect review export|import            review labels as CSV or Label Studio tasks
+    inspect retrain --since last-week       fine-tune on reviewed frames; champion/challenger gate
+    inspect store cleanup                   age-based image clean-up
     inspect demo                            the end-to-end demo behind `make demo`
 
 Configuration: ``--profile NAME`` (a YAML shipped in ``inspectline/profiles``) or ``--config FILE``
@@ -22,12 +28,18 @@ from typing import Annotated
 
 import typer
 
+from inspectline.camera_adapters.cli import camera_app
 from inspectline.config import InspectConfig, data_overrides, load_config
 from inspectline.errors import ConfigError, InspectError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines.")
-models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback.")
+models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback, shadow.")
+review_app = typer.Typer(no_args_is_help=True, help="Review labels: export frames to label, import the labels.")
+store_app = typer.Typer(no_args_is_help=True, help="The frame store: clean-up.")
 app.add_typer(models_app, name="models")
+app.add_typer(review_app, name="review")
+app.add_typer(store_app, name="store")
+app.add_typer(camera_app, name="camera", help="Camera adapters: hot folder, video/RTSP capture, dataset replay.")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: ./inspect.yaml if present).")]
 ProfileOpt = Annotated[str | None, typer.Option("--profile", help="A shipped profile: demo, elpv-budget, elpv-resnet50.")]
@@ -238,6 +250,118 @@ def models_rollback(reason: Annotated[str, typer.Option(help="Why, for the audit
     reg = ModelRegistry(registry or resolve_config(config).paths.registry)
     pointer = reg.rollback(reason=reason)
     typer.echo(f"production rolled back to {pointer['version']}")
+
+
+@models_app.command("shadow")
+def models_shadow(
+    version: Annotated[str | None, typer.Argument(help="vNNNN to judge frames in shadow; omit with --off.")] = None,
+    off: Annotated[bool, typer.Option("--off", help="Stop shadowing.")] = False,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Run a version in shadow: it judges every frame too; its verdicts are stored and compared, never returned."""
+    from inspectline.registry import ModelRegistry
+
+    if (version is None) == (not off):
+        msg = "give a VERSION to shadow, or --off to stop shadowing"
+        raise ConfigError(msg)
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    name = reg.set_shadow(None if off else version, reason=reason)
+    typer.echo(f"shadow model: {name}" if name else "shadow model: off")
+
+
+@review_app.command("export")
+def review_export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV file, or JSON for --format label-studio.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv or label-studio.")] = "csv",
+    since: Annotated[str | None, typer.Option(help="last-week, 36h, 2026-11-15, ...")] = None,
+    line: Annotated[str | None, typer.Option()] = None,
+    camera: Annotated[str | None, typer.Option()] = None,
+    verdict: Annotated[str | None, typer.Option(help="OK, DEFECTIVE or UNSURE.")] = None,
+    unlabelled: Annotated[bool, typer.Option("--unlabelled", help="Only frames still to review.")] = False,
+    limit: Annotated[int | None, typer.Option(help="At most this many, least sure first.")] = None,
+    base_url: Annotated[str, typer.Option(help="Service URL for the image links.")] = "http://localhost:8000",
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Export stored frames for review, least sure first: CSV, or Label Studio tasks."""
+    from inspectline.store import FrameStore, export_csv, export_label_studio
+    from inspectline.timeparse import parse_since
+
+    cfg = resolve_config(config, None, overrides)
+    filters = {"since": parse_since(since) if since else None, "line": line, "camera": camera,
+               "verdict": verdict.upper() if verdict else None, "labelled": False if unlabelled else None}
+    if limit is not None:
+        filters["limit"] = limit
+    with FrameStore(cfg.store) as store:
+        if fmt == "csv":
+            count = export_csv(store, out, base_url=base_url, **filters)
+        elif fmt == "label-studio":
+            tasks = export_label_studio(store, base_url, **filters)
+            out.write_text(json.dumps(tasks, indent=1))
+            count = len(tasks)
+        else:
+            msg = f"--format {fmt!r} is not one of csv, label-studio"
+            raise ConfigError(msg)
+    typer.echo(f"exported {count} frames to {out}")
+
+
+@review_app.command("import")
+def review_import(
+    path: Annotated[Path, typer.Argument(help="A reviewed CSV, or a Label Studio JSON export.")],
+    reviewer: Annotated[str | None, typer.Option(help="Reviewer for rows that do not name one.")] = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """Import review labels (all or nothing: a bad row names itself and nothing is applied)."""
+    from inspectline.store import FrameStore, import_csv, import_label_studio
+
+    cfg = resolve_config(config, None, overrides)
+    with FrameStore(cfg.store) as store:
+        if path.suffix.lower() == ".json":
+            report = import_label_studio(store, json.loads(path.read_text()), reviewer_default=reviewer)
+        else:
+            report = import_csv(store, path, reviewer_default=reviewer)
+    typer.echo(report.summary())
+
+
+@app.command()
+def retrain(
+    since: Annotated[str, typer.Option(help="last-week, yesterday, today, 7d, 36h, or an ISO date/time.")] = "last-week",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Train, evaluate and register, but never promote.")] = False,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Fine-tune on frames labelled since SINCE; promote only if the challenger beats production.
+
+    Exit status: 0 promoted (or --dry-run), 3 nothing to learn, 4 the gate refused the challenger.
+    """
+    from inspectline.retrain import retrain as run_retrain
+    from inspectline.timeparse import parse_since
+
+    cfg = resolve_config(config, None, overrides)
+    outcome = run_retrain(cfg, parse_since(since), dry_run=dry_run, progress=not quiet)
+    if outcome.status == "nothing_to_learn":
+        typer.echo(outcome.message)
+        raise typer.Exit(code=3)
+    typer.echo(outcome.report.read_text())
+    typer.echo(f"challenger {outcome.challenger} registered (parent {outcome.champion}); outcome: {outcome.status}; report: {outcome.report}")
+    if outcome.status == "rejected":
+        raise typer.Exit(code=4)
+
+
+@store_app.command("cleanup")
+def store_cleanup(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
+    """Remove images older than store.max_age_days, except labelled or snapshotted frames (rows stay)."""
+    from inspectline.store import FrameStore
+
+    cfg = resolve_config(config, None, overrides)
+    with FrameStore(cfg.store) as store:
+        report = store.cleanup()
+    typer.echo(f"removed {report.images_deleted} images ({report.bytes_freed / 2**20:.1f} MiB) from frames received before {report.cutoff}; "
+               f"kept {report.kept_labelled} labelled and {report.kept_in_snapshot} snapshotted")
 
 
 def _print_evaluation(summary: dict) -> None:

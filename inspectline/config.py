@@ -140,6 +140,32 @@ class StoreConfig(_Section):
     keep_ok_images: float = Field(0.1, ge=0, le=1, description="share of OK frames whose image is kept; DEFECTIVE/UNSURE always are")
     max_age_days: int | None = Field(90, ge=1, description="clean-up removes older images unless labelled or in a training snapshot")
 
+    def resolved(self, base: Path) -> StoreConfig:
+        """A copy whose local SQLite file and image folder are absolute (relative to ``base``)."""
+        database_url, storage_url = self.database_url, self.storage_url
+        prefix = "sqlite:///"
+        if database_url.startswith(prefix) and not database_url.startswith(prefix + "/") and ":memory:" not in database_url:
+            database_url = prefix + str((base / database_url[len(prefix):]).resolve())
+        if "://" not in storage_url and not Path(storage_url).is_absolute():
+            storage_url = str((base / storage_url).resolve())
+        return self.model_copy(update={"database_url": database_url, "storage_url": storage_url})
+
+
+class RetrainConfig(_Section):
+    """``inspect retrain``: what to learn from, how to fine-tune, and the champion/challenger gate."""
+
+    epochs: int = Field(15, ge=1, description="fine-tuning epochs from the production model")
+    lr: float = Field(3e-4, gt=0, description="peak learning rate of the fine-tuning OneCycle schedule")
+    replay_ratio: float = Field(1.0, ge=0, description="samples replayed from the champion's training data per new labelled frame")
+    max_replay: int = Field(2000, ge=0)
+    newest_share: float = Field(0.25, gt=0, lt=1, description="share of the new labelled frames (newest parts) held out to evaluate on")
+    val_share: float = Field(0.2, gt=0, lt=1, description="share of the training pool used for early stopping and calibration")
+    min_newest: int = Field(8, ge=0, description="below this many new labelled frames, all of them train and only the golden set gates")
+    recall_tolerance: float = Field(0.02, ge=0, le=1, description="challenger defect recall may be at most this much below the champion's")
+    gate_sets: tuple[Literal["golden", "newest"], ...] = ("golden", "newest")
+    pushgateway: str | None = Field(None, description="Prometheus Pushgateway address for the outcome, e.g. localhost:9091")
+    seed: int = 0
+
 
 class PathsConfig(_Section):
     """Where runs, model versions and reports live."""
@@ -147,6 +173,7 @@ class PathsConfig(_Section):
     runs: Path = Path("runs")
     registry: Path = Path("models")
     reports: Path = Path("reports")
+    snapshots: Path = Path("snapshots")
 
 
 class GatewayOptions(_Section):
@@ -173,7 +200,7 @@ class InspectorOptions(_Section):
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
-    max_loaded_versions: int = Field(2, ge=1, description="model versions kept in memory (old + new during a switch)")
+    max_loaded_versions: int = Field(3, ge=1, description="model versions kept in memory: old and new during a switch, and a shadow")
 
 
 class MonitorOptions(_Section):
@@ -196,6 +223,7 @@ class InspectConfig(_Section):
     readiness: ReadinessConfig = ReadinessConfig()
     paths: PathsConfig = PathsConfig()
     store: StoreConfig = StoreConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

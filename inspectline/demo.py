@@ -3,21 +3,27 @@
 1. train a quick model on ELPV (the ``demo`` profile: ResNet18 at 128 px, minutes on two CPU cores);
 2. evaluate it on the test split, register it, and promote it when nothing is in production yet;
 3. start the inspection service (``serve_config.yaml`` on a local Ray);
-4. post the test split's cells to it as a line camera would, print verdicts and throughput;
+4. replay the test split's cells to it through the replay camera adapter, as a line camera would,
+   and print verdicts, agreement with the labels and throughput;
 5. shut the service down.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
 import typer
 
-from inspectline.config import InspectConfig
+from inspectline.camera_adapters.replay import ReplaySettings
+from inspectline.camera_adapters.runner import AdapterSettings, run_camera
+from inspectline.camera_adapters.source import safe_id
+from inspectline.camera_adapters.uploader import UploadSettings
+from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import CLASS_NAMES, Sample, load_samples, load_split_manifest
 from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import deploy, load_serve_config, resolve_paths, service_url, start_local_ray, stop_local_ray, wait_until_ready
@@ -50,40 +56,39 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
         ready = wait_until_ready(url, timeout_s=600)
         typer.echo(f"      ready, serving {ready['model_version']}")
         test = load_split_manifest(version.path / "splits.json", load_samples(cfg.data)).test[:frames]
-        typer.echo(f"[4/5] posting {len(test)} test cells as camera 'demo-cam' on line 'demo-line'")
-        _post_frames(url, test)
+        _replay(url, test, Path(cfg.paths.runs) / "demo")
     finally:
         typer.echo("[5/5] shutting the service down")
         stop_local_ray()
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
 
 
-def _post_frames(url: str, samples: list[Sample], concurrency: int = 8) -> None:
-    def post(sample: Sample) -> tuple[Sample, dict, float]:
-        t0 = time.perf_counter()
-        response = client.post(
-            f"{url}/v1/frames",
-            content=sample.path.read_bytes(),
-            headers={"Content-Type": "image/png"},
-            params={"line_id": "demo-line", "camera_id": "demo-cam", "frame_id": Path(sample.key).stem, "part_id": Path(sample.key).stem},
-        )
-        response.raise_for_status()
-        return sample, response.json(), (time.perf_counter() - t0) * 1000
-
-    with httpx.Client(timeout=60) as client, ThreadPoolExecutor(concurrency) as pool:
-        t0 = time.perf_counter()
-        results = list(pool.map(post, samples))
-        wall = time.perf_counter() - t0
-    for sample, verdict, ms in results[:10]:
-        typer.echo(
-            f"      {verdict['frame_id']}: {verdict['verdict']:<9} p(defect)={verdict['defect_probability']:.3f} "
-            f"confidence={verdict['confidence']:.3f} (labelled {CLASS_NAMES[sample.label]}, {ms:.0f} ms)"
-        )
-    counts = {v: sum(1 for _, r, _ in results if r["verdict"] == v) for v in ("OK", "DEFECTIVE", "UNSURE")}
-    agree = sum(1 for s, r, _ in results if (r["verdict"] == "DEFECTIVE") == (s.label == 1)) / len(results)
-    latencies = sorted(ms for _, _, ms in results)
+def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> None:
+    """Play the cells through the replay camera adapter and summarise its results log."""
+    stamp = datetime.now(timezone.utc).strftime("%H%M%S")
+    camera = f"demo-cam-{stamp}"  # a fresh camera per run: the store remembers earlier runs' frame ids
+    workdir.mkdir(parents=True, exist_ok=True)
+    manifest = workdir / f"test-cells-{stamp}.csv"
+    with manifest.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "label"])
+        writer.writerows([str(c.path), CLASS_NAMES[c.label]] for c in cells)
+    labels = {safe_id(str(c.path)): c.label for c in cells}
+    results = workdir / f"results-{stamp}.jsonl"
+    typer.echo(f"[4/5] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
+    summary = run_camera(
+        ReplaySettings(data=DataConfig(source="manifest", path=manifest), fps=fps),
+        AdapterSettings(line_id="demo-line", camera_id=camera, upload=UploadSettings(url=url), spool_dir=workdir / "spool" / camera, results_log=results),
+    )
+    rows = [json.loads(line) for line in results.read_text().splitlines()]
+    for row in [r for r in rows if "verdict" in r][:8]:
+        typer.echo(f"      {row['frame_id'][-24:]:>24}: {row['verdict']:<9} p(defect)={row['defect_probability']:.3f} "
+                   f"confidence={row['confidence']:.3f} (labelled {CLASS_NAMES[labels[row['frame_id']]]})")
+    counts = {v: sum(r.get("verdict") == v for r in rows) for v in ("OK", "DEFECTIVE", "UNSURE")}
+    agree = sum((r.get("verdict") == "DEFECTIVE") == (labels[r["frame_id"]] == 1) for r in rows) / max(len(rows), 1)
+    latencies = [r["latency_ms"] for r in rows if r.get("latency_ms") is not None]
     typer.echo(
-        f"      {len(results)} frames in {wall:.1f} s = {len(results) / wall:.1f} frames/s with {concurrency} clients; "
-        f"verdicts {counts}; agreement with labels {agree:.3f}; latency p50 {statistics.median(latencies):.0f} ms, "
-        f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:.0f} ms"
+        f"      {summary.judged} frames judged in {summary.seconds:.1f} s ({summary.judged / max(summary.seconds, 1e-9):.1f} frames/s at "
+        f"{fps:g} offered), {summary.retries} retries, {summary.dropped} dropped; verdicts {counts}; agreement with labels {agree:.3f}; "
+        f"service latency p50 {statistics.median(latencies) if latencies else float('nan'):.0f} ms; results log {results}"
     )

@@ -4,6 +4,7 @@
       v0001/            model.pt (weights + card), card.json, config.yaml, splits.json,
       v0002/            history.jsonl, report/ ... files are made read-only once registered
       production.json   {"version": "v0002", "previous": ["v0001"], ...}  (written via rename)
+      shadow.json       {"version": "v0003"}: judges the same frames in shadow (optional)
       promotions.jsonl  audit log: one line per promote / rollback
 
 A version is built in a staging folder and renamed into place, so a reader never sees half of one.
@@ -37,7 +38,8 @@ from inspectline.model import ModelCard, load_checkpoint, read_card, save_checkp
 _VERSION = re.compile(r"^v(\d{4,})$")
 CHECKPOINT_NAME = "model.pt"
 POINTER_NAME = "production.json"
-_RUN_FILES = ("config.yaml", "splits.json", "history.jsonl", "drift_reference.npz")
+SHADOW_NAME = "shadow.json"
+_RUN_FILES = ("config.yaml", "splits.json", "history.jsonl", "drift_reference.npz", "retrain.json", "retrain.md")
 
 
 @dataclass
@@ -136,8 +138,9 @@ class ModelRegistry:
             for name in _RUN_FILES:
                 if (run_dir / name).is_file():
                     shutil.copy2(run_dir / name, staging / name)
-            if (run_dir / "report").is_dir():
-                shutil.copytree(run_dir / "report", staging / "report")
+            for report in ("report", "report_newest"):
+                if (run_dir / report).is_dir():
+                    shutil.copytree(run_dir / report, staging / report)
             for name, src in (extra_files or {}).items():
                 shutil.copy2(src, staging / name)
             with self._locked():
@@ -181,6 +184,19 @@ class ModelRegistry:
             self._audit({"action": "rollback", "version": target, "from": pointer.get("version"), "reason": reason, "at": new["updated_at"]})
         return new
 
+    def shadow(self) -> str | None:
+        """The version judging frames in shadow (its verdicts are stored and compared, never returned)."""
+        path = self.root / SHADOW_NAME
+        return json.loads(path.read_text()).get("version") if path.is_file() else None
+
+    def set_shadow(self, name: str | None, *, reason: str = "") -> str | None:
+        """Run ``name`` in shadow next to production, or stop shadowing with ``None``."""
+        version = self.get(name).name if name is not None else None
+        with self._locked():
+            self._write_json(SHADOW_NAME, {"version": version, "updated_at": _now(), "reason": reason})
+            self._audit({"action": "shadow", "version": version, "reason": reason, "at": _now()})
+        return version
+
     def history(self) -> list[dict]:
         path = self.root / "promotions.jsonl"
         if not path.is_file():
@@ -216,12 +232,16 @@ class ModelRegistry:
         return json.loads(path.read_text())
 
     def _write_pointer(self, pointer: dict) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".production.", suffix=".tmp")
+        self._write_json(POINTER_NAME, pointer)
+
+    def _write_json(self, name: str, doc: dict) -> None:
+        """Replace ``name`` atomically: readers see the old file or the new one, never a mix."""
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "w") as fh:
-            json.dump(pointer, fh, indent=2)
+            json.dump(doc, fh, indent=2)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, self.root / POINTER_NAME)
+        os.replace(tmp, self.root / name)
 
     def _audit(self, event: dict) -> None:
         with open(self.root / "promotions.jsonl", "a") as fh:

@@ -56,6 +56,12 @@ def split_samples(samples: Sequence[Sample], *, test_size: float, val_size: floa
     return Splits(train=train, val=val, test=test)
 
 
+def holdout(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """One stratified (group-aware when groups exist) split: ``(kept, held_out)``."""
+    samples = list(samples)
+    return _split(samples, fraction, seed, any(s.group is not None for s in samples))
+
+
 def _split(samples: list[Sample], fraction: float, seed: int, grouped: bool) -> tuple[list[Sample], list[Sample]]:
     if grouped:
         return _group_split(samples, fraction, seed)

@@ -179,8 +179,20 @@ def evaluate_window(reference: DriftReference, probabilities: np.ndarray, statis
     )
 
 
-def reference_from_frames(predictor, frames: Sequence[np.ndarray], batch_size: int = 32, n_components: int = 8) -> DriftReference:
-    """Build a reference by running a :class:`~inspectline.predictor.Predictor` over decoded frames."""
+@dataclass(frozen=True)
+class FrameFeatures:
+    """What drift detection sees of a set of frames: model outputs, image statistics, embeddings."""
+
+    probabilities: np.ndarray  # (N,)
+    statistics: np.ndarray  # (N, 4)
+    embeddings: np.ndarray  # (N, D)
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+
+def frame_features(predictor, frames: Sequence[np.ndarray], batch_size: int = 32) -> FrameFeatures:
+    """Run a :class:`~inspectline.predictor.Predictor` over decoded frames, as the service does."""
     probabilities, statistics, embeddings = [], [], []
     for start in range(0, len(frames), batch_size):
         chunk = frames[start : start + batch_size]
@@ -188,4 +200,48 @@ def reference_from_frames(predictor, frames: Sequence[np.ndarray], batch_size: i
             probabilities.append(prediction.defect_probability)
             statistics.append(image_statistics(frame))
             embeddings.append(prediction.embedding)
-    return build_reference(np.array(probabilities), np.array(statistics), np.array(embeddings), predictor.threshold, n_components)
+    return FrameFeatures(np.array(probabilities), np.array(statistics), np.array(embeddings))
+
+
+def reference_from_frames(predictor, frames: Sequence[np.ndarray], batch_size: int = 32, n_components: int = 8) -> DriftReference:
+    """Build a reference from held-out frames (the validation split at training time)."""
+    f = frame_features(predictor, frames, batch_size)
+    return build_reference(f.probabilities, f.statistics, f.embeddings, predictor.threshold, n_components)
+
+
+def false_alarm_rate(reference: DriftReference, clean: FrameFeatures, *, window: int, alpha: float, trials: int = 300, seed: int = 0) -> tuple[float, dict[str, float]]:
+    """Share of windows of unshifted frames (random draws) that raise any alarm, and per signal."""
+    rng = np.random.default_rng(seed)
+    components = reference.project(clean.embeddings)
+    any_alarm = 0
+    per_signal = dict.fromkeys(SIGNALS, 0)
+    for _ in range(trials):
+        idx = rng.choice(len(clean), size=window, replace=len(clean) < window)
+        report = evaluate_window(reference, clean.probabilities[idx], clean.statistics[idx], components[idx], alpha)
+        any_alarm += report.alarm
+        for name, fired in report.alarms.items():
+            per_signal[name] += fired
+    return any_alarm / trials, {name: n / trials for name, n in per_signal.items()}
+
+
+def detection_delays(reference: DriftReference, clean: FrameFeatures, shifted: FrameFeatures, *, window: int, interval: int,
+                     alpha: float, trials: int = 10, seed: int = 0) -> list[int | None]:
+    """Frames after a shift starts until a detector raises an alarm (None: not within two windows).
+
+    Each trial fills a detector's window with unshifted frames, then streams shifted frames in a
+    random order.
+    """
+    rng = np.random.default_rng(seed)
+    delays: list[int | None] = []
+    for _ in range(trials):
+        detector = DriftDetector(reference, window=window, interval=interval, alpha=alpha)
+        for i in rng.choice(len(clean), size=window, replace=len(clean) < window):
+            detector.update(clean.probabilities[i], clean.statistics[i], clean.embeddings[i])
+        delay = None
+        for n, i in enumerate(rng.choice(len(shifted), size=2 * window, replace=len(shifted) < 2 * window), start=1):
+            report = detector.update(shifted.probabilities[i], shifted.statistics[i], shifted.embeddings[i])
+            if report is not None and report.alarm:
+                delay = n
+                break
+        delays.append(delay)
+    return delays

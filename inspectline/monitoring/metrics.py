@@ -8,6 +8,7 @@ never a frame or part id). Every class takes a ``registry`` so tests and each pr
                           monitor deployment, fed by every gateway, so totals are line-wide however
                           many replicas judge the frames.
 * :class:`CameraMetrics`  exported by a camera adapter on its own port (``--metrics-port``).
+* :class:`RetrainMetrics` pushed by ``inspect retrain`` to a Pushgateway when one is configured.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ class LineMetrics:
         self.drift_alpha = Gauge("inspect_drift_alpha", "Significance level of the drift alarms.", registry=r)
         self.drift_window = Gauge("inspect_drift_window_frames", "Frames in the current drift window.", stream, registry=r)
         self.store_backlog = Gauge("inspect_store_backlog_frames", "Judged frames waiting to be written to the frame store.", registry=r)
+        self.shadow_frames = Counter(
+            "inspect_shadow_frames_total", "Frames also judged by the shadow model, by agreement with the production verdict.",
+            (*stream, "version", "agreement"), registry=r,
+        )
+        self.shadow_agreement = Gauge("inspect_shadow_agreement_ratio", "Share of recent frames where the shadow verdict matched production.", ("version",), registry=r)
+        self.shadow_skipped = Counter("inspect_shadow_skipped_total", "Frames the shadow model did not judge because the inspectors were busy.", registry=r)
 
 
 class CameraMetrics:
@@ -77,4 +84,21 @@ class CameraMetrics:
         )
         self.post_seconds = Histogram(
             "inspect_camera_post_duration_seconds", "Time from sending a frame to its verdict.", labels, buckets=POST_BUCKETS, registry=self.registry,
+        )
+
+
+class RetrainMetrics:
+    """The outcome of one ``inspect retrain`` run, pushed as job ``inspect_retrain``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # as in LineMetrics
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.last_run = Gauge("inspect_retrain_last_run_timestamp_seconds", "When the last retrain finished (Unix time).", registry=r)
+        self.duration = Gauge("inspect_retrain_duration_seconds", "Wall time of the last retrain.", registry=r)
+        self.labelled = Gauge("inspect_retrain_labelled_frames", "Labelled line frames the last retrain learnt from or was evaluated on.", registry=r)
+        self.promoted = Gauge("inspect_retrain_promoted", "1 when the last retrain's challenger was promoted to production.", registry=r)
+        self.passed = Gauge("inspect_retrain_gate_passed", "1 when the last challenger passed the champion/challenger gate.", registry=r)
+        self.score = Gauge(
+            "inspect_retrain_score", "Champion and challenger metrics of the last retrain, per evaluation set.", ("model", "set", "metric"), registry=r,
         )

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray.serve import Application
 
+from inspectline.config import StoreConfig
 from inspectline.errors import ConfigError
 from inspectline.serving.gateway import Gateway
 from inspectline.serving.inspector import Inspector
@@ -27,6 +28,8 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     registry: Path = Path("models")
+    store: StoreConfig = StoreConfig()
+    spool_dir: Path = Path("data/spool")  # frames waiting for the store while it is unavailable
 
 
 def build_app(args: dict) -> Application:
@@ -36,5 +39,8 @@ def build_app(args: dict) -> Application:
     except ValidationError as exc:
         msg = f"invalid application args in the Serve config: {exc}"
         raise ConfigError(msg) from None
+    base = Path.cwd()
     registry = str(parsed.registry.expanduser().resolve())
-    return Gateway.bind(Inspector.bind(registry), LineMonitor.bind(registry), registry)
+    store = parsed.store.resolved(base).model_dump(mode="json")
+    spool = str((base / parsed.spool_dir).resolve())
+    return Gateway.bind(Inspector.bind(registry), LineMonitor.bind(registry, store, spool), registry, store)

@@ -61,13 +61,23 @@ def load_serve_config(path: Path) -> dict[str, Any]:
 
 
 def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A copy of ``config`` whose application ``registry`` args are absolute (relative to ``base``)."""
+    """A copy of ``config`` whose application paths (registry, store, spool) are absolute, relative to ``base``.
+
+    Ray builds the application in a worker process whose working directory is not the user's, so
+    relative paths must be settled where the user typed them.
+    """
+    from inspectline.serving.app import AppArgs
+
     config = json.loads(json.dumps(config))
     for app in config.get("applications", []):
-        args = app.setdefault("args", {}) or {}
-        registry = Path(args.get("registry", "models")).expanduser()
-        args["registry"] = str(registry if registry.is_absolute() else (base / registry).resolve())
-        app["args"] = args
+        if app.get("import_path") != "inspectline.serving.app:build_app":
+            continue
+        args = AppArgs.model_validate(app.get("args") or {})
+        app["args"] = {
+            "registry": str((base / args.registry.expanduser()).resolve()),
+            "store": args.store.resolved(base).model_dump(mode="json"),
+            "spool_dir": str((base / args.spool_dir.expanduser()).resolve()),
+        }
     return config
 
 

@@ -4,6 +4,10 @@ Endpoints (OpenAPI at ``/openapi.json``, docs at ``/docs``):
 
     POST /v1/frames          one encoded image (raw body or multipart) -> verdict
     POST /v1/frames/batch    several images (multipart) -> verdicts
+    GET  /v1/frames          review queue: stored frames, filtered, most uncertain first
+    GET  /v1/frames/{id}     one stored frame (with any shadow verdicts)
+    GET  /v1/frames/{id}/image   its image, when retention kept it
+    PUT  /v1/frames/{id}/label   {"label": "ok" | "defective", "reviewer": "..."}
     GET  /v1/model           the model being served
     GET  /healthz            alive
     GET  /readyz             model loaded and warmed (503 until then)
@@ -47,10 +51,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inspectline.config import GatewayOptions
-from inspectline.errors import InvalidImageError, ModelNotFoundError
+from inspectline.config import GatewayOptions, StoreConfig
+from inspectline.errors import ConfigError, FrameNotFoundError, InvalidImageError, InvalidLabelError, ModelNotFoundError, StoreError
 from inspectline.imaging import decode_image
 from inspectline.registry import ModelRegistry
+from inspectline.store import FrameStore, StoredFrame
+from inspectline.timeparse import parse_since
 
 log = logging.getLogger("ray.serve")
 
@@ -211,10 +217,53 @@ def _frame_id_from_filename(name: str | None, index: int) -> str:
     return stem if stem else f"frame-{index}-{uuid.uuid4().hex[:8]}"
 
 
-def _frame_record(verdict: Verdict, result: dict) -> dict:
-    """What the line monitor needs about one judged frame (bounded labels, numbers, no image)."""
+class LabelRequest(BaseModel):
+    label: str = Field(description="ok or defective")
+    reviewer: str = Field(min_length=1, max_length=200, description="who labelled it (name or e-mail)")
+
+
+async def _store_call(fn, *args, **kwargs):
+    """Run a blocking store call in a thread; store errors become HTTP errors."""
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except FrameNotFoundError as exc:
+        raise ApiError(404, "frame_not_found", str(exc)) from None
+    except InvalidLabelError as exc:
+        raise ApiError(400, "invalid_label", str(exc)) from None
+    except StoreError as exc:
+        raise ApiError(503, "store_unavailable", str(exc), {"Retry-After": "5"}) from None
+
+
+def _when(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_since(text, name=name)
+    except ConfigError as exc:
+        raise ApiError(400, "invalid_request", str(exc)) from None
+
+
+def _frame_view(frame: StoredFrame) -> dict:
+    return frame.to_dict() | {"image_url": f"/v1/frames/{frame.id}/image" if frame.image_sha256 else None}
+
+
+def _stored_verdict(frame: StoredFrame) -> Verdict:
+    return Verdict(
+        frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id, part_id=frame.part_id, verdict=frame.verdict,
+        defect_probability=frame.defect_probability, confidence=frame.confidence, threshold=frame.threshold,
+        model_version=frame.model_version, views=frame.views, latency_ms=0.0, captured_at=frame.captured_at, received_at=frame.received_at,
+    )
+
+
+def _frame_record(verdict: Verdict, result: dict, image: bytes) -> dict:
+    """What the line monitor needs about one judged frame: metric values and, for the store, the image."""
     return {
         "type": "frame",
+        "frame_id": verdict.frame_id,
+        "part_id": verdict.part_id,
+        "captured_at": verdict.captured_at,
+        "received_at": verdict.received_at,
+        "image": image,
         "line": verdict.line_id,
         "camera": verdict.camera_id,
         "verdict": verdict.verdict,
@@ -253,12 +302,16 @@ def _verdict(meta: FrameMeta, result: dict, received: float) -> Verdict:
 @serve.deployment(name="Gateway", max_ongoing_requests=128)
 @serve.ingress(api)
 class Gateway:
-    async def __init__(self, inspector: DeploymentHandle, monitor: DeploymentHandle, registry: str):
+    async def __init__(self, inspector: DeploymentHandle, monitor: DeploymentHandle, registry: str, store: dict):
         self.inspector = inspector
         self.monitor = monitor
+        self.store_config = StoreConfig.model_validate(store)
+        self._store: FrameStore | None = None
         self.options = GatewayOptions()
         self.registry = ModelRegistry(Path(registry))
         self.active_version: str | None = None
+        self.shadow_version: str | None = None
+        self._shadow_tasks: set[asyncio.Task] = set()
         self.not_ready_reason = "the model is loading"
         self.inflight = 0
         self._token: str | None = None
@@ -269,6 +322,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         self._watcher = loop.create_task(self._watch_model())
         self._flusher = loop.create_task(self._flush_forever())
+        self._warmer = loop.create_task(self._remember_stored_verdicts())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = GatewayOptions.model_validate(user_config or {})
@@ -291,6 +345,57 @@ class Gateway:
         await self._flush()  # include every verdict this gateway has answered so far
         body, content_type = await self.monitor.render.remote()
         return Response(content=body, media_type=content_type)
+
+    @api.get("/v1/frames", summary="Review queue: stored frames, most uncertain first")
+    async def list_frames(
+        self,
+        since: Annotated[str | None, Query(description="ISO date/time or a duration back from now (36h, 7d, last-week)")] = None,
+        until: Annotated[str | None, Query()] = None,
+        line: Annotated[str | None, Query()] = None,
+        camera: Annotated[str | None, Query()] = None,
+        verdict: Annotated[str | None, Query(description="OK, DEFECTIVE or UNSURE")] = None,
+        labelled: Annotated[bool | None, Query(description="true: reviewed frames only; false: still to review")] = None,
+        has_image: Annotated[bool | None, Query(description="true: only frames whose image was kept")] = None,
+        order: Annotated[str, Query(description="uncertainty (least sure first), newest or oldest")] = "uncertainty",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> dict:
+        with self._counting_errors():
+            self._authorize(authorization)
+            filters = {"since": _when(since, "since"), "until": _when(until, "until"), "line": line, "camera": camera,
+                       "verdict": verdict.upper() if verdict else None, "labelled": labelled, "has_image": has_image}
+            store = await self._store_or_503()
+            frames = await _store_call(store.query, **filters, order=order, limit=limit, offset=offset)
+            total = await _store_call(store.count, **filters)
+            return {"frames": [_frame_view(f) for f in frames], "total": total, "limit": limit, "offset": offset}
+
+    @api.get("/v1/frames/{frame_id}", summary="One stored frame, with the shadow model's verdicts if any")
+    async def get_frame(self, frame_id: int, authorization: Annotated[str | None, Header()] = None) -> dict:
+        with self._counting_errors():
+            self._authorize(authorization)
+            store = await self._store_or_503()
+            frame = await _store_call(store.get, frame_id)
+            shadows = await _store_call(store.shadow_verdicts, frame_id)
+            return _frame_view(frame) | {"shadow": [{"model_version": v.model_version, "verdict": v.verdict, "defect_probability": v.defect_probability} for v in shadows]}
+
+    @api.get("/v1/frames/{frame_id}/image", summary="The frame's image, as the camera sent it", response_class=Response)
+    async def get_frame_image(self, frame_id: int, authorization: Annotated[str | None, Header()] = None) -> Response:
+        with self._counting_errors():
+            self._authorize(authorization)
+            store = await self._store_or_503()
+            frame = await _store_call(store.get, frame_id)
+            if frame.image_sha256 is None:
+                raise ApiError(404, "image_not_kept", f"frame {frame_id} was stored without its image (retention keeps DEFECTIVE/UNSURE images and a sample of OK ones)")
+            data, fmt = await _store_call(store.image, frame_id)
+            return Response(content=data, media_type=f"image/{fmt}")
+
+    @api.put("/v1/frames/{frame_id}/label", summary="Label a stored frame ok or defective")
+    async def label_frame(self, frame_id: int, body: LabelRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
+        with self._counting_errors():
+            self._authorize(authorization)
+            store = await self._store_or_503()
+            return _frame_view(await _store_call(store.set_label, frame_id, body.label, body.reviewer))
 
     @api.get("/v1/model", summary="The model being served")
     async def model(self, authorization: Annotated[str | None, Header()] = None) -> dict:
@@ -394,7 +499,8 @@ class Gateway:
                 result = await self._judge(frame, version)
             verdict = _verdict(meta, result, received)
             future.set_result(verdict)
-            self._outbox.append(_frame_record(verdict, result))
+            self._outbox.append(_frame_record(verdict, result, data))
+            self._shadow(frame, verdict)
             if explicit_id and self.options.recent_frames:
                 self._recent[key] = verdict
                 while len(self._recent) > self.options.recent_frames:
@@ -407,6 +513,59 @@ class Gateway:
         finally:
             if explicit_id:
                 self._pending.pop(key, None)
+
+    def _shadow(self, frame: np.ndarray, verdict: Verdict) -> None:
+        """Have the shadow model judge the frame too, in the background; its answer never reaches the line."""
+        shadow = self.shadow_version
+        if shadow is None or shadow == verdict.model_version:
+            return
+        if len(self._shadow_tasks) >= self.options.max_inflight:  # production traffic comes first
+            self._outbox.append({"type": "shadow_skipped"})
+            return
+        task = asyncio.get_running_loop().create_task(self._judge_shadow(frame, verdict, shadow))
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _judge_shadow(self, frame: np.ndarray, verdict: Verdict, shadow: str) -> None:
+        try:
+            result = await self.inspector.judge.remote(frame, shadow)
+        except Exception as exc:  # noqa: BLE001 - a failing shadow must not disturb production
+            log.warning("shadow model %s failed on frame %s: %s", shadow, verdict.frame_id, exc)
+            return
+        if "error" not in result:
+            self._outbox.append({
+                "type": "shadow", "line": verdict.line_id, "camera": verdict.camera_id, "camera_id": verdict.camera_id,
+                "frame_id": verdict.frame_id, "version": result["model_version"], "verdict": result["verdict"],
+                "defect_probability": result["defect_probability"], "production_verdict": verdict.verdict,
+                "received_at": verdict.received_at,
+            })
+
+    async def _store_or_503(self) -> FrameStore:
+        """The frame store, opened on first use; 503 while it cannot be reached."""
+        if self._store is None:
+            try:
+                self._store = await asyncio.to_thread(FrameStore, self.store_config)
+            except StoreError as exc:
+                raise ApiError(503, "store_unavailable", str(exc), {"Retry-After": str(self.options.retry_after_s)}) from None
+        return self._store
+
+    async def _remember_stored_verdicts(self) -> None:
+        """After a restart, answer resent frame ids from the store's newest verdicts, not by judging again."""
+        if not self.options.recent_frames:
+            return
+        try:
+            store = await self._store_or_503()
+            stored = await asyncio.to_thread(store.recent, self.options.recent_frames)
+        except (ApiError, StoreError) as exc:
+            log.warning("could not read recent verdicts from the frame store: %s", exc)
+            return
+        for frame in reversed(stored):  # oldest first, so the newest stay in the bounded cache
+            key = (frame.camera_id, frame.frame_id)
+            if key not in self._recent:
+                self._recent[key] = _stored_verdict(frame)
+        while len(self._recent) > self.options.recent_frames:
+            self._recent.popitem(last=False)
+        log.info("remembered %d stored verdicts for repeated frame ids", len(stored))
 
     @contextlib.contextmanager
     def _counting_errors(self):
@@ -498,6 +657,12 @@ class Gateway:
         """Follow the configured model reference; switch only once the inspectors have it warm."""
         while True:
             try:
+                shadow = self.registry.shadow()
+                if shadow != self.shadow_version:
+                    if shadow is not None:
+                        await self.inspector.prepare.remote(shadow)
+                    log.info("shadow model: %s (was %s)", shadow, self.shadow_version)
+                    self.shadow_version = shadow
                 target = self._target_version()
                 if target != self.active_version:
                     # Several concurrent prepares reach most replicas; any replica still missing the

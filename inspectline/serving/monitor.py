@@ -11,7 +11,9 @@ inspectors; it reserves no CPU.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -20,10 +22,12 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
-from inspectline.config import MonitorOptions
+from inspectline.config import MonitorOptions, StoreConfig
 from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference
 from inspectline.monitoring.metrics import LineMetrics
 from inspectline.registry import ModelRegistry
+from inspectline.serving.recorder import FrameRecorder
+from inspectline.store import FrameRecord, FrameStore, ShadowVerdict
 
 log = logging.getLogger("ray.serve")
 OTHER = "other"
@@ -31,14 +35,17 @@ OTHER = "other"
 
 @serve.deployment(name="LineMonitor", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 class LineMonitor:
-    def __init__(self, registry: str):
+    def __init__(self, registry: str, store: dict, spool_dir: str):
         self.registry = ModelRegistry(Path(registry))
+        store_config = StoreConfig.model_validate(store)
+        self.recorder = FrameRecorder(lambda: FrameStore(store_config), spool_dir=Path(spool_dir))
         self.metrics = LineMetrics()
         self.options = MonitorOptions()
         self.version: str | None = None
         self.reference: DriftReference | None = None
         self._detectors: dict[tuple[str, str], DriftDetector] = {}
         self._verdicts: dict[tuple[str, str], deque[str]] = {}
+        self._shadow_recent: dict[str, deque[bool]] = {}
         self.metrics.drift_alpha.set(self.options.drift_alpha)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -47,17 +54,42 @@ class LineMonitor:
         self._detectors.clear()  # new window sizes start new windows
 
     async def observe(self, records: list[dict]) -> int:
-        """Count a micro-batch of frame and error records; returns how many were taken."""
+        """Count a micro-batch of records and hand its frames to the store writer; returns how many were taken."""
+        frames, shadows = [], []
         for record in records:
             if record["type"] == "frame":
                 self._frame(record)
+                frames.append(_frame_record(record))
             elif record["type"] == "error":
                 self.metrics.errors.labels(record["reason"]).inc()
+            elif record["type"] == "shadow":
+                self._shadow(record)
+                shadows.append(ShadowVerdict(camera_id=record["camera_id"], frame_id=record["frame_id"], model_version=record["version"],
+                                             verdict=record["verdict"], defect_probability=record["defect_probability"], received_at=record["received_at"]))
+            elif record["type"] == "shadow_skipped":
+                self.metrics.shadow_skipped.inc()
+        refused = self.recorder.submit(frames, shadows)
+        if refused:
+            self.metrics.errors.labels("store_refused_record").inc(refused)
         return len(records)
 
     async def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric."""
+        self.metrics.store_backlog.set(self.recorder.backlog)
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
+
+    async def flush_store(self, timeout_s: float = 30.0) -> int:
+        """Wait until the store writer has caught up (tests, orderly shutdown); returns the backlog left."""
+        deadline = time.monotonic() + timeout_s
+        while self.recorder.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return self.recorder.backlog
+
+    def __del__(self) -> None:
+        # Ray Serve calls this on a graceful shutdown: write what we can, spool the rest to disk.
+        recorder = getattr(self, "recorder", None)
+        if recorder is not None:
+            recorder.close()
 
     def _frame(self, r: dict) -> None:
         if r["model_version"] != self.version:
@@ -79,6 +111,15 @@ class LineMonitor:
         m.defect_ratio.labels(line, camera).set(verdicts.count("DEFECTIVE") / len(verdicts))
         if self.reference is not None and (line, camera) != (OTHER, OTHER):
             self._drift(line, camera, r)
+
+    def _shadow(self, r: dict) -> None:
+        """A shadow verdict: counted by agreement with the production verdict it shadowed."""
+        line, camera = self._stream(r["line"], r["camera"])
+        agree = r["verdict"] == r["production_verdict"]
+        self.metrics.shadow_frames.labels(line, camera, r["version"], "agree" if agree else "disagree").inc()
+        recent = self._shadow_recent.setdefault(r["version"], deque(maxlen=self.options.drift_window))
+        recent.append(agree)
+        self.metrics.shadow_agreement.labels(r["version"]).set(sum(recent) / len(recent))
 
     def _drift(self, line: str, camera: str, r: dict) -> None:
         o = self.options
@@ -126,3 +167,11 @@ class LineMonitor:
         if key in self._verdicts or len(self._verdicts) < self.options.max_streams:
             return key
         return OTHER, OTHER
+
+
+def _frame_record(r: dict) -> FrameRecord:
+    return FrameRecord(
+        camera_id=r["camera"], frame_id=r["frame_id"], line_id=r["line"], part_id=r["part_id"], captured_at=r["captured_at"],
+        received_at=r["received_at"], verdict=r["verdict"], defect_probability=r["defect_probability"], confidence=r["confidence"],
+        threshold=r["threshold"], model_version=r["model_version"], views=r["views"], image=r["image"], image_format=None,
+    )

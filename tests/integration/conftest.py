@@ -34,7 +34,9 @@ def app_config(registry: Path, *, name: str = "inspectline", route_prefix: str =
     """The repo's application entry with test-sized settings."""
     app = copy.deepcopy(load_serve_config(REPO / "serve_config.yaml")["applications"][0])
     app["name"], app["route_prefix"] = name, route_prefix
-    app["args"] = {"registry": str(registry)}
+    data = registry.parent / f"data-{name}"
+    app["args"] = {"registry": str(registry), "spool_dir": str(data / "spool"),
+                   "store": {"database_url": f"sqlite:///{data / 'frames.db'}", "storage_url": str(data / "images"), "keep_ok_images": 1.0}}
     for deployment in app["deployments"]:
         if deployment["name"] == "Gateway":
             deployment["user_config"].update({"reload_interval_s": 0.3, **(gateway or {})})

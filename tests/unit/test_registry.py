@@ -92,4 +92,17 @@ def test_concurrent_promotions_leave_a_valid_pointer(tmp_path: Path, checkpoint:
     pointer = json.loads((tmp_path / "models" / "production.json").read_text())
     assert pointer["version"] in {"v0001", "v0002"}
     assert len(reg.history()) == 50
-    assert not list((tmp_path / "models").glob(".production.*"))
+    assert not list((tmp_path / "models").glob(".production.json.*"))
+
+
+def test_shadow_pointer(tmp_path: Path, checkpoint: Path):
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(checkpoint)
+    reg.register(checkpoint)
+    assert reg.shadow() is None
+    assert reg.set_shadow("2", reason="trial") == "v0002" and reg.shadow() == "v0002"
+    with pytest.raises(ModelNotFoundError):
+        reg.set_shadow("v0007")
+    assert reg.shadow() == "v0002"
+    assert reg.set_shadow(None) is None and reg.shadow() is None
+    assert [e["action"] for e in reg.history()] == ["shadow", "shadow"]
