@@ -36,6 +36,7 @@ def postgres_url() -> Iterator[str]:
     if url := os.environ.get("INSPECT_TEST_POSTGRES_URL"):
         yield url
         return
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing: pip install -e '.[dev]'")
     initdb = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not initdb:
         pytest.skip("no PostgreSQL: set INSPECT_TEST_POSTGRES_URL or install the postgresql server package")
