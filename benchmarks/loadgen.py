@@ -14,10 +14,13 @@ import asyncio
 import multiprocessing as mp
 import resource
 import time
+import uuid
 from dataclasses import dataclass
 
 import httpx
 import numpy as np
+
+_RUN = uuid.uuid4().hex[:12]  # each load phase runs in a fresh process, so each gets its own frame ids
 
 
 @dataclass
@@ -60,8 +63,9 @@ def _child(queue: mp.Queue, mode: str, url: str, bodies: list[bytes], kw: dict) 
 async def _post(client: httpx.AsyncClient, url: str, body: bytes, i: int) -> tuple[int, float]:
     t0 = time.perf_counter()
     try:
+        # A fresh frame id per request: a repeated id would be answered from the service's memory.
         r = await client.post(url, content=body, headers={"Content-Type": "image/png"},
-                              params={"line_id": "bench", "camera_id": f"cam-{i % 4}", "frame_id": f"f{i}"})
+                              params={"line_id": "bench", "camera_id": f"cam-{i % 4}", "frame_id": f"{_RUN}-{i}"})
         status = r.status_code
     except httpx.HTTPError:
         status = 0
