@@ -11,7 +11,6 @@ are the service defaults in serve_config.yaml. Writes ``benchmarks/results/drift
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from drift_sets import shifted_sets  # noqa: E402
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 from inspectline.config import DataConfig  # noqa: E402
 from inspectline.data import load_images, load_samples, load_split_manifest  # noqa: E402
@@ -28,7 +27,6 @@ from inspectline.monitoring.drift import DriftReference, detection_delays, false
 from inspectline.predictor import Predictor  # noqa: E402
 from inspectline.registry import ModelRegistry  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -64,9 +62,7 @@ def main() -> None:
         "false_alarm_rate": rate, "false_alarm_rate_per_signal": per_signal, "unshifted_windows": args.windows,
         "shifts": shifts, "machine": machine_info(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"drift_{predictor.version or 'model'}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = save_result(f"drift_{predictor.version or 'model'}", result)
     print(f"\nDrift detection, {predictor.version} ({predictor.card.arch} @ {predictor.card.preprocessing.image_size} px), "
           f"window {args.window}, every {args.interval}, alpha {args.alpha}")
     print(f"| {'condition':<24} | {'alarms':>14} | {'delay (frames) median / max':>28} |")

@@ -12,21 +12,19 @@ pretrained on ImageNet, 88.42 % binary accuracy, ROC-AUC 0.944. Our recipes trai
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info  # noqa: E402
+from machine import machine_info, save_result  # noqa: E402
 
 from inspectline.cli import profile_path  # noqa: E402
 from inspectline.config import load_config  # noqa: E402
 from inspectline.training import run_training  # noqa: E402
 
 REFERENCE = {"name": "Deitsch et al. 2019, VGG19 (ImageNet-pretrained)", "accuracy": 0.8842, "roc_auc": 0.944}
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -69,9 +67,7 @@ def main() -> None:
         "reference": REFERENCE,
         "machine": machine_info(),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"elpv_{args.recipe}.json"
-    out.write_text(json.dumps(result, indent=2))
+    out = save_result(f"elpv_{args.recipe}", result)
     print(f"\nELPV test split ({m['n']} cells), recipe {args.recipe}: {cfg.model.arch} @ {cfg.data.image_size} px, "
           f"{run.fit.epochs_run} epochs, {wall / 60:.1f} min on {result['machine']['gpu'] or result['machine']['cpu']}")
     print(f"| {'model':<52} | accuracy | ROC-AUC | F1     |")

@@ -1,12 +1,15 @@
-"""What a benchmark ran on, recorded beside every absolute number."""
+"""What a benchmark ran on, recorded beside every absolute number, and where results are written."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from pathlib import Path
 
 import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine_info() -> dict:
@@ -32,3 +35,11 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
+
+
+def save_result(name: str, result: dict) -> Path:
+    """Write ``benchmarks/results/<name>.json``; returns its path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    return path
