@@ -126,9 +126,14 @@ def line_traffic(service, prometheus: PrometheusServer) -> Iterator[Traffic]:
         wait_for(lambda: [s["value"][1] for s in query(prometheus, "inspect_model_version")] == ["2"], what="Prometheus seeing v0002")
         time.sleep(3)  # served for a few scrapes, as any real version is: a 1 s version can fall between annotation steps
     finally:
+        service.registry.set_shadow("v0002", reason="test_prometheus: data for the shadow panels")
         service.registry.promote("v0001", reason="test_prometheus: back to the session's production version")
     wait_for(lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0001", timeout_s=120, what="v0001 served again")
-    results = post_many(service.url, LINE, FRAMES, camera=CAMERA)
+    try:
+        results = post_many(service.url, LINE, FRAMES, camera=CAMERA)
+        wait_for(lambda: query(prometheus, f'sum(inspect_shadow_frames_total{{line="{LINE}"}})'), timeout_s=60, what="shadow verdicts scraped")
+    finally:
+        service.registry.set_shadow(None)
     assert {r["model_version"] for r in results} == {"v0001"}
     bad = httpx.post(f"{service.url}/v1/frames", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"},
                      params={"line_id": LINE, "camera_id": CAMERA, "frame_id": "broken"})
