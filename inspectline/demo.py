@@ -67,13 +67,18 @@ def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> 
     """Play the cells through the replay camera adapter and summarise its results log."""
     stamp = datetime.now(timezone.utc).strftime("%H%M%S")
     camera = f"demo-cam-{stamp}"  # a fresh camera per run: the store remembers earlier runs' frame ids
-    workdir.mkdir(parents=True, exist_ok=True)
-    manifest = workdir / f"test-cells-{stamp}.csv"
+    # A manifest of short relative paths (links to the dataset's files) gives readable frame ids.
+    folder = workdir / f"cells-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for cell in cells:
+        link = folder / cell.path.name
+        link.symlink_to(cell.path.resolve())
+        entries.append((link.name, CLASS_NAMES[cell.label]))
+    manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "label"])
-        writer.writerows([str(c.path), CLASS_NAMES[c.label]] for c in cells)
-    labels = {safe_id(str(c.path)): c.label for c in cells}
+        csv.writer(fh).writerows([("path", "label"), *entries])
+    labels = {safe_id(name): CLASS_NAMES.index(label) for name, label in entries}
     results = workdir / f"results-{stamp}.jsonl"
     typer.echo(f"[4/5] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
     summary = run_camera(
@@ -82,7 +87,7 @@ def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> 
     )
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     for row in [r for r in rows if "verdict" in r][:8]:
-        typer.echo(f"      {row['frame_id'][-24:]:>24}: {row['verdict']:<9} p(defect)={row['defect_probability']:.3f} "
+        typer.echo(f"      {row['frame_id']}: {row['verdict']:<9} p(defect)={row['defect_probability']:.3f} "
                    f"confidence={row['confidence']:.3f} (labelled {CLASS_NAMES[labels[row['frame_id']]]})")
     counts = {v: sum(r.get("verdict") == v for r in rows) for v in ("OK", "DEFECTIVE", "UNSURE")}
     agree = sum((r.get("verdict") == "DEFECTIVE") == (labels[r["frame_id"]] == 1) for r in rows) / max(len(rows), 1)
