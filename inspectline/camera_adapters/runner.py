@@ -130,6 +130,9 @@ def run_adapter(source: FrameSource, settings: AdapterSettings, *, stop: threadi
     labels = (settings.line_id, settings.camera_id)
     summary = RunSummary()
     spool = Spool(settings.spool_dir, max_bytes=settings.spool_max_bytes)
+    reconnects = metrics.reconnects.labels(*labels)  # exported at 0 from the start, for every kind of source
+    if isinstance(source, VideoSource):
+        source.on_reconnect = reconnects.inc
     backlog = _Backlog(spool, settings.queue_size, metrics.spooled.labels(*labels), summary, drain_timeout_s=settings.drain_timeout_s)
     capture_errors: list[BaseException] = []
     capture = threading.Thread(

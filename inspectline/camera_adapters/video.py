@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -61,6 +61,7 @@ class VideoSource:
             msg = f"video file {settings.source} does not exist (for a stream give an rtsp:// or http:// URL, for a camera its device index)"
             raise ConfigError(msg)
         self.reconnects = 0
+        self.on_reconnect: Callable[[], None] = lambda: None  # the runner counts reconnects in its metrics
         self._saved = state.load()
         self._key = f"video:{settings.source}"
         if self._saved.get("source") != self._key:
@@ -137,6 +138,7 @@ class VideoSource:
             if stop.is_set() or self._enough(taken):
                 return
             self.reconnects += 1
+            self.on_reconnect()
             stop.wait(delay)
             delay = min(self.settings.reconnect_max_s, delay * 2)
 

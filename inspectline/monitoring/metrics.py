@@ -82,6 +82,10 @@ class CameraMetrics:
         self.dropped = Counter(
             "inspect_camera_frames_dropped_total", "Frames lost because the disk spool was full (must stay 0).", labels, registry=self.registry,
         )
+        self.reconnects = Counter(
+            "inspect_camera_reconnects_total", "Times a live stream was lost, or could not be opened, and the adapter tried again.",
+            labels, registry=self.registry,
+        )
         self.post_seconds = Histogram(
             "inspect_camera_post_duration_seconds", "Time from sending a frame to its verdict.", labels, buckets=POST_BUCKETS, registry=self.registry,
         )

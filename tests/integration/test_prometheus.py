@@ -62,6 +62,7 @@ def camera_adapter_metrics() -> Iterator[str]:
     server, _ = start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
     labels = (LINE, CAMERA)
     metrics.dropped.labels(*labels)  # present and 0, as on a healthy adapter
+    metrics.reconnects.labels(*labels).inc()  # the stream dropped once
     metrics.rejected.labels(*labels, "415").inc()
     stop = threading.Event()
 

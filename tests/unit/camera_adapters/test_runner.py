@@ -16,11 +16,13 @@ import pytest
 
 from inspectline.camera_adapters.folder import FolderSettings
 from inspectline.camera_adapters.runner import AdapterSettings, ResultsLog, run_adapter, run_camera, stop_on_signals
-from inspectline.camera_adapters.source import Outcome
+from inspectline.camera_adapters.source import Outcome, SourceState
 from inspectline.camera_adapters.uploader import UploadSettings
+from inspectline.camera_adapters.video import VideoSettings, VideoSource
 from inspectline.errors import ConfigError
 from inspectline.monitoring.metrics import CameraMetrics
 from tests.unit.camera_adapters.fakes import FakeService, ListSource, make_frames
+from tests.unit.camera_adapters.test_video import write_video
 
 LABELS = {"line": "line-1", "camera": "cam-1"}
 FAST = UploadSettings(url="http://svc", backoff_initial_s=0.005, backoff_max_s=0.05)
@@ -85,7 +87,9 @@ def test_an_outage_spools_frames_and_delivers_them_in_order_when_the_service_ret
     service = FakeService(down=True)
     frames = make_frames(30)
     source = ListSource(frames, interval_s=0.01)
-    threading.Timer(0.6, lambda: setattr(service, "down", False)).start()
+    # The service comes back only once the camera has taken every frame: the outage outlasts capture
+    # however slowly a loaded machine runs the test.
+    threading.Thread(target=lambda: (source.exhausted.wait(30), setattr(service, "down", False)), daemon=True).start()
     summary = run_adapter(source, settings(tmp_path, queue_size=4), transport=service.transport())
 
     ids = [f.frame_id for f in frames]
@@ -238,3 +242,18 @@ def test_the_first_signal_stops_the_adapter_and_the_second_acts_as_usual():
         assert stop.is_set()
         assert signal.getsignal(signal.SIGTERM) is before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stream_reconnects_are_counted_in_the_metrics(tmp_path):
+    video = write_video(tmp_path / "clip.avi", 5)  # as a "stream", it ends every five frames
+    source = VideoSource(VideoSettings(source=str(video), live=True, max_frames=12, reconnect_initial_s=0.01), "cam-1", SourceState(tmp_path / "state.json"))
+    metrics = CameraMetrics()
+    summary = run_adapter(source, settings(tmp_path), metrics=metrics, transport=FakeService().transport())
+    assert summary.judged == 12 and source.reconnects >= 2
+    assert metric(metrics, "inspect_camera_reconnects_total") == source.reconnects
+
+
+def test_sources_that_never_reconnect_export_the_counter_at_zero(tmp_path):
+    metrics = CameraMetrics()
+    run_adapter(ListSource(make_frames(2)), settings(tmp_path), metrics=metrics, transport=FakeService().transport())
+    assert metrics.registry.get_sample_value("inspect_camera_reconnects_total", LABELS) == 0.0
