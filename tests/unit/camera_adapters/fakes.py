@@ -79,6 +79,7 @@ class ListSource:
         self.interval_s = interval_s
         self.endless = endless
         self.settled: list[tuple[str, str]] = []
+        self.exhausted = threading.Event()  # set once every frame has been handed out
 
     def frames(self, stop: threading.Event):
         for frame in self.items:
@@ -87,6 +88,7 @@ class ListSource:
             yield frame
             if self.interval_s:
                 stop.wait(self.interval_s)
+        self.exhausted.set()
         if self.endless:
             stop.wait()
 
