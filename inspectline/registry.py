@@ -35,6 +35,9 @@ from pathlib import Path
 from inspectline.errors import ModelNotFoundError
 from inspectline.model import ModelCard, load_checkpoint, read_card, save_checkpoint
 
+# What a report written before registration calls the model; register() writes the version in.
+PENDING_VERSION = "(named at registration)"
+
 _VERSION = re.compile(r"^v(\d{4,})$")
 CHECKPOINT_NAME = "model.pt"
 POINTER_NAME = "production.json"
@@ -146,6 +149,8 @@ class ModelRegistry:
             with self._locked():
                 name = self._claim_next_name()
                 card = card.model_copy(update={"version": name, "parent": parent if parent is not None else card.parent})
+                for report in staging.glob("report*/report.md"):
+                    report.write_text(report.read_text().replace(f"**{PENDING_VERSION}**", f"**{name}**", 1))
                 save_checkpoint(staging / CHECKPOINT_NAME, model, card)
                 (staging / "card.json").write_text(json.dumps(card.model_dump(mode="json"), indent=2))
                 _make_read_only(staging)

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from inspectline.registry import PENDING_VERSION  # noqa: E402
 from inspectline.training.evaluation import Evaluation  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
     lines = [
         f"# {title}",
         "",
-        f"Model version: **{ev.model_version or 'unregistered'}** · split: **{ev.split}** · {m['n']} frames · "
+        f"Model version: **{ev.model_version or PENDING_VERSION}** · split: **{ev.split}** · {m['n']} frames · "
         f"threshold {m['threshold']:.3f} · temperature {ev.temperature:.3f}",
         "",
         f"Deployment readiness: **{'READY' if ready else 'NOT READY'}**",

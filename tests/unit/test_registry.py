@@ -8,7 +8,7 @@ import pytest
 from inspectline.data import Preprocessing
 from inspectline.errors import ModelNotFoundError
 from inspectline.model import ModelCard, build_model, save_checkpoint
-from inspectline.registry import ModelRegistry
+from inspectline.registry import PENDING_VERSION, ModelRegistry
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def checkpoint(tmp_path_factory) -> Path:
     save_checkpoint(run / "model.pt", build_model("resnet18", in_channels=1, head_dims=(32, 16)), card)
     (run / "config.yaml").write_text("train: {}\n")
     (run / "report").mkdir()
-    (run / "report" / "report.md").write_text("# report\n")
+    (run / "report" / "report.md").write_text(f"# report\n\nModel version: **{PENDING_VERSION}** · split: **test**\n")
     return run / "model.pt"
 
 
@@ -31,6 +31,8 @@ def test_register_creates_immutable_numbered_versions(tmp_path: Path, checkpoint
     assert reg.names() == ["v0001", "v0002"]
     assert reg.get("2").card.version == "v0002" and reg.get("v0002").card.parent == "v0001"
     assert (v1.path / "report" / "report.md").is_file() and (v1.path / "config.yaml").is_file()
+    assert "Model version: **v0002** · split" in (v2.path / "report" / "report.md").read_text()  # the report names its version
+    assert PENDING_VERSION in (checkpoint.parent / "report" / "report.md").read_text()  # the run's own copy is left alone
     assert json.loads((v1.path / "card.json").read_text())["version"] == "v0001"
     with pytest.raises(PermissionError):
         if os.geteuid() == 0:  # root ignores file modes: check the mode bits instead
