@@ -206,10 +206,10 @@ def _retrain_config(service, tmp_path: Path, **retrain_settings):
 
 
 def test_retrain_cycle_promotes_a_better_model_and_the_service_switches(service, trained_run, tmp_path):
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
     weak = _register_weak_champion(service, trained_run, tmp_path)
     try:
         line = f"rt-{uuid.uuid4().hex[:6]}"
+        since = datetime.now(timezone.utc)  # exactly this test's frames: earlier tests label frames too
         posted = post_cells(service, line, 40, seed=11)
         assert {v["verdict"] for v, _ in posted} == {"OK"}  # the weak champion flags nothing
         settle(service)
@@ -239,8 +239,8 @@ def test_retrain_cycle_promotes_a_better_model_and_the_service_switches(service,
 
 
 def test_gate_refuses_a_challenger_taught_by_a_mislabelled_batch(service, trained_run, tmp_path):
-    since = datetime.now(timezone.utc) - timedelta(seconds=1)
     line = f"bad-{uuid.uuid4().hex[:6]}"
+    since = datetime.now(timezone.utc)  # exactly this test's frames
     posted = post_cells(service, line, 40, seed=13)
     settle(service)
     label_all(service, stored(service, line), {v["frame_id"]: label for v, label in posted}, invert=True)
