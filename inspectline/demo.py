@@ -78,7 +78,7 @@ def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> 
     manifest = folder / "manifest.csv"
     with manifest.open("w", newline="") as fh:
         csv.writer(fh).writerows([("path", "label"), *entries])
-    labels = {safe_id(name): CLASS_NAMES.index(label) for name, label in entries}
+    labels = {safe_id(cell.path.name): cell.label for cell in cells}
     results = workdir / f"results-{stamp}.jsonl"
     typer.echo(f"[4/5] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
     summary = run_camera(
