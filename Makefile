@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit bench-accuracy clean
+.PHONY: install demo lint test test-unit bench-accuracy clean
 
 # Re-installs only when pyproject.toml changes; pip's cache makes a reinstall quick.
 $(STAMP): pyproject.toml
@@ -18,7 +18,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/inspect demo
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
 	$(BIN)/python -m pytest
 
 test-unit: install

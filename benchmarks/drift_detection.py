@@ -18,15 +18,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from drift_sets import shifted_sets  # noqa: E402
-from machine import machine_info, save_result  # noqa: E402
+from drift_sets import shifted_sets
+from machine import machine_info, save_result
 
-from inspectline.config import DataConfig  # noqa: E402
-from inspectline.data import load_images, load_samples, load_split_manifest  # noqa: E402
-from inspectline.monitoring.drift import DriftReference, detection_delays, false_alarm_rate, frame_features  # noqa: E402
-from inspectline.predictor import Predictor  # noqa: E402
-from inspectline.registry import ModelRegistry  # noqa: E402
-
+from inspectline.config import DataConfig
+from inspectline.data import load_images, load_samples, load_split_manifest
+from inspectline.monitoring.drift import DriftReference, detection_delays, false_alarm_rate, frame_features
+from inspectline.predictor import Predictor
+from inspectline.registry import ModelRegistry
 
 
 def main() -> None:
@@ -51,25 +50,51 @@ def main() -> None:
     rate, per_signal = false_alarm_rate(reference, clean, window=args.window, alpha=args.alpha, trials=args.windows)
     shifts = {}
     for name, shifted in shifted_sets(frames).items():
-        delays = detection_delays(reference, clean, frame_features(predictor, shifted), window=args.window, interval=args.interval, alpha=args.alpha, trials=args.trials)
+        delays = detection_delays(
+            reference,
+            clean,
+            frame_features(predictor, shifted),
+            window=args.window,
+            interval=args.interval,
+            alpha=args.alpha,
+            trials=args.trials,
+        )
         found = [d for d in delays if d is not None]
-        shifts[name] = {"detected": len(found) / len(delays), "median_delay_frames": float(np.median(found)) if found else None,
-                        "max_delay_frames": max(found) if found else None, "delays": delays}
+        shifts[name] = {
+            "detected": len(found) / len(delays),
+            "median_delay_frames": float(np.median(found)) if found else None,
+            "max_delay_frames": max(found) if found else None,
+            "delays": delays,
+        }
     result = {
-        "model": predictor.version, "arch": predictor.card.arch, "image_size": predictor.card.preprocessing.image_size,
-        "reference_frames": len(reference.probabilities), "test_frames": len(frames),
-        "window": args.window, "interval": args.interval, "alpha": args.alpha,
-        "false_alarm_rate": rate, "false_alarm_rate_per_signal": per_signal, "unshifted_windows": args.windows,
-        "shifts": shifts, "machine": machine_info(),
+        "model": predictor.version,
+        "arch": predictor.card.arch,
+        "image_size": predictor.card.preprocessing.image_size,
+        "reference_frames": len(reference.probabilities),
+        "test_frames": len(frames),
+        "window": args.window,
+        "interval": args.interval,
+        "alpha": args.alpha,
+        "false_alarm_rate": rate,
+        "false_alarm_rate_per_signal": per_signal,
+        "unshifted_windows": args.windows,
+        "shifts": shifts,
+        "machine": machine_info(),
     }
     out = save_result(f"drift_{predictor.version or 'model'}", result)
-    print(f"\nDrift detection, {predictor.version} ({predictor.card.arch} @ {predictor.card.preprocessing.image_size} px), "
-          f"window {args.window}, every {args.interval}, alpha {args.alpha}")
+    print(
+        f"\nDrift detection, {predictor.version} ({predictor.card.arch} @ "
+        f"{predictor.card.preprocessing.image_size} px), "
+        f"window {args.window}, every {args.interval}, alpha {args.alpha}"
+    )
     print(f"| {'condition':<24} | {'alarms':>14} | {'delay (frames) median / max':>28} |")
     print(f"|{'-' * 26}|{'-' * 16}|{'-' * 30}|")
     print(f"| {'unshifted (false alarms)':<24} | {rate:>14.4f} | {'':>28} |")
     for name, s in shifts.items():
-        print(f"| {name:<24} | {s['detected']:>13.0%} | {s['median_delay_frames'] or float('nan'):>13.0f} / {s['max_delay_frames'] or float('nan'):<12.0f} |")
+        print(
+            f"| {name:<24} | {s['detected']:>13.0%} | {s['median_delay_frames'] or float('nan'):>13.0f} / "
+            f"{s['max_delay_frames'] or float('nan'):<12.0f} |"
+        )
     print(f"wrote {out}")
 
 

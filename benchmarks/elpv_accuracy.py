@@ -18,11 +18,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from machine import machine_info, save_result  # noqa: E402
+from machine import machine_info, save_result
 
-from inspectline.cli import profile_path  # noqa: E402
-from inspectline.config import load_config  # noqa: E402
-from inspectline.training import run_training  # noqa: E402
+from inspectline.cli import profile_path
+from inspectline.config import load_config
+from inspectline.training import run_training
 
 REFERENCE = {"name": "Deitsch et al. 2019, VGG19 (ImageNet-pretrained)", "accuracy": 0.8842, "roc_auc": 0.944}
 
@@ -68,15 +68,23 @@ def main() -> None:
         "machine": machine_info(),
     }
     out = save_result(f"elpv_{args.recipe}", result)
-    print(f"\nELPV test split ({m['n']} cells), recipe {args.recipe}: {cfg.model.arch} @ {cfg.data.image_size} px, "
-          f"{run.fit.epochs_run} epochs, {wall / 60:.1f} min on {result['machine']['gpu'] or result['machine']['cpu']}")
+    print(
+        f"\nELPV test split ({m['n']} cells), recipe {args.recipe}: {cfg.model.arch} @ {cfg.data.image_size} px, "
+        f"{run.fit.epochs_run} epochs, {wall / 60:.1f} min on {result['machine']['gpu'] or result['machine']['cpu']}"
+    )
     print(f"| {'model':<52} | accuracy | ROC-AUC | F1     |")
     print(f"|{'-' * 54}|----------|---------|--------|")
-    print(f"| {'inspectline ' + args.recipe + ' (from scratch)':<52} | {m['accuracy']:.4f}   | {m['roc_auc']:.4f}  | {m['f1']:.4f} |")
+    print(
+        f"| {'inspectline ' + args.recipe + ' (from scratch)':<52} | {m['accuracy']:.4f}   | "
+        f"{m['roc_auc']:.4f}  | {m['f1']:.4f} |"
+    )
     print(f"| {REFERENCE['name']:<52} | {REFERENCE['accuracy']:.4f}   | {REFERENCE['roc_auc']:.4f}  |  n/a   |")
     print("\nBy annotated defect probability and cell type (share flagged DEFECTIVE, accuracy):")
     for row in result["breakdown"]:
-        print(f"  {row['cell_type']:<5} p={float(row['defect_probability']):.2f}  n={row['n']:<4} flagged {row['flagged_share']:.3f}  accuracy {row['accuracy']:.3f}")
+        print(
+            f"  {row['cell_type']:<5} p={float(row['defect_probability']):.2f}  n={row['n']:<4} flagged "
+            f"{row['flagged_share']:.3f}  accuracy {row['accuracy']:.3f}"
+        )
     print(f"\nwrote {out}")
 
 

@@ -64,15 +64,21 @@ async def _post(client: httpx.AsyncClient, url: str, body: bytes, i: int) -> tup
     t0 = time.perf_counter()
     try:
         # A fresh frame id per request: a repeated id would be answered from the service's memory.
-        r = await client.post(url, content=body, headers={"Content-Type": "image/png"},
-                              params={"line_id": "bench", "camera_id": f"cam-{i % 4}", "frame_id": f"{_RUN}-{i}"})
+        r = await client.post(
+            url,
+            content=body,
+            headers={"Content-Type": "image/png"},
+            params={"line_id": "bench", "camera_id": f"cam-{i % 4}", "frame_id": f"{_RUN}-{i}"},
+        )
         status = r.status_code
     except httpx.HTTPError:
         status = 0
     return status, (time.perf_counter() - t0) * 1000
 
 
-async def _closed_loop(url: str, bodies: list[bytes], *, concurrency: int, seconds: float, warmup_s: float = 3.0) -> LoadResult:
+async def _closed_loop(
+    url: str, bodies: list[bytes], *, concurrency: int, seconds: float, warmup_s: float = 3.0
+) -> LoadResult:
     latencies: list[float] = []
     errors: dict[int, int] = {}
     counter = 0
@@ -98,7 +104,14 @@ async def _closed_loop(url: str, bodies: list[bytes], *, concurrency: int, secon
                     errors[status] = errors.get(status, 0) + 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return LoadResult(requests=ok + sum(errors.values()), ok=ok, errors=errors, seconds=seconds, latencies_ms=latencies, cpu_seconds=0.0)
+    return LoadResult(
+        requests=ok + sum(errors.values()),
+        ok=ok,
+        errors=errors,
+        seconds=seconds,
+        latencies_ms=latencies,
+        cpu_seconds=0.0,
+    )
 
 
 async def _open_loop(url: str, bodies: list[bytes], *, rate: float, seconds: float) -> LoadResult:
@@ -125,4 +138,6 @@ async def _open_loop(url: str, bodies: list[bytes], *, rate: float, seconds: flo
             latencies.append(ms)
         else:
             errors[status] = errors.get(status, 0) + 1
-    return LoadResult(requests=n, ok=len(latencies), errors=errors, seconds=elapsed, latencies_ms=latencies, cpu_seconds=0.0)
+    return LoadResult(
+        requests=n, ok=len(latencies), errors=errors, seconds=elapsed, latencies_ms=latencies, cpu_seconds=0.0
+    )

@@ -24,22 +24,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadgen import run_in_process  # noqa: E402
-from machine import machine_info, save_result  # noqa: E402
+from loadgen import run_in_process
+from machine import machine_info, save_result
 
-from inspectline.config import DataConfig  # noqa: E402
-from inspectline.data import Preprocessing, load_samples  # noqa: E402
-from inspectline.imaging import decode_image  # noqa: E402
-from inspectline.model import ModelCard, build_model, save_checkpoint  # noqa: E402
-from inspectline.predictor import Predictor  # noqa: E402
-from inspectline.registry import ModelRegistry  # noqa: E402
-from inspectline.serving.deploy import deploy, load_serve_config, start_local_ray, stop_local_ray, wait_until_ready  # noqa: E402
+from inspectline.config import DataConfig
+from inspectline.data import Preprocessing, load_samples
+from inspectline.imaging import decode_image
+from inspectline.model import ModelCard, build_model, save_checkpoint
+from inspectline.predictor import Predictor
+from inspectline.registry import ModelRegistry
+from inspectline.serving.deploy import deploy, load_serve_config, start_local_ray, stop_local_ray, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,14 +47,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", type=Path, default=Path("models"))
     parser.add_argument("--model", default="production", help="a registry reference (ignored with --arch)")
-    parser.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], help="benchmark a random-init model of this architecture")
+    parser.add_argument(
+        "--arch",
+        choices=["resnet18", "resnet34", "resnet50"],
+        help="benchmark a random-init model of this architecture",
+    )
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--name", help="result name (default: the arch and size, or 'demo')")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--cpus-per-replica", type=float, default=1.0)
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument("--batch-wait-s", type=float, default=0.005)
-    parser.add_argument("--concurrency", type=int, default=0, help="closed-loop clients (default: 2 x batch x replicas)")
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="closed-loop clients (default: 2 x batch x replicas)"
+    )
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--port", type=int, default=8011)
     args = parser.parse_args()
@@ -89,11 +94,18 @@ def main() -> None:
                 rate = share * closed.throughput
                 res = run_in_process("open", frames_url, bodies, rate=rate, seconds=args.seconds)
                 open_loop[f"{int(share * 100)}%"] = {
-                    "rate_per_s": rate, "ok": res.ok, "errors": res.errors,
-                    "p50_ms": res.percentile(50), "p95_ms": res.percentile(95), "p99_ms": res.percentile(99),
+                    "rate_per_s": rate,
+                    "ok": res.ok,
+                    "errors": res.errors,
+                    "p50_ms": res.percentile(50),
+                    "p95_ms": res.percentile(95),
+                    "p99_ms": res.percentile(99),
                     "loadgen_cpu_share": res.cpu_seconds / (res.seconds * cores),
                 }
-                print(f"open loop {share:.0%}: {rate:.1f}/s p50 {res.percentile(50):.1f} ms p99 {res.percentile(99):.1f} ms")
+                print(
+                    f"open loop {share:.0%}: {rate:.1f}/s p50 {res.percentile(50):.1f} ms p99 "
+                    f"{res.percentile(99):.1f} ms"
+                )
         finally:
             stop_local_ray()
 
@@ -135,7 +147,10 @@ def _model(args: argparse.Namespace, tmp: Path) -> tuple[ModelRegistry, Path, st
         return registry, checkpoint, args.name or "demo"
     model = build_model(args.arch, in_channels=1)
     card = ModelCard(
-        arch=args.arch, class_names=("ok", "defective"), head_dims=(512, 256), head_dropout=(0.5, 0.3, 0.2),
+        arch=args.arch,
+        class_names=("ok", "defective"),
+        head_dims=(512, 256),
+        head_dropout=(0.5, 0.3, 0.2),
         preprocessing=Preprocessing(image_size=args.image_size, color_mode="gray", mean=(0.5,), std=(0.2,)),
     )
     save_checkpoint(tmp / "run" / "model.pt", model, card)
@@ -168,13 +183,19 @@ def _serve_config(args: argparse.Namespace, registry: Path, workdir: Path) -> di
     config = load_serve_config(REPO / "serve_config.yaml")
     config["http_options"] = {"host": "127.0.0.1", "port": args.port}
     app = config["applications"][0]
-    store = {**app["args"]["store"], "database_url": f"sqlite:///{workdir / 'frames.db'}", "storage_url": str(workdir / "images")}
+    store = {
+        **app["args"]["store"],
+        "database_url": f"sqlite:///{workdir / 'frames.db'}",
+        "storage_url": str(workdir / "images"),
+    }
     app["args"] = {"registry": str(registry.resolve()), "store": store, "spool_dir": str(workdir / "spool")}
     for deployment in app["deployments"]:
         if deployment["name"] == "Inspector":
             deployment["num_replicas"] = args.replicas
             deployment["ray_actor_options"] = {"num_cpus": args.cpus_per_replica}
-            deployment["user_config"].update({"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s})
+            deployment["user_config"].update(
+                {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_s}
+            )
         if deployment["name"] == "Gateway":
             deployment["user_config"]["max_inflight"] = 4096  # measure the service, not its refusal path
     return config
@@ -191,7 +212,13 @@ def _table(r: dict) -> None:
         ("idle single frame, median ms", f"{r['idle_single_frame_ms']['median_ms']:.1f}", ""),
     ]
     for key, v in r["open_loop"].items():
-        rows.append((f"{key} load ({v['rate_per_s']:.1f}/s): p50 / p95 / p99 ms", f"{v['p50_ms']:.0f}/{v['p95_ms']:.0f}/{v['p99_ms']:.0f}", ""))
+        rows.append(
+            (
+                f"{key} load ({v['rate_per_s']:.1f}/s): p50 / p95 / p99 ms",
+                f"{v['p50_ms']:.0f}/{v['p95_ms']:.0f}/{v['p99_ms']:.0f}",
+                "",
+            )
+        )
     rows += [
         ("p99 at 50 % load / idle single frame", f"{r['p99_at_50pct_over_idle']:.2f}", "<= 2.5"),
         ("load generator share of the machine at saturation", f"{r['loadgen_cpu_share_at_saturation']:.1%}", ""),

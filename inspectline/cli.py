@@ -32,7 +32,9 @@ from inspectline.camera_adapters.cli import camera_app
 from inspectline.config import InspectConfig, data_overrides, load_config
 from inspectline.errors import ConfigError, InspectError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines."
+)
 models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback, shadow.")
 review_app = typer.Typer(no_args_is_help=True, help="Review labels: export frames to label, import the labels.")
 store_app = typer.Typer(no_args_is_help=True, help="The frame store: clean-up.")
@@ -41,14 +43,24 @@ app.add_typer(review_app, name="review")
 app.add_typer(store_app, name="store")
 app.add_typer(camera_app, name="camera", help="Camera adapters: hot folder, video/RTSP capture, dataset replay.")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML config file (default: ./inspect.yaml if present).")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="A shipped profile: demo, elpv-budget, elpv-resnet50.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="YAML config file (default: ./inspect.yaml if present).")
+]
+ProfileOpt = Annotated[
+    str | None, typer.Option("--profile", help="A shipped profile: demo, elpv-budget, elpv-resnet50.")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
+]
 DataOpt = Annotated[str | None, typer.Option("--data", help="elpv, folder:PATH, mvtec:PATH or manifest:FILE.csv")]
-RegistryOpt = Annotated[Path | None, typer.Option("--registry", help="Model registry folder (default: paths.registry).")]
+RegistryOpt = Annotated[
+    Path | None, typer.Option("--registry", help="Model registry folder (default: paths.registry).")
+]
 
 
-def resolve_config(config: Path | None = None, profile: str | None = None, overrides: list[str] | None = None, data: str | None = None) -> InspectConfig:
+def resolve_config(
+    config: Path | None = None, profile: str | None = None, overrides: list[str] | None = None, data: str | None = None
+) -> InspectConfig:
     """Profile or file, then ``--data``, then ``--set`` overrides."""
     if config is not None and profile is not None:
         msg = "give either --config or --profile, not both"
@@ -75,7 +87,11 @@ def profile_path(name: str) -> Path:
 
 @app.callback()
 def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
 
 
 @app.command()
@@ -107,7 +123,9 @@ def train(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option("--model", "-m", help="production, latest, vNNNN or a checkpoint path.")] = "production",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="production, latest, vNNNN or a checkpoint path.")
+    ] = "production",
     split: Annotated[str, typer.Option(help="train, val, test (the model's saved split) or all.")] = "test",
     out: Annotated[Path | None, typer.Option(help="Output folder (default: paths.reports/<version>-<split>).")] = None,
     config: ConfigOpt = None,
@@ -119,7 +137,9 @@ def evaluate(
     from inspectline.evaluate import evaluate_model
 
     cfg = resolve_config(config, None, overrides, data)
-    result = evaluate_model(cfg, model_ref=model, split=split, out_dir=out, registry_root=registry, data_given=data is not None)
+    result = evaluate_model(
+        cfg, model_ref=model, split=split, out_dir=out, registry_root=registry, data_given=data is not None
+    )
     _print_evaluation(result.evaluation.summary())
     typer.echo(f"report: {result.report}")
 
@@ -142,11 +162,25 @@ def predict(
     for path, outcome in results:
         if isinstance(outcome, InspectError):
             failed += 1
-            typer.echo(json.dumps({"path": str(path), "error": str(outcome)}) if as_json else f"{path}: ERROR {outcome}", err=not as_json)
+            typer.echo(
+                json.dumps({"path": str(path), "error": str(outcome)}) if as_json else f"{path}: ERROR {outcome}",
+                err=not as_json,
+            )
             continue
-        row = {"path": str(path), "verdict": outcome.verdict, "defect_probability": round(outcome.defect_probability, 4),
-               "confidence": round(outcome.confidence, 4), "threshold": round(outcome.threshold, 4), "model_version": outcome.model_version}
-        typer.echo(json.dumps(row) if as_json else f"{path}: {row['verdict']:<9} p(defect)={row['defect_probability']:.4f} confidence={row['confidence']:.4f}")
+        row = {
+            "path": str(path),
+            "verdict": outcome.verdict,
+            "defect_probability": round(outcome.defect_probability, 4),
+            "confidence": round(outcome.confidence, 4),
+            "threshold": round(outcome.threshold, 4),
+            "model_version": outcome.model_version,
+        }
+        typer.echo(
+            json.dumps(row)
+            if as_json
+            else f"{path}: {row['verdict']:<9} p(defect)={row['defect_probability']:.4f} "
+            f"confidence={row['confidence']:.4f}"
+        )
     if failed:
         raise typer.Exit(code=1)
 
@@ -155,7 +189,9 @@ def predict(
 def demo(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    serve_config: Annotated[Path, typer.Option(help="Ray Serve config used for the service step.")] = Path("serve_config.yaml"),
+    serve_config: Annotated[Path, typer.Option(help="Ray Serve config used for the service step.")] = Path(
+        "serve_config.yaml"
+    ),
     frames: Annotated[int, typer.Option(help="Test-split cells posted to the service.")] = 200,
 ) -> None:
     """Train a quick model on ELPV, register it, serve it and post frames to it."""
@@ -168,12 +204,17 @@ def demo(
 @app.command()
 def serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="Ray Serve config file.")] = Path("serve_config.yaml"),
-    address: Annotated[str | None, typer.Option("--address", "-a", help="Deploy to this Ray cluster and return; default: a local Ray in the foreground.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address", "-a", help="Deploy to this Ray cluster and return; default: a local Ray in the foreground."
+        ),
+    ] = None,
 ) -> None:
     """Run the inspection service (the same deploy as `serve run serve_config.yaml`)."""
     from inspectline.serving.deploy import serve_until_interrupted
 
-    def ready(url: str, info: dict) -> None:
+    def ready(url: str, _health: dict) -> None:
         if address is not None:
             typer.echo(f"deployed {config} to {address}; the service answers at {url} on the cluster's HTTP proxy")
             return
@@ -184,15 +225,24 @@ def serve(
 
 @app.command()
 def monitor(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Prometheus config: scrape targets and alert rules.")] = Path("grafana/prometheus/prometheus.yml"),
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (Grafana's provisioned data source expects 9090).")] = 9090,
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder for Prometheus' time series database.")] = Path("runs/prometheus"),
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Prometheus config: scrape targets and alert rules.")
+    ] = Path("grafana/prometheus/prometheus.yml"),
+    port: Annotated[
+        int, typer.Option(help="Port on 127.0.0.1 (Grafana's provisioned data source expects 9090).")
+    ] = 9090,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="Folder for Prometheus' time series database.")] = Path(
+        "runs/prometheus"
+    ),
 ) -> None:
     """Run Prometheus on loopback with the line's scrape config and alert rules, until Ctrl-C."""
     from inspectline.monitoring.prometheus import PrometheusServer, run_prometheus_until_interrupted
 
     def ready(server: PrometheusServer) -> None:
-        typer.echo(f"Prometheus up at {server.url} (targets: {server.url}/targets, alerts: {server.url}/alerts); Ctrl-C stops it")
+        typer.echo(
+            f"Prometheus up at {server.url} (targets: {server.url}/targets, alerts: {server.url}/alerts); "
+            "Ctrl-C stops it"
+        )
 
     if run_prometheus_until_interrupted(config, data_dir=data_dir, port=port, on_ready=ready) != 0:
         raise typer.Exit(code=1)
@@ -209,7 +259,10 @@ def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
     if not versions:
         typer.echo(f"no model versions in {reg.root}")
         return
-    typer.echo(f"  {'version':<8} {'created':<26} {'arch':<9} {'parent':<7} {'F1':>6} {'recall':>7} {'ROC-AUC':>8} {'threshold':>9}")
+    typer.echo(
+        f"  {'version':<8} {'created':<26} {'arch':<9} {'parent':<7} {'F1':>6} {'recall':>7} "
+        f"{'ROC-AUC':>8} {'threshold':>9}"
+    )
     for v in versions:
         m = v.card.metrics
         mark = "*" if v.name == production else " "
@@ -220,7 +273,11 @@ def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
 
 
 @models_app.command("show")
-def models_show(version: Annotated[str, typer.Argument(help="vNNNN, production or latest.")] = "production", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+def models_show(
+    version: Annotated[str, typer.Argument(help="vNNNN, production or latest.")] = "production",
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """A version's model card: architecture, preprocessing, calibration, metrics, lineage."""
     from inspectline.model import read_card
     from inspectline.registry import ModelRegistry
@@ -233,17 +290,29 @@ def models_show(version: Annotated[str, typer.Argument(help="vNNNN, production o
 
 
 @models_app.command("promote")
-def models_promote(version: str, reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+def models_promote(
+    version: str,
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Make VERSION the production model (running services switch to it)."""
     from inspectline.registry import ModelRegistry
 
     reg = ModelRegistry(registry or resolve_config(config).paths.registry)
     pointer = reg.promote(version, reason=reason)
-    typer.echo(f"production is now {pointer['version']} (previous: {pointer['previous'][-1] if pointer['previous'] else 'none'})")
+    typer.echo(
+        f"production is now {pointer['version']} (previous: "
+        f"{pointer['previous'][-1] if pointer['previous'] else 'none'})"
+    )
 
 
 @models_app.command("rollback")
-def models_rollback(reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "", registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
+def models_rollback(
+    reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
     """Return production to the previous version."""
     from inspectline.registry import ModelRegistry
 
@@ -290,8 +359,13 @@ def review_export(
     from inspectline.timeparse import parse_since
 
     cfg = resolve_config(config, None, overrides)
-    filters = {"since": parse_since(since) if since else None, "line": line, "camera": camera,
-               "verdict": verdict.upper() if verdict else None, "labelled": False if unlabelled else None}
+    filters = {
+        "since": parse_since(since) if since else None,
+        "line": line,
+        "camera": camera,
+        "verdict": verdict.upper() if verdict else None,
+        "labelled": False if unlabelled else None,
+    }
     if limit is not None:
         filters["limit"] = limit
     with FrameStore(cfg.store) as store:
@@ -328,8 +402,12 @@ def review_import(
 
 @app.command()
 def retrain(
-    since: Annotated[str, typer.Option(help="last-week, yesterday, today, 7d, 36h, or an ISO date/time.")] = "last-week",
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Train, evaluate and register, but never promote.")] = False,
+    since: Annotated[
+        str, typer.Option(help="last-week, yesterday, today, 7d, 36h, or an ISO date/time.")
+    ] = "last-week",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Train, evaluate and register, but never promote.")
+    ] = False,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -347,7 +425,10 @@ def retrain(
         typer.echo(outcome.message)
         raise typer.Exit(code=3)
     typer.echo(outcome.report.read_text())
-    typer.echo(f"challenger {outcome.challenger} registered (parent {outcome.champion}); outcome: {outcome.status}; report: {outcome.report}")
+    typer.echo(
+        f"challenger {outcome.challenger} registered (parent {outcome.champion}); outcome: "
+        f"{outcome.status}; report: {outcome.report}"
+    )
     if outcome.status == "rejected":
         raise typer.Exit(code=4)
 
@@ -360,8 +441,11 @@ def store_cleanup(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
     cfg = resolve_config(config, None, overrides)
     with FrameStore(cfg.store) as store:
         report = store.cleanup()
-    typer.echo(f"removed {report.images_deleted} images ({report.bytes_freed / 2**20:.1f} MiB) from frames received before {report.cutoff}; "
-               f"kept {report.kept_labelled} labelled and {report.kept_in_snapshot} snapshotted")
+    typer.echo(
+        f"removed {report.images_deleted} images ({report.bytes_freed / 2**20:.1f} MiB) from frames "
+        f"received before {report.cutoff}; "
+        f"kept {report.kept_labelled} labelled and {report.kept_in_snapshot} snapshotted"
+    )
 
 
 def _print_evaluation(summary: dict) -> None:

@@ -76,7 +76,8 @@ class ModelConfig(_Section):
         if len(self.head_dropout) != len(self.head_dims) + 1:
             msg = (
                 f"model.head_dropout needs one rate per head layer plus one before the output "
-                f"({len(self.head_dims) + 1} values for head_dims={list(self.head_dims)}), got {list(self.head_dropout)}"
+                f"({len(self.head_dims) + 1} values for head_dims={list(self.head_dims)}), got "
+                f"{list(self.head_dropout)}"
             )
             raise ValueError(msg)
         return self
@@ -96,9 +97,14 @@ class TrainConfig(_Section):
     balanced_sampling: bool = True
     patience: int = Field(12, ge=1, description="early stopping: epochs without a better validation F1")
     early_stopping_start: float = Field(
-        0.5, ge=0, le=1, description="share of the epochs before early stopping may stop: OneCycle's high-LR phase is noisy"
+        0.5,
+        ge=0,
+        le=1,
+        description="share of the epochs before early stopping may stop: OneCycle's high-LR phase is noisy",
     )
-    collapse_share: float = Field(0.95, gt=0.5, le=1, description="share of one predicted class that counts as collapse")
+    collapse_share: float = Field(
+        0.95, gt=0.5, le=1, description="share of one predicted class that counts as collapse"
+    )
     collapse_patience: int = Field(5, ge=1, description="collapsed epochs in a row before training stops")
     collapse_warmup: int = Field(3, ge=0, description="epochs before the collapse detector may stop training")
     num_workers: int = Field(0, ge=0)
@@ -135,17 +141,29 @@ class ReadinessConfig(_Section):
 class StoreConfig(_Section):
     """Where judged frames are kept: a database for rows, object storage for image bytes."""
 
-    database_url: str = Field("sqlite:///data/frames.db", description="SQLAlchemy URL: sqlite:///... or postgresql+psycopg://...")
-    storage_url: str = Field("data/images", description="fsspec URL or folder for image bytes: a path, file://, s3://bucket/prefix ...")
-    keep_ok_images: float = Field(0.1, ge=0, le=1, description="share of OK frames whose image is kept; DEFECTIVE/UNSURE always are")
-    max_age_days: int | None = Field(90, ge=1, description="clean-up removes older images unless labelled or in a training snapshot")
+    database_url: str = Field(
+        "sqlite:///data/frames.db", description="SQLAlchemy URL: sqlite:///... or postgresql+psycopg://..."
+    )
+    storage_url: str = Field(
+        "data/images", description="fsspec URL or folder for image bytes: a path, file://, s3://bucket/prefix ..."
+    )
+    keep_ok_images: float = Field(
+        0.1, ge=0, le=1, description="share of OK frames whose image is kept; DEFECTIVE/UNSURE always are"
+    )
+    max_age_days: int | None = Field(
+        90, ge=1, description="clean-up removes older images unless labelled or in a training snapshot"
+    )
 
     def resolved(self, base: Path) -> StoreConfig:
         """A copy whose local SQLite file and image folder are absolute (relative to ``base``)."""
         database_url, storage_url = self.database_url, self.storage_url
         prefix = "sqlite:///"
-        if database_url.startswith(prefix) and not database_url.startswith(prefix + "/") and ":memory:" not in database_url:
-            database_url = prefix + str((base / database_url[len(prefix):]).resolve())
+        if (
+            database_url.startswith(prefix)
+            and not database_url.startswith(prefix + "/")
+            and ":memory:" not in database_url
+        ):
+            database_url = prefix + str((base / database_url[len(prefix) :]).resolve())
         if "://" not in storage_url and not Path(storage_url).is_absolute():
             storage_url = str((base / storage_url).resolve())
         return self.model_copy(update={"database_url": database_url, "storage_url": storage_url})
@@ -156,14 +174,26 @@ class RetrainConfig(_Section):
 
     epochs: int = Field(15, ge=1, description="fine-tuning epochs from the production model")
     lr: float = Field(3e-4, gt=0, description="peak learning rate of the fine-tuning OneCycle schedule")
-    replay_ratio: float = Field(1.0, ge=0, description="samples replayed from the champion's training data per new labelled frame")
+    replay_ratio: float = Field(
+        1.0, ge=0, description="samples replayed from the champion's training data per new labelled frame"
+    )
     max_replay: int = Field(2000, ge=0)
-    newest_share: float = Field(0.25, gt=0, lt=1, description="share of the new labelled frames (newest parts) held out to evaluate on")
-    val_share: float = Field(0.2, gt=0, lt=1, description="share of the training pool used for early stopping and calibration")
-    min_newest: int = Field(8, ge=0, description="below this many new labelled frames, all of them train and only the golden set gates")
-    recall_tolerance: float = Field(0.02, ge=0, le=1, description="challenger defect recall may be at most this much below the champion's")
+    newest_share: float = Field(
+        0.25, gt=0, lt=1, description="share of the new labelled frames (newest parts) held out to evaluate on"
+    )
+    val_share: float = Field(
+        0.2, gt=0, lt=1, description="share of the training pool used for early stopping and calibration"
+    )
+    min_newest: int = Field(
+        8, ge=0, description="below this many new labelled frames, all of them train and only the golden set gates"
+    )
+    recall_tolerance: float = Field(
+        0.02, ge=0, le=1, description="challenger defect recall may be at most this much below the champion's"
+    )
     gate_sets: tuple[Literal["golden", "newest"], ...] = ("golden", "newest")
-    pushgateway: str | None = Field(None, description="Prometheus Pushgateway address for the outcome, e.g. localhost:9091")
+    pushgateway: str | None = Field(
+        None, description="Prometheus Pushgateway address for the outcome, e.g. localhost:9091"
+    )
     seed: int = 0
 
 
@@ -186,7 +216,9 @@ class GatewayOptions(_Section):
     max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")
     max_inflight: int = Field(64, ge=1, description="frames being judged at once; beyond it 503 + Retry-After")
     retry_after_s: int = Field(1, ge=1)
-    recent_frames: int = Field(100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id")
+    recent_frames: int = Field(
+        100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id"
+    )
     monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
     api_token: str | None = Field(None, description="bearer token for /v1; None reads INSPECT_API_TOKEN, '' disables")
 
@@ -200,7 +232,9 @@ class InspectorOptions(_Section):
     max_batch_size: int = Field(16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(0.005, ge=0, le=1)
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
-    max_loaded_versions: int = Field(3, ge=1, description="model versions kept in memory: old and new during a switch, and a shadow")
+    max_loaded_versions: int = Field(
+        3, ge=1, description="model versions kept in memory: old and new during a switch, and a shadow"
+    )
 
 
 class MonitorOptions(_Section):
@@ -208,8 +242,12 @@ class MonitorOptions(_Section):
 
     drift_window: int = Field(200, ge=10, description="frames per camera in the sliding drift window")
     drift_interval: int = Field(50, ge=1, description="frames between two drift evaluations once the window is full")
-    drift_alpha: float = Field(0.01, gt=0, lt=1, description="significance of a drift alarm (corrected over every test of a window)")
-    max_streams: int = Field(256, ge=1, description="distinct (line, camera) label pairs; more are counted under 'other'")
+    drift_alpha: float = Field(
+        0.01, gt=0, lt=1, description="significance of a drift alarm (corrected over every test of a window)"
+    )
+    max_streams: int = Field(
+        256, ge=1, description="distinct (line, camera) label pairs; more are counted under 'other'"
+    )
 
 
 class InspectConfig(_Section):

@@ -26,13 +26,24 @@ from inspectline.camera_adapters.uploader import UploadSettings
 from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import CLASS_NAMES, Sample, load_samples, load_split_manifest
 from inspectline.registry import ModelRegistry
-from inspectline.serving.deploy import deploy, load_serve_config, resolve_paths, service_url, start_local_ray, stop_local_ray, wait_until_ready
+from inspectline.serving.deploy import (
+    deploy,
+    load_serve_config,
+    resolve_paths,
+    service_url,
+    start_local_ray,
+    stop_local_ray,
+    wait_until_ready,
+)
 from inspectline.training import run_training
 
 
 def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml"), frames: int = 200) -> None:
     started = time.perf_counter()
-    typer.echo(f"[1/5] training {cfg.model.arch} at {cfg.data.image_size} px on {cfg.data.source} for up to {cfg.train.epochs} epochs")
+    typer.echo(
+        f"[1/5] training {cfg.model.arch} at {cfg.data.image_size} px on {cfg.data.source} for up to "
+        f"{cfg.train.epochs} epochs"
+    )
     run = run_training(cfg, progress=True)
     m = run.evaluation.metrics
     typer.echo(
@@ -44,7 +55,10 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
     version = registry.register(run.checkpoint)
     if registry.production() is None:
         registry.promote(version.name, reason="first model (make demo)")
-    typer.echo(f"      registered {version.name} in {registry.root} (production: {registry.production()}); report: {version.path / 'report' / 'report.md'}")
+    typer.echo(
+        f"      registered {version.name} in {registry.root} (production: {registry.production()}); "
+        f"report: {version.path / 'report' / 'report.md'}"
+    )
 
     config = resolve_paths(load_serve_config(serve_config), Path.cwd())
     for app in config["applications"]:
@@ -83,17 +97,28 @@ def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> 
     typer.echo(f"[4/5] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
     summary = run_camera(
         ReplaySettings(data=DataConfig(source="manifest", path=manifest), fps=fps),
-        AdapterSettings(line_id="demo-line", camera_id=camera, upload=UploadSettings(url=url), spool_dir=workdir / "spool" / camera, results_log=results),
+        AdapterSettings(
+            line_id="demo-line",
+            camera_id=camera,
+            upload=UploadSettings(url=url),
+            spool_dir=workdir / "spool" / camera,
+            results_log=results,
+        ),
     )
     rows = [json.loads(line) for line in results.read_text().splitlines()]
     for row in [r for r in rows if "verdict" in r][:8]:
-        typer.echo(f"      {row['frame_id']}: {row['verdict']:<9} p(defect)={row['defect_probability']:.3f} "
-                   f"confidence={row['confidence']:.3f} (labelled {CLASS_NAMES[labels[row['frame_id']]]})")
+        typer.echo(
+            f"      {row['frame_id']}: {row['verdict']:<9} p(defect)={row['defect_probability']:.3f} "
+            f"confidence={row['confidence']:.3f} (labelled {CLASS_NAMES[labels[row['frame_id']]]})"
+        )
     counts = {v: sum(r.get("verdict") == v for r in rows) for v in ("OK", "DEFECTIVE", "UNSURE")}
     agree = sum((r.get("verdict") == "DEFECTIVE") == (labels[r["frame_id"]] == 1) for r in rows) / max(len(rows), 1)
     latencies = [r["latency_ms"] for r in rows if r.get("latency_ms") is not None]
     typer.echo(
-        f"      {summary.judged} frames judged in {summary.seconds:.1f} s ({summary.judged / max(summary.seconds, 1e-9):.1f} frames/s at "
-        f"{fps:g} offered), {summary.retries} retries, {summary.dropped} dropped; verdicts {counts}; agreement with labels {agree:.3f}; "
-        f"service latency p50 {statistics.median(latencies) if latencies else float('nan'):.0f} ms; results log {results}"
+        f"      {summary.judged} frames judged in {summary.seconds:.1f} s "
+        f"({summary.judged / max(summary.seconds, 1e-9):.1f} frames/s at "
+        f"{fps:g} offered), {summary.retries} retries, {summary.dropped} dropped; verdicts {counts}; "
+        f"agreement with labels {agree:.3f}; "
+        f"service latency p50 {statistics.median(latencies) if latencies else float('nan'):.0f} ms; "
+        f"results log {results}"
     )

@@ -58,8 +58,12 @@ def evaluate_model(
         if same_source and manifest.is_file():
             samples = load_split_manifest(manifest, samples)[split]
         else:
-            samples = split_samples(samples, test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed)[split]
-    evaluation = evaluate_predictor(predictor, samples, cfg.readiness, split=split, size_bytes=checkpoint.stat().st_size)
+            samples = split_samples(
+                samples, test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed
+            )[split]
+    evaluation = evaluate_predictor(
+        predictor, samples, cfg.readiness, split=split, size_bytes=checkpoint.stat().st_size
+    )
     name = card.version or checkpoint.stem
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"

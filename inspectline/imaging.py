@@ -122,7 +122,11 @@ def _to_array(image: Image.Image) -> np.ndarray:
         return np.clip(np.asarray(image), 0, 65535).astype(np.uint16)
     elif mode == "F":
         values = np.asarray(image, dtype=np.float32)
-        return (np.clip(values, 0.0, 1.0) * 255).astype(np.uint8) if values.max() <= 1.0 else np.clip(values, 0, 255).astype(np.uint8)
+        return (
+            (np.clip(values, 0.0, 1.0) * 255).astype(np.uint8)
+            if values.max() <= 1.0
+            else np.clip(values, 0, 255).astype(np.uint8)
+        )
     return np.asarray(image)
 
 

@@ -39,7 +39,9 @@ class DefectClassifier(nn.Module):
           -> Dropout(p2) -> Linear(num_classes)
     """
 
-    def __init__(self, arch: str, num_classes: int, in_channels: int, head_dims: tuple[int, ...], head_dropout: tuple[float, ...]):
+    def __init__(
+        self, arch: str, num_classes: int, in_channels: int, head_dims: tuple[int, ...], head_dropout: tuple[float, ...]
+    ):
         super().__init__()
         if arch not in ARCHITECTURES:
             msg = f"model.arch {arch!r} is not one of {', '.join(ARCHITECTURES)}"
@@ -139,7 +141,10 @@ def load_backbone_weights(model: DefectClassifier, path: Path) -> int:
     mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     unknown = [k for k in state if k not in own]
     if mismatched or len(unknown) > len(state) // 2:
-        msg = f"{path} does not fit backbone {model.backbone.__class__.__name__}: shape mismatches {mismatched[:5]}, unknown keys {unknown[:5]}"
+        msg = (
+            f"{path} does not fit backbone {model.backbone.__class__.__name__}: shape mismatches "
+            f"{mismatched[:5]}, unknown keys {unknown[:5]}"
+        )
         raise CheckpointError(msg)
     model.backbone.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return sum(1 for k in state if k in own)
@@ -185,7 +190,10 @@ def _validated(path: Path) -> tuple[ModelCard, dict[str, torch.Tensor]]:
     payload = _torch_load(path)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = sorted(payload)[:6] if isinstance(payload, dict) else type(payload).__name__
-        msg = f"{path} was not written by inspectline: expected format {CHECKPOINT_FORMAT!r} with a card and state_dict, found {found}"
+        msg = (
+            f"{path} was not written by inspectline: expected format {CHECKPOINT_FORMAT!r} with a card "
+            f"and state_dict, found {found}"
+        )
         raise CheckpointError(msg)
     try:
         card = ModelCard.model_validate(payload["card"])

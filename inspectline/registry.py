@@ -26,7 +26,6 @@ import re
 import shutil
 import stat
 import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -61,7 +60,11 @@ class ModelVersion:
     def card(self) -> ModelCard:
         if self._card is None:
             card_file = self.path / "card.json"
-            self._card = ModelCard.model_validate_json(card_file.read_text()) if card_file.is_file() else read_card(self.checkpoint)
+            self._card = (
+                ModelCard.model_validate_json(card_file.read_text())
+                if card_file.is_file()
+                else read_card(self.checkpoint)
+            )
         return self._card
 
 
@@ -126,7 +129,9 @@ class ModelRegistry:
         return self.get(text).checkpoint
 
     # --- writing -------------------------------------------------------------------------------
-    def register(self, checkpoint: Path, *, parent: str | None = None, extra_files: dict[str, Path] | None = None) -> ModelVersion:
+    def register(
+        self, checkpoint: Path, *, parent: str | None = None, extra_files: dict[str, Path] | None = None
+    ) -> ModelVersion:
         """Copy a trained checkpoint (and its run files) into a new immutable version.
 
         Run files next to the checkpoint (``config.yaml``, ``splits.json``, ``history.jsonl``,
@@ -148,7 +153,9 @@ class ModelRegistry:
                 shutil.copy2(src, staging / name)
             with self._locked():
                 name = self._claim_next_name()
-                card = card.model_copy(update={"version": name, "parent": parent if parent is not None else card.parent})
+                card = card.model_copy(
+                    update={"version": name, "parent": parent if parent is not None else card.parent}
+                )
                 for report in staging.glob("report*/report.md"):
                     report.write_text(report.read_text().replace(f"**{PENDING_VERSION}**", f"**{name}**", 1))
                 save_checkpoint(staging / CHECKPOINT_NAME, model, card)
@@ -171,7 +178,15 @@ class ModelRegistry:
                 previous.append(current)
             new = {"version": version.name, "previous": previous, "updated_at": _now(), "reason": reason or "promote"}
             self._write_pointer(new)
-            self._audit({"action": "promote", "version": version.name, "from": current, "reason": reason, "at": new["updated_at"]})
+            self._audit(
+                {
+                    "action": "promote",
+                    "version": version.name,
+                    "from": current,
+                    "reason": reason,
+                    "at": new["updated_at"],
+                }
+            )
         return new
 
     def rollback(self, *, reason: str = "") -> dict:
@@ -180,13 +195,24 @@ class ModelRegistry:
             pointer = self._read_pointer() or {}
             previous = list(pointer.get("previous", []))
             if not previous:
-                msg = f"no earlier production version to roll back to in {self.root} (production: {pointer.get('version')})"
+                msg = (
+                    f"no earlier production version to roll back to in {self.root} (production: "
+                    f"{pointer.get('version')})"
+                )
                 raise ModelNotFoundError(msg)
             target = previous.pop()
             self.get(target)  # still there?
             new = {"version": target, "previous": previous, "updated_at": _now(), "reason": reason or "rollback"}
             self._write_pointer(new)
-            self._audit({"action": "rollback", "version": target, "from": pointer.get("version"), "reason": reason, "at": new["updated_at"]})
+            self._audit(
+                {
+                    "action": "rollback",
+                    "version": target,
+                    "from": pointer.get("version"),
+                    "reason": reason,
+                    "at": new["updated_at"],
+                }
+            )
         return new
 
     def shadow(self) -> str | None:

@@ -78,25 +78,56 @@ def retrain(cfg: InspectConfig, since: datetime, *, dry_run: bool = False, progr
     try:
         frames = [f for f in store.labelled(since=since) if f.image_sha256 is not None]
         if not frames:
-            msg = (f"no labelled frames with images received since {since.isoformat(timespec='seconds')}; label frames with "
-                   "PUT /v1/frames/{id}/label or `inspect review import`, or widen --since")
-            return RetrainOutcome(status="nothing_to_learn", since=since, champion=champion.name, message=msg, seconds=time.perf_counter() - started)
+            msg = (
+                f"no labelled frames with images received since {since.isoformat(timespec='seconds')}; "
+                "label frames with "
+                "PUT /v1/frames/{id}/label or `inspect review import`, or widen --since"
+            )
+            return RetrainOutcome(
+                status="nothing_to_learn",
+                since=since,
+                champion=champion.name,
+                message=msg,
+                seconds=time.perf_counter() - started,
+            )
 
         base_data = DataConfig.model_validate(champion.card.config["data"])
-        run_cfg = merge_config(cfg, [f"train.epochs={cfg.retrain.epochs}", f"train.lr={cfg.retrain.lr}"]).model_copy(update={"data": base_data})
+        run_cfg = merge_config(cfg, [f"train.epochs={cfg.retrain.epochs}", f"train.lr={cfg.retrain.lr}"]).model_copy(
+            update={"data": base_data}
+        )
         run_dir = new_run_dir(cfg.paths.runs, f"retrain-{champion.name}")
         snapshot_dir = Path(cfg.paths.snapshots) / run_dir.name
         new_samples = {f.id: _frame_sample(store, f, snapshot_dir / "images") for f in frames}
         newest, learn = _split_newest(frames, cfg.retrain.newest_share, cfg.retrain.min_newest)
-        replay = _replay(registry, champion, base_data, store, snapshot_dir / "images", n=min(cfg.retrain.max_replay, math.ceil(cfg.retrain.replay_ratio * len(learn))), seed=cfg.retrain.seed)
+        replay = _replay(
+            champion,
+            base_data,
+            store,
+            snapshot_dir / "images",
+            n=min(cfg.retrain.max_replay, math.ceil(cfg.retrain.replay_ratio * len(learn))),
+            seed=cfg.retrain.seed,
+        )
         golden = _golden_set(registry, champion, base_data)
         train, val = holdout([new_samples[f.id] for f in learn] + replay, cfg.retrain.val_share, cfg.retrain.seed)
         newest_samples = [new_samples[f.id] for f in newest]
         snapshot = _write_snapshot(snapshot_dir, since, champion.name, learn, newest, replay, golden)
         store.create_snapshot(snapshot_dir.name, [f.id for f in frames])
-        log.info("retrain: %d new labelled frames (%d held out as newest), %d replayed, golden set %d", len(frames), len(newest), len(replay), len(golden))
+        log.info(
+            "retrain: %d new labelled frames (%d held out as newest), %d replayed, golden set %d",
+            len(frames),
+            len(newest),
+            len(replay),
+            len(golden),
+        )
 
-        run = train_model(run_cfg, Splits(train=train, val=val, test=golden), run_dir=run_dir, init_from=champion.checkpoint, parent=champion.name, progress=progress)
+        run = train_model(
+            run_cfg,
+            Splits(train=train, val=val, test=golden),
+            run_dir=run_dir,
+            init_from=champion.checkpoint,
+            parent=champion.name,
+            progress=progress,
+        )
         sets = {"golden": golden, "newest": newest_samples}
         models = {"champion": Predictor.load(champion.checkpoint), "challenger": Predictor.load(run.checkpoint)}
         scores: dict[str, dict[str, dict]] = {}
@@ -108,18 +139,32 @@ def retrain(cfg: InspectConfig, since: datetime, *, dry_run: bool = False, progr
                 ev = evaluate_predictor(predictor, samples, cfg.readiness, split=set_name, measure_latency=False)
                 scores[set_name][role] = ev.metrics
                 if role == "challenger" and set_name == "newest":
-                    write_report(ev, run_dir / "report_newest", title=f"challenger on the newest labelled frames since {since.date()}")
+                    write_report(
+                        ev,
+                        run_dir / "report_newest",
+                        title=f"challenger on the newest labelled frames since {since.date()}",
+                    )
         result = gate(scores, cfg.retrain.gate_sets, cfg.retrain.recall_tolerance)
         status = "dry_run" if dry_run else ("promoted" if result.passed else "rejected")
-        outcome = RetrainOutcome(status=status, since=since, champion=champion.name, labelled_frames=len(frames), gate=result, scores=scores,
-                                 run_dir=run_dir, snapshot=snapshot)
+        outcome = RetrainOutcome(
+            status=status,
+            since=since,
+            champion=champion.name,
+            labelled_frames=len(frames),
+            gate=result,
+            scores=scores,
+            run_dir=run_dir,
+            snapshot=snapshot,
+        )
         outcome.seconds = time.perf_counter() - started
         outcome.report = run_dir / "retrain.md"
         _write_outcome(outcome)  # goes into the version, which is immutable once registered
         version = registry.register(run.checkpoint, parent=champion.name)
         outcome.challenger = version.name
         if status == "promoted":
-            registry.promote(version.name, reason=f"inspect retrain --since {since.isoformat(timespec='seconds')}: gate passed")
+            registry.promote(
+                version.name, reason=f"inspect retrain --since {since.isoformat(timespec='seconds')}: gate passed"
+            )
         _write_outcome(outcome)  # the run folder's copy names the new version
         if cfg.retrain.pushgateway:
             push_outcome(cfg.retrain.pushgateway, outcome)
@@ -133,7 +178,16 @@ def gate(scores: dict[str, dict[str, dict]], sets: tuple[str, ...], recall_toler
     checks = []
     for set_name in sets:
         if set_name not in scores:
-            checks.append({"set": set_name, "metric": "-", "champion": None, "challenger": None, "rule": "no frames in this set", "passed": True})
+            checks.append(
+                {
+                    "set": set_name,
+                    "metric": "-",
+                    "champion": None,
+                    "challenger": None,
+                    "rule": "no frames in this set",
+                    "passed": True,
+                }
+            )
             continue
         champ, chall = scores[set_name]["champion"], scores[set_name]["challenger"]
         for metric in GATE_METRICS:
@@ -141,9 +195,27 @@ def gate(scores: dict[str, dict[str, dict]], sets: tuple[str, ...], recall_toler
             tolerance = recall_tolerance if metric == "recall" else 0.0
             rule = f">= champion - {tolerance}" if tolerance else ">= champion"
             if a is None or b is None:
-                checks.append({"set": set_name, "metric": metric, "champion": a, "challenger": b, "rule": "undefined on this set (one class)", "passed": True})
+                checks.append(
+                    {
+                        "set": set_name,
+                        "metric": metric,
+                        "champion": a,
+                        "challenger": b,
+                        "rule": "undefined on this set (one class)",
+                        "passed": True,
+                    }
+                )
                 continue
-            checks.append({"set": set_name, "metric": metric, "champion": a, "challenger": b, "rule": rule, "passed": b >= a - tolerance - 1e-12})
+            checks.append(
+                {
+                    "set": set_name,
+                    "metric": metric,
+                    "champion": a,
+                    "challenger": b,
+                    "rule": rule,
+                    "passed": b >= a - tolerance - 1e-12,
+                }
+            )
     return GateResult(passed=all(c["passed"] for c in checks), checks=checks)
 
 
@@ -152,18 +224,29 @@ def side_by_side(outcome: RetrainOutcome) -> str:
     lines = [
         f"# Retrain since {outcome.since.isoformat(timespec='seconds')}",
         "",
-        f"Champion **{outcome.champion}** vs challenger **{outcome.challenger or '(not registered yet)'}** — outcome: **{outcome.status.upper()}**; "
+        f"Champion **{outcome.champion}** vs challenger "
+        f"**{outcome.challenger or '(not registered yet)'}** — outcome: **{outcome.status.upper()}**; "
         f"{outcome.labelled_frames} labelled line frames; {outcome.seconds:.0f} s.",
         "",
         "| set | metric | champion | challenger | rule | result |",
         "|---|---|---|---|---|---|",
     ]
     for c in outcome.gate.checks if outcome.gate else []:
-        lines.append(f"| {c['set']} | {c['metric']} | {_fmt(c['champion'])} | {_fmt(c['challenger'])} | {c['rule']} | {'pass' if c['passed'] else 'FAIL'} |")
-    lines += ["", "| set | model | n | accuracy | precision | recall | F1 | ROC-AUC |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {c['set']} | {c['metric']} | {_fmt(c['champion'])} | {_fmt(c['challenger'])} | "
+            f"{c['rule']} | {'pass' if c['passed'] else 'FAIL'} |"
+        )
+    lines += [
+        "",
+        "| set | model | n | accuracy | precision | recall | F1 | ROC-AUC |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for set_name, by_model in outcome.scores.items():
         for role, m in by_model.items():
-            lines.append(f"| {set_name} | {role} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['roc_auc'])} |")
+            lines.append(
+                f"| {set_name} | {role} | {m['n']} | {_fmt(m['accuracy'])} | {_fmt(m['precision'])} | "
+                f"{_fmt(m['recall'])} | {_fmt(m['f1'])} | {_fmt(m['roc_auc'])} |"
+            )
     if outcome.snapshot:
         lines += ["", f"Snapshot manifest: `{outcome.snapshot}`"]
     return "\n".join(lines) + "\n"
@@ -201,7 +284,9 @@ def _frame_sample(store: FrameStore, frame: StoredFrame, cache_dir: Path) -> Sam
     )
 
 
-def _split_newest(frames: list[StoredFrame], share: float, min_newest: int) -> tuple[list[StoredFrame], list[StoredFrame]]:
+def _split_newest(
+    frames: list[StoredFrame], share: float, min_newest: int
+) -> tuple[list[StoredFrame], list[StoredFrame]]:
     """Hold out the most recently seen parts (whole parts, never split) as the newest evaluation set."""
     if len(frames) < max(min_newest, 2):
         return [], frames
@@ -233,7 +318,7 @@ def _resolve_keys(keys: list[str], base: dict[str, Sample], store: FrameStore, c
     return samples
 
 
-def _replay(registry: ModelRegistry, champion, base_data: DataConfig, store: FrameStore, cache_dir: Path, *, n: int, seed: int) -> list[Sample]:
+def _replay(champion, base_data: DataConfig, store: FrameStore, cache_dir: Path, *, n: int, seed: int) -> list[Sample]:
     """A seeded sample of the champion's own training data (base source and earlier line frames)."""
     manifest = champion.path / "splits.json"
     if n == 0 or not manifest.is_file():
@@ -248,8 +333,12 @@ def _golden_set(registry: ModelRegistry, champion, base_data: DataConfig) -> lis
     path = registry.root / "golden.json"
     if not path.is_file():
         test = load_split_manifest(champion.path / "splits.json", load_samples(base_data)).test
-        doc = {"data": base_data.model_dump(mode="json"), "keys": [s.key for s in test], "fixed_from": champion.name,
-               "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        doc = {
+            "data": base_data.model_dump(mode="json"),
+            "keys": [s.key for s in test],
+            "fixed_from": champion.name,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
         path.write_text(json.dumps(doc, indent=1))
     doc = json.loads(path.read_text())
     source = {s.key: s for s in load_samples(DataConfig.model_validate(doc["data"]))}
@@ -260,18 +349,38 @@ def _golden_set(registry: ModelRegistry, champion, base_data: DataConfig) -> lis
     return [source[k] for k in doc["keys"]]
 
 
-def _write_snapshot(folder: Path, since: datetime, champion: str, learn: list[StoredFrame], newest: list[StoredFrame], replay: list[Sample], golden: list[Sample]) -> Path:
+def _write_snapshot(
+    folder: Path,
+    since: datetime,
+    champion: str,
+    learn: list[StoredFrame],
+    newest: list[StoredFrame],
+    replay: list[Sample],
+    golden: list[Sample],
+) -> Path:
     """An immutable record of exactly what the challenger learnt from and was judged on."""
     folder.mkdir(parents=True, exist_ok=True)
 
     def frame_entry(f: StoredFrame, role: str) -> dict:
-        return {"store_id": f.id, "camera_id": f.camera_id, "frame_id": f.frame_id, "part_id": f.part_id, "label": f.label,
-                "labelled_by": f.labelled_by, "image_sha256": f.image_sha256, "received_at": f.received_at.isoformat(), "role": role}
+        return {
+            "store_id": f.id,
+            "camera_id": f.camera_id,
+            "frame_id": f.frame_id,
+            "part_id": f.part_id,
+            "label": f.label,
+            "labelled_by": f.labelled_by,
+            "image_sha256": f.image_sha256,
+            "received_at": f.received_at.isoformat(),
+            "role": role,
+        }
 
     doc = {
-        "since": since.isoformat(), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "champion": champion,
+        "since": since.isoformat(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "champion": champion,
         "frames": [frame_entry(f, "train") for f in learn] + [frame_entry(f, "newest") for f in newest],
-        "replay_keys": [s.key for s in replay], "golden_keys": [s.key for s in golden],
+        "replay_keys": [s.key for s in replay],
+        "golden_keys": [s.key for s in golden],
     }
     path = folder / "manifest.json"
     path.write_text(json.dumps(doc, indent=1))

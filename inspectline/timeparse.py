@@ -12,7 +12,9 @@ from datetime import datetime, timedelta, timezone
 
 from inspectline.errors import ConfigError
 
-SINCE_FORMS = "last-week, yesterday, today, a duration such as 7d, 36h, 90m or 2w, or an ISO date/time such as 2026-11-15"
+SINCE_FORMS = (
+    "last-week, yesterday, today, a duration such as 7d, 36h, 90m or 2w, or an ISO date/time such as 2026-11-15"
+)
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([wdhm])$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
 

@@ -50,7 +50,14 @@ def manifest_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for view in range(4):
             rel = f"frames/part{part:02d}_{view}.png"
             (root / rel).write_bytes(encode_png(make_cell(rng, defective)))
-            rows.append({"path": rel, "label": "defective" if defective else "ok", "group": f"part{part:02d}", "station": "A" if view < 2 else "B"})
+            rows.append(
+                {
+                    "path": rel,
+                    "label": "defective" if defective else "ok",
+                    "group": f"part{part:02d}",
+                    "station": "A" if view < 2 else "B",
+                }
+            )
     with (root / "manifest.csv").open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "group", "station"])
         writer.writeheader()

@@ -42,11 +42,22 @@ def write_dataset(root: Path, n_per_class: int = 24, seed: int = 0) -> dict[str,
 def tiny_config(data_path: Path, workdir: Path, **sections: dict) -> InspectConfig:
     """A config that trains a ResNet18 at 32 px for a few epochs in seconds."""
     raw = {
-        "data": {"source": "folder", "path": str(data_path), "image_size": 32, "test_size": 0.25, "val_size": 0.25, "seed": 3},
+        "data": {
+            "source": "folder",
+            "path": str(data_path),
+            "image_size": 32,
+            "test_size": 0.25,
+            "val_size": 0.25,
+            "seed": 3,
+        },
         "model": {"arch": "resnet18", "head_dims": [32, 16]},
         "train": {"epochs": 4, "batch_size": 8, "lr": 0.003, "patience": 10, "collapse_warmup": 10, "seed": 0},
         "readiness": {"min_defect_recall": 0.5, "min_roc_auc": 0.5, "max_latency_ms": 5000},
-        "paths": {"runs": str(workdir / "runs"), "registry": str(workdir / "models"), "reports": str(workdir / "reports")},
+        "paths": {
+            "runs": str(workdir / "runs"),
+            "registry": str(workdir / "models"),
+            "reports": str(workdir / "reports"),
+        },
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

@@ -46,10 +46,14 @@ class FolderSettings(Settings):
     path: Path
     poll_interval_s: float = Field(0.5, gt=0, le=60)
     stable_polls: int = Field(2, ge=1, description="polls with unchanged size and mtime before a file is taken")
-    incomplete_grace_s: float = Field(30.0, ge=0, description="a stable file that looks cut short is sent after this long")
+    incomplete_grace_s: float = Field(
+        30.0, ge=0, description="a stable file that looks cut short is sent after this long"
+    )
     done_dir: Path | None = Field(None, description="default PATH/done")
     failed_dir: Path | None = Field(None, description="default PATH/failed")
-    part_id_pattern: str | None = Field(None, description="regex on the file name whose group 'part' (or group 1) is the part id")
+    part_id_pattern: str | None = Field(
+        None, description="regex on the file name whose group 'part' (or group 1) is the part id"
+    )
 
     @field_validator("part_id_pattern")
     @classmethod
@@ -145,7 +149,9 @@ class FolderSource:
             return
         path = Path(frame.origin)
         if outcome.kind == "dropped":
-            log.error("%s stays in %s: the spool was full; it is sent after the adapter restarts", path.name, path.parent)
+            log.error(
+                "%s stays in %s: the spool was full; it is sent after the adapter restarts", path.name, path.parent
+            )
             return
         target_dir = self.done_dir if outcome.kind == "judged" else self.failed_dir
         target = _free_name(target_dir / path.name, frame.frame_id)
@@ -154,7 +160,12 @@ class FolderSource:
         except FileNotFoundError:
             log.warning("%s was removed from the hot folder before it could be moved to %s", path, target_dir)
         if outcome.kind == "rejected":
-            reason = {"frame_id": frame.frame_id, "status": outcome.status, "error": outcome.body.get("error"), "detail": outcome.body.get("detail")}
+            reason = {
+                "frame_id": frame.frame_id,
+                "status": outcome.status,
+                "error": outcome.body.get("error"),
+                "detail": outcome.body.get("detail"),
+            }
             target.with_name(target.name + ".reason.json").write_text(json.dumps(reason, indent=2) + "\n")
         with self._lock:
             self._taken.discard(path.name)
@@ -172,10 +183,13 @@ class FolderSource:
             return None
         digest = hashlib.sha1(f"{path.name}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:10]
         return Frame(
-            frame_id=safe_id(f"{path.stem[:53]}-{digest}"), camera_id=self.camera_id,
+            frame_id=safe_id(f"{path.stem[:53]}-{digest}"),
+            camera_id=self.camera_id,
             captured_at=datetime.fromtimestamp(stat.st_mtime_ns / 1e9, tz=timezone.utc),
-            image=data, content_type=content_type_for(path) or "application/octet-stream",
-            part_id=self._part_id(path.name), origin=str(path),
+            image=data,
+            content_type=content_type_for(path) or "application/octet-stream",
+            part_id=self._part_id(path.name),
+            origin=str(path),
         )
 
     def _part_id(self, name: str) -> str | None:

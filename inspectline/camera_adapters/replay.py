@@ -46,19 +46,28 @@ class ReplaySettings(Settings):
     fps: float = Field(5.0, gt=0, le=1000)
     limit: int | None = Field(None, ge=1, description="frames this run sends at most")
     loop: bool = Field(False, description="start over at the end (a new cycle, new frame ids) until stopped")
-    shuffle_seed: int | None = Field(None, description="play each cycle in a seeded random order instead of dataset order")
+    shuffle_seed: int | None = Field(
+        None, description="play each cycle in a seeded random order instead of dataset order"
+    )
     shift: Shift = "none"
     shift_from: int = Field(0, ge=0, description="frames of this run before the shift starts")
-    shift_strength: float | None = Field(None, description="brightness: scale - 1; blur: sigma in pixels; noise: sigma / full scale")
+    shift_strength: float | None = Field(
+        None, description="brightness: scale - 1; blur: sigma in pixels; noise: sigma / full scale"
+    )
 
     @model_validator(mode="after")
     def _strength_fits(self) -> ReplaySettings:
         strength = self.strength
         if self.shift == "brightness" and strength <= -1:
-            msg = f"shift_strength {strength} for brightness would make every pixel black; use a value above -1 (e.g. 0.4 brighter, -0.3 darker)"
+            msg = (
+                f"shift_strength {strength} for brightness would make every pixel black; use a value "
+                "above -1 (e.g. 0.4 brighter, -0.3 darker)"
+            )
             raise ValueError(msg)
         if self.shift in ("blur", "noise") and strength <= 0:
-            msg = f"shift_strength {strength} for {self.shift} must be positive (default {DEFAULT_STRENGTH[self.shift]})"
+            msg = (
+                f"shift_strength {strength} for {self.shift} must be positive (default {DEFAULT_STRENGTH[self.shift]})"
+            )
             raise ValueError(msg)
         return self
 
@@ -82,7 +91,11 @@ class ReplaySource:
         self._key = f"{settings.data.source}:{settings.data.path}:{len(self.samples)}:{settings.shuffle_seed}"
         saved = state.load()
         if saved and saved.get("dataset") != self._key:
-            log.info("replay state in %s is for another dataset (%s); starting at the beginning", state.path, saved.get("dataset"))
+            log.info(
+                "replay state in %s is for another dataset (%s); starting at the beginning",
+                state.path,
+                saved.get("dataset"),
+            )
             saved = {}
         self.start = int(saved.get("next_position", 0))
         self._settled = self.start
@@ -96,7 +109,11 @@ class ReplaySource:
         pace = Pace(self.settings.fps)
         position = self.start
         sent = 0
-        while not stop.is_set() and (end is None or position < end) and (self.settings.limit is None or sent < self.settings.limit):
+        while (
+            not stop.is_set()
+            and (end is None or position < end)
+            and (self.settings.limit is None or sent < self.settings.limit)
+        ):
             if not pace.wait(stop):
                 return
             yield self._frame(position, shifted=self.settings.shift != "none" and sent >= self.settings.shift_from)
@@ -124,15 +141,22 @@ class ReplaySource:
             data = encode_png(apply_shift(image, self.settings.shift, self.settings.strength, seed=position))
             content_type = "image/png"
         return Frame(
-            frame_id=frame_id, camera_id=self.camera_id, captured_at=datetime.now(timezone.utc), image=data, content_type=content_type,
-            part_id=safe_id(sample.group) if sample.group else safe_id(Path(sample.key).stem), origin=str(position),
+            frame_id=frame_id,
+            camera_id=self.camera_id,
+            captured_at=datetime.now(timezone.utc),
+            image=data,
+            content_type=content_type,
+            part_id=safe_id(sample.group) if sample.group else safe_id(Path(sample.key).stem),
+            origin=str(position),
         )
 
     def _order(self, cycle: int) -> np.ndarray:
         if cycle not in self._orders:
             n = len(self.samples)
             seed = self.settings.shuffle_seed
-            self._orders = {cycle: np.arange(n) if seed is None else np.random.default_rng([seed, cycle]).permutation(n)}
+            self._orders = {
+                cycle: np.arange(n) if seed is None else np.random.default_rng([seed, cycle]).permutation(n)
+            }
         return self._orders[cycle]
 
 

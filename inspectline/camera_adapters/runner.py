@@ -58,12 +58,20 @@ class AdapterSettings(Settings):
     line_id: str = "line-1"
     camera_id: str = "cam-1"
     upload: UploadSettings = UploadSettings()
-    spool_dir: Path = Field(None, description="one folder per camera: spooled frames and source progress (default spool/CAMERA_ID)")
-    spool_max_bytes: int = Field(2 * 2**30, ge=1, description="spool capacity; beyond it frames are dropped (and counted)")
-    queue_size: int = Field(64, ge=0, description="frames held in memory; 0 writes every frame to the spool before sending it")
+    spool_dir: Path = Field(
+        None, description="one folder per camera: spooled frames and source progress (default spool/CAMERA_ID)"
+    )
+    spool_max_bytes: int = Field(
+        2 * 2**30, ge=1, description="spool capacity; beyond it frames are dropped (and counted)"
+    )
+    queue_size: int = Field(
+        64, ge=0, description="frames held in memory; 0 writes every frame to the spool before sending it"
+    )
     results_log: Path | None = Field(None, description="JSON lines, one per settled frame, in capture order")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
-    drain_timeout_s: float | None = Field(None, gt=0, description="after a finite source ends, stop delivering after this long (the rest stays spooled)")
+    drain_timeout_s: float | None = Field(
+        None, gt=0, description="after a finite source ends, stop delivering after this long (the rest stays spooled)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -76,7 +84,10 @@ class AdapterSettings(Settings):
     @classmethod
     def _valid_id(cls, value: str) -> str:
         if not ID_PATTERN.match(value):
-            msg = f"{value!r} is not a valid id: use 1-64 letters, digits, '_', '.', ':' or '-', starting with a letter or digit"
+            msg = (
+                f"{value!r} is not a valid id: use 1-64 letters, digits, '_', '.', ':' or '-', starting "
+                "with a letter or digit"
+            )
             raise ValueError(msg)
         return value
 
@@ -100,8 +111,14 @@ class RunSummary:
         return asdict(self)
 
 
-def run_camera(source: FolderSettings | VideoSettings | ReplaySettings, settings: AdapterSettings, *, stop: threading.Event | None = None,
-               metrics: CameraMetrics | None = None, transport: httpx.BaseTransport | None = None) -> RunSummary:
+def run_camera(
+    source: FolderSettings | VideoSettings | ReplaySettings,
+    settings: AdapterSettings,
+    *,
+    stop: threading.Event | None = None,
+    metrics: CameraMetrics | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> RunSummary:
     """Build the source the settings describe and run the adapter until it ends or ``stop`` is set."""
     settings.spool_dir.mkdir(parents=True, exist_ok=True)
     with _spool_lock(settings.spool_dir):
@@ -121,8 +138,15 @@ def create_source(source: FolderSettings | VideoSettings | ReplaySettings, setti
     raise ConfigError(msg)
 
 
-def run_adapter(source: FrameSource, settings: AdapterSettings, *, stop: threading.Event | None = None, metrics: CameraMetrics | None = None,
-                transport: httpx.BaseTransport | None = None, rng: random.Random | None = None) -> RunSummary:
+def run_adapter(
+    source: FrameSource,
+    settings: AdapterSettings,
+    *,
+    stop: threading.Event | None = None,
+    metrics: CameraMetrics | None = None,
+    transport: httpx.BaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> RunSummary:
     """Feed ``source`` to the service until the source ends and every frame is settled, or ``stop`` is set."""
     started = time.monotonic()
     stop = stop or threading.Event()
@@ -133,10 +157,15 @@ def run_adapter(source: FrameSource, settings: AdapterSettings, *, stop: threadi
     reconnects = metrics.reconnects.labels(*labels)  # exported at 0 from the start, for every kind of source
     if isinstance(source, VideoSource):
         source.on_reconnect = reconnects.inc
-    backlog = _Backlog(spool, settings.queue_size, metrics.spooled.labels(*labels), summary, drain_timeout_s=settings.drain_timeout_s)
+    backlog = _Backlog(
+        spool, settings.queue_size, metrics.spooled.labels(*labels), summary, drain_timeout_s=settings.drain_timeout_s
+    )
     capture_errors: list[BaseException] = []
     capture = threading.Thread(
-        target=_capture, name=f"capture-{settings.camera_id}", args=(source, backlog, stop, metrics, labels, summary, capture_errors), daemon=True,
+        target=_capture,
+        name=f"capture-{settings.camera_id}",
+        args=(source, backlog, stop, metrics, labels, summary, capture_errors),
+        daemon=True,
     )
     with contextlib.ExitStack() as cleanup:
         results = cleanup.enter_context(ResultsLog(settings.results_log)) if settings.results_log else None
@@ -144,10 +173,23 @@ def run_adapter(source: FrameSource, settings: AdapterSettings, *, stop: threadi
         if server is not None:
             cleanup.callback(server.server_close)
             cleanup.callback(server.shutdown)
-        uploader = cleanup.enter_context(contextlib.closing(Uploader(settings.upload, settings.line_id, transport=transport)))
+        uploader = cleanup.enter_context(
+            contextlib.closing(Uploader(settings.upload, settings.line_id, transport=transport))
+        )
         try:
             capture.start()
-            _deliver(backlog, uploader, source, results, metrics, labels, summary, stop, settings.upload, rng or random.Random())
+            _deliver(
+                backlog,
+                uploader,
+                source,
+                results,
+                metrics,
+                labels,
+                summary,
+                stop,
+                settings.upload,
+                rng or random.Random(),
+            )
         finally:
             stop.set()
             capture.join()
@@ -208,8 +250,14 @@ class ResultsLog:
         if frame.frame_id in self.logged:
             return False
         record = {
-            "frame_id": frame.frame_id, "seq": frame.seq, "line_id": line_id, "camera_id": frame.camera_id, "part_id": frame.part_id,
-            "captured_at": frame.captured_at.isoformat(), "outcome": outcome.kind, "status": outcome.status,
+            "frame_id": frame.frame_id,
+            "seq": frame.seq,
+            "line_id": line_id,
+            "camera_id": frame.camera_id,
+            "part_id": frame.part_id,
+            "captured_at": frame.captured_at.isoformat(),
+            "outcome": outcome.kind,
+            "status": outcome.status,
             "settled_at": datetime.now(timezone.utc).isoformat(),
         }
         record.update({k: v for k, v in outcome.body.items() if k not in record})
@@ -232,7 +280,9 @@ class ResultsLog:
 class _Backlog:
     """Pending frames: a bounded deque in memory plus the disk spool; ``next`` is always the oldest."""
 
-    def __init__(self, spool: Spool, queue_size: int, gauge, summary: RunSummary, *, drain_timeout_s: float | None = None):
+    def __init__(
+        self, spool: Spool, queue_size: int, gauge, summary: RunSummary, *, drain_timeout_s: float | None = None
+    ):
         self.spool, self.queue_size, self.gauge, self.summary = spool, queue_size, gauge, summary
         self.drain_timeout_s = drain_timeout_s
         self.memory: deque[Frame] = deque()
@@ -294,7 +344,11 @@ class _Backlog:
             self.cond.notify_all()
 
     def _drain_time_over(self) -> bool:
-        return self.capture_done_at is not None and self.drain_timeout_s is not None and time.monotonic() - self.capture_done_at > self.drain_timeout_s
+        return (
+            self.capture_done_at is not None
+            and self.drain_timeout_s is not None
+            and time.monotonic() - self.capture_done_at > self.drain_timeout_s
+        )
 
     def spill_memory(self) -> None:
         with self.cond:
@@ -314,8 +368,15 @@ class _Backlog:
         self.cond.notify_all()
 
 
-def _capture(source: FrameSource, backlog: _Backlog, stop: threading.Event, metrics: CameraMetrics, labels: tuple[str, str],
-             summary: RunSummary, errors: list[BaseException]) -> None:
+def _capture(
+    source: FrameSource,
+    backlog: _Backlog,
+    stop: threading.Event,
+    metrics: CameraMetrics,
+    labels: tuple[str, str],
+    summary: RunSummary,
+    errors: list[BaseException],
+) -> None:
     try:
         for frame in source.frames(stop):
             if frame.frame_id in backlog.spool:  # taken in an earlier run and still waiting on disk
@@ -330,7 +391,12 @@ def _capture(source: FrameSource, backlog: _Backlog, stop: threading.Event, metr
                 log.error(
                     "DROPPED frame %s of camera %s: the disk spool %s is full (%d frames, %.1f MiB of %.1f MiB). "
                     "Frames are being lost until the service drains the spool; free disk or raise --spool-max-bytes.",
-                    frame.frame_id, frame.camera_id, backlog.spool.root, len(backlog.spool), backlog.spool.total_bytes / 2**20, backlog.spool.max_bytes / 2**20,
+                    frame.frame_id,
+                    frame.camera_id,
+                    backlog.spool.root,
+                    len(backlog.spool),
+                    backlog.spool.total_bytes / 2**20,
+                    backlog.spool.max_bytes / 2**20,
                 )
                 source.settle(frame, Outcome("dropped"))
             if stop.is_set():
@@ -342,8 +408,18 @@ def _capture(source: FrameSource, backlog: _Backlog, stop: threading.Event, metr
         backlog.finish_capture()
 
 
-def _deliver(backlog: _Backlog, uploader: Uploader, source: FrameSource, results: ResultsLog | None, metrics: CameraMetrics,
-             labels: tuple[str, str], summary: RunSummary, stop: threading.Event, upload: UploadSettings, rng: random.Random) -> None:
+def _deliver(
+    backlog: _Backlog,
+    uploader: Uploader,
+    source: FrameSource,
+    results: ResultsLog | None,
+    metrics: CameraMetrics,
+    labels: tuple[str, str],
+    summary: RunSummary,
+    stop: threading.Event,
+    upload: UploadSettings,
+    rng: random.Random,
+) -> None:
     failures = 0
     outage_started = 0.0
     first_attempt: dict[str, float] = {}
@@ -358,15 +434,29 @@ def _deliver(backlog: _Backlog, uploader: Uploader, source: FrameSource, results
             backlog.failed(frame, spooled)
             if failures == 1:
                 outage_started = time.monotonic()
-                log.warning("frame %s not delivered (%s); spooling frames to %s and retrying", frame.frame_id, answer.reason, backlog.spool.root)
+                log.warning(
+                    "frame %s not delivered (%s); spooling frames to %s and retrying",
+                    frame.frame_id,
+                    answer.reason,
+                    backlog.spool.root,
+                )
             elif failures % 10 == 0:
-                log.warning("still no answer after %d attempts (%s); %d frames spooled", failures, answer.reason, len(backlog.spool))
+                log.warning(
+                    "still no answer after %d attempts (%s); %d frames spooled",
+                    failures,
+                    answer.reason,
+                    len(backlog.spool),
+                )
             if stop.wait(backoff_delay(failures, upload, answer.retry_after_s, rng)):
                 return
             continue
         if failures:
-            log.warning("service answering again after %d failed attempts in %.1f s; %d spooled frames to deliver",
-                        failures, time.monotonic() - outage_started, len(backlog.spool))
+            log.warning(
+                "service answering again after %d failed attempts in %.1f s; %d spooled frames to deliver",
+                failures,
+                time.monotonic() - outage_started,
+                len(backlog.spool),
+            )
             failures = 0
         metrics.post_seconds.labels(*labels).observe(time.monotonic() - first_attempt.pop(frame.frame_id, sent_at))
         _count(answer, frame, metrics, labels, summary)

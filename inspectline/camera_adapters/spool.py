@@ -138,13 +138,20 @@ class Spool:
             self._ids[frame.frame_id] = seq
             self._total += self._sizes[seq]
         if self._seqs:
-            log.info("spool %s holds %d frames from an earlier run; they are delivered first", self.root, len(self._seqs))
+            log.info(
+                "spool %s holds %d frames from an earlier run; they are delivered first", self.root, len(self._seqs)
+            )
 
 
 def _encode(frame: Frame) -> bytes:
     header = {
-        "frame_id": frame.frame_id, "camera_id": frame.camera_id, "captured_at": frame.captured_at.isoformat(),
-        "content_type": frame.content_type, "part_id": frame.part_id, "origin": frame.origin, "seq": frame.seq,
+        "frame_id": frame.frame_id,
+        "camera_id": frame.camera_id,
+        "captured_at": frame.captured_at.isoformat(),
+        "content_type": frame.content_type,
+        "part_id": frame.part_id,
+        "origin": frame.origin,
+        "seq": frame.seq,
         "image_bytes": len(frame.image),
     }
     return json.dumps(header).encode() + b"\n" + frame.image
@@ -157,8 +164,14 @@ def _decode(data: bytes) -> Frame:
         msg = f"image is {len(image)} bytes, the header says {header['image_bytes']}"
         raise ValueError(msg)
     return Frame(
-        frame_id=header["frame_id"], camera_id=header["camera_id"], captured_at=datetime.fromisoformat(header["captured_at"]),
-        image=image, content_type=header["content_type"], part_id=header["part_id"], origin=header["origin"], seq=header["seq"],
+        frame_id=header["frame_id"],
+        camera_id=header["camera_id"],
+        captured_at=datetime.fromisoformat(header["captured_at"]),
+        image=image,
+        content_type=header["content_type"],
+        part_id=header["part_id"],
+        origin=header["origin"],
+        seq=header["seq"],
     )
 
 

@@ -41,7 +41,9 @@ class UploadSettings(Settings):
     connect_timeout_s: float = Field(3.0, gt=0)
     timeout_s: float = Field(30.0, gt=0, description="read/write timeout of one post")
     backoff_initial_s: float = Field(0.2, gt=0, description="first retry waits about this long")
-    backoff_max_s: float = Field(10.0, gt=0, description="retries never wait longer than this (unless Retry-After says so)")
+    backoff_max_s: float = Field(
+        10.0, gt=0, description="retries never wait longer than this (unless Retry-After says so)"
+    )
     retry_after_max_s: float = Field(60.0, gt=0, description="a longer Retry-After from the service is capped to this")
 
     @field_validator("url")
@@ -74,11 +76,18 @@ class Uploader:
 
     def post(self, frame: Frame) -> Outcome | Retry:
         """One attempt: POST the frame to ``/v1/frames`` and classify the answer."""
-        params = {"line_id": self.line_id, "camera_id": frame.camera_id, "frame_id": frame.frame_id, "captured_at": frame.captured_at.isoformat()}
+        params = {
+            "line_id": self.line_id,
+            "camera_id": frame.camera_id,
+            "frame_id": frame.frame_id,
+            "captured_at": frame.captured_at.isoformat(),
+        }
         if frame.part_id:
             params["part_id"] = frame.part_id
         try:
-            response = self.client.post("/v1/frames", content=frame.image, params=params, headers={"Content-Type": frame.content_type})
+            response = self.client.post(
+                "/v1/frames", content=frame.image, params=params, headers={"Content-Type": frame.content_type}
+            )
         except httpx.TransportError as exc:  # connection refused/reset, timeouts, protocol errors
             return Retry(f"{type(exc).__name__}: {exc or 'no detail'}")
         return classify(response)
@@ -95,7 +104,10 @@ def classify(response: httpx.Response) -> Outcome | Retry:
         return Outcome("judged", status, body)
     if body is None or "error" not in body:
         text = response.text[:200].strip()
-        return Retry(f"HTTP {status} without the service's JSON answer ({text!r}): the service is not (yet) there", retry_after(response))
+        return Retry(
+            f"HTTP {status} without the service's JSON answer ({text!r}): the service is not (yet) there",
+            retry_after(response),
+        )
     if status in RETRY_STATUSES or status >= 500:
         return Retry(f"HTTP {status} {body.get('error')}: {body.get('detail', '')}", retry_after(response))
     if 400 <= status < 500:
@@ -119,7 +131,9 @@ def retry_after(response: httpx.Response, *, now: datetime | None = None) -> flo
     return max(0.0, (when - (now or datetime.now(timezone.utc))).total_seconds())
 
 
-def backoff_delay(failures: int, settings: UploadSettings, retry_after_s: float | None = None, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    failures: int, settings: UploadSettings, retry_after_s: float | None = None, rng: random.Random | None = None
+) -> float:
     """Seconds to wait after ``failures`` failed attempts in a row (1 for the first).
 
     Exponential growth capped at ``backoff_max_s``, with "equal jitter": a random wait in the upper half
@@ -141,4 +155,3 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
-

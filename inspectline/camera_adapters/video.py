@@ -41,7 +41,9 @@ class VideoSettings(Settings):
     """A cv2.VideoCapture source and its pacing."""
 
     source: str = Field(description="video file path, stream URL (rtsp://, http://) or device index (0, 1, ...)")
-    fps: float | None = Field(None, gt=0, le=1000, description="frames per second at most; files default to their own rate")
+    fps: float | None = Field(
+        None, gt=0, le=1000, description="frames per second at most; files default to their own rate"
+    )
     live: bool | None = Field(None, description="None: URLs and device indexes are live, paths are files")
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
     encoding: Literal["png", "jpeg"] = "png"
@@ -58,7 +60,10 @@ class VideoSource:
         self.state = state
         self.live = settings.live if settings.live is not None else is_stream(settings.source)
         if not self.live and not Path(settings.source).is_file():
-            msg = f"video file {settings.source} does not exist (for a stream give an rtsp:// or http:// URL, for a camera its device index)"
+            msg = (
+                f"video file {settings.source} does not exist (for a stream give an rtsp:// or http:// "
+                "URL, for a camera its device index)"
+            )
             raise ConfigError(msg)
         self.reconnects = 0
         self.on_reconnect: Callable[[], None] = lambda: None  # the runner counts reconnects in its metrics
@@ -89,7 +94,11 @@ class VideoSource:
             fps = self.settings.fps or (native if 0 < native <= 1000 else None)
             start = int(self._saved["next_index"])
             if start:
-                log.info("resuming %s at frame %d (frames before it were settled in an earlier run)", self.settings.source, start)
+                log.info(
+                    "resuming %s at frame %d (frames before it were settled in an earlier run)",
+                    self.settings.source,
+                    start,
+                )
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start)
             stem = safe_id(Path(self.settings.source).stem)[:48]
             pace = Pace(fps)
@@ -122,7 +131,9 @@ class VideoSource:
                         if not ok:
                             log.warning("stream %s dropped; reconnecting in %.1f s", self.settings.source, delay)
                             break
-                        delay = self.settings.reconnect_initial_s  # frames flow again: the next drop starts the backoff afresh
+                        delay = (
+                            self.settings.reconnect_initial_s
+                        )  # frames flow again: the next drop starts the backoff afresh
                         now = time.monotonic()
                         if now - last_taken < interval:
                             continue
@@ -145,17 +156,26 @@ class VideoSource:
     def _enough(self, taken: int) -> bool:
         return self.settings.max_frames is not None and taken >= self.settings.max_frames
 
-    def _frame(self, image: np.ndarray, frame_id: str, *, origin: str | None = None, captured_at: datetime | None = None) -> Frame:
+    def _frame(
+        self, image: np.ndarray, frame_id: str, *, origin: str | None = None, captured_at: datetime | None = None
+    ) -> Frame:
         ext, content_type = (".png", "image/png") if self.settings.encoding == "png" else (".jpg", "image/jpeg")
         ok, encoded = cv2.imencode(ext, image)  # OpenCV frames are BGR; imencode writes them in the right colour order
         if not ok:
-            msg = f"OpenCV could not encode a {image.shape} frame from {self.settings.source} as {self.settings.encoding}"
+            msg = (
+                f"OpenCV could not encode a {image.shape} frame from {self.settings.source} as {self.settings.encoding}"
+            )
             raise ConfigError(msg)
-        return Frame(frame_id=frame_id, camera_id=self.camera_id, captured_at=captured_at or datetime.now(timezone.utc),
-                     image=encoded.tobytes(), content_type=content_type, origin=origin)
+        return Frame(
+            frame_id=frame_id,
+            camera_id=self.camera_id,
+            captured_at=captured_at or datetime.now(timezone.utc),
+            image=encoded.tobytes(),
+            content_type=content_type,
+            origin=origin,
+        )
 
 
 def is_stream(source: str) -> bool:
     """Whether a VideoCapture source is a live stream or device rather than a file."""
     return source.isdigit() or source.lower().startswith(_STREAM_PREFIXES)
-

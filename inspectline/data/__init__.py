@@ -2,7 +2,16 @@
 
 from inspectline.data.loader import FrameDataset, class_sample_weights, create_loader
 from inspectline.data.presets import Preprocessing, build_eval_preset, build_train_preset, compute_normalization
-from inspectline.data.sources import CLASS_NAMES, DEFECTIVE, OK, Sample, describe, load_images, load_samples, source_root
+from inspectline.data.sources import (
+    CLASS_NAMES,
+    DEFECTIVE,
+    OK,
+    Sample,
+    describe,
+    load_images,
+    load_samples,
+    source_root,
+)
 from inspectline.data.splits import Splits, holdout, load_split_manifest, save_split_manifest, split_samples
 
 __all__ = [

@@ -22,7 +22,13 @@ from inspectline.imaging import read_image, to_model_image
 class FrameDataset(Dataset):
     """Samples through an albumentations transform; images come from memory when preloaded."""
 
-    def __init__(self, samples: Sequence[Sample], transform: A.Compose, color_mode: str, images: Sequence[np.ndarray] | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: A.Compose,
+        color_mode: str,
+        images: Sequence[np.ndarray] | None = None,
+    ):
         if images is not None and len(images) != len(samples):
             msg = f"{len(images)} preloaded images for {len(samples)} samples"
             raise ValueError(msg)
@@ -36,7 +42,9 @@ class FrameDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[index]
-        image = self.images[index] if self.images is not None else to_model_image(read_image(sample.path), self.color_mode)
+        image = (
+            self.images[index] if self.images is not None else to_model_image(read_image(sample.path), self.color_mode)
+        )
         return self.transform(image=image)["image"], sample.label
 
     @property
@@ -65,7 +73,12 @@ def create_loader(
     sampler = None
     if train and balanced:
         weights = class_sample_weights(dataset.labels)
-        sampler = WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples=len(dataset), replacement=True, generator=generator)
+        sampler = WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double),
+            num_samples=len(dataset),
+            replacement=True,
+            generator=generator,
+        )
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -79,7 +92,7 @@ def create_loader(
     )
 
 
-def _seed_worker(worker_id: int) -> None:
+def _seed_worker(_worker_id: int) -> None:
     import random
 
     import cv2

@@ -72,15 +72,29 @@ def build_train_preset(pre: Preprocessing, aug: AugmentConfig, *, seed: int | No
     if aug.preset == "light":
         return A.Compose([_resize(pre.image_size), *geometric, *photometric, *_finish(pre)], seed=seed)
     heavy = [
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.05, 0.05), rotate=(-10, 10), border_mode=cv2.BORDER_REFLECT_101, p=aug.affine),
+        A.Affine(
+            scale=(0.9, 1.1),
+            translate_percent=(-0.05, 0.05),
+            rotate=(-10, 10),
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=aug.affine,
+        ),
         # alpha/sigma in pixels, scaled to the image so small test images are not shredded
-        A.ElasticTransform(alpha=pre.image_size * 0.25, sigma=pre.image_size * 0.05, border_mode=cv2.BORDER_REFLECT_101, p=aug.elastic),
+        A.ElasticTransform(
+            alpha=pre.image_size * 0.25, sigma=pre.image_size * 0.05, border_mode=cv2.BORDER_REFLECT_101, p=aug.elastic
+        ),
         A.GridDistortion(num_steps=5, distort_limit=0.2, border_mode=cv2.BORDER_REFLECT_101, p=aug.grid_distortion),
         A.CLAHE(clip_limit=(1.0, 3.0), tile_grid_size=(8, 8), p=aug.clahe),
         *photometric,
         A.GaussNoise(std_range=(0.02, 0.08), p=aug.noise),
         A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=(3, 5))], p=aug.blur),
-        A.CoarseDropout(num_holes_range=(1, 4), hole_height_range=(0.05, 0.15), hole_width_range=(0.05, 0.15), fill=0, p=aug.coarse_dropout),
+        A.CoarseDropout(
+            num_holes_range=(1, 4),
+            hole_height_range=(0.05, 0.15),
+            hole_width_range=(0.05, 0.15),
+            fill=0,
+            p=aug.coarse_dropout,
+        ),
     ]
     return A.Compose([_resize(pre.image_size), *geometric, *heavy, *_finish(pre)], seed=seed)
 

@@ -144,7 +144,9 @@ def _mvtec(cfg: DataConfig) -> list[Sample]:
     if not (root / "train" / "good").is_dir() or not (root / "test").is_dir():
         msg = f"{root} is not an MVTec AD category: expected train/good/ and test/<good|defect type>/"
         raise DataError(msg)
-    samples = [_sample(p, root, OK, defect_type="good", mvtec_split="train") for p in _image_files(root / "train" / "good")]
+    samples = [
+        _sample(p, root, OK, defect_type="good", mvtec_split="train") for p in _image_files(root / "train" / "good")
+    ]
     for folder in sorted(p for p in (root / "test").iterdir() if p.is_dir()):
         label = OK if folder.name == "good" else DEFECTIVE
         samples += [_sample(p, root, label, defect_type=folder.name, mvtec_split="test") for p in _image_files(folder)]

@@ -71,21 +71,33 @@ class DriftReference:
 
     def save(self, path: Path) -> None:
         np.savez(
-            path, probabilities=self.probabilities, statistics=self.statistics, components=self.components,
-            pca_mean=self.pca_mean, pca_basis=self.pca_basis, defect_rate=self.defect_rate, threshold=self.threshold,
+            path,
+            probabilities=self.probabilities,
+            statistics=self.statistics,
+            components=self.components,
+            pca_mean=self.pca_mean,
+            pca_basis=self.pca_basis,
+            defect_rate=self.defect_rate,
+            threshold=self.threshold,
         )
 
     @classmethod
     def load(cls, path: Path) -> DriftReference:
         with np.load(path, allow_pickle=False) as data:
             return cls(
-                probabilities=data["probabilities"], statistics=data["statistics"], components=data["components"],
-                pca_mean=data["pca_mean"], pca_basis=data["pca_basis"],
-                defect_rate=float(data["defect_rate"]), threshold=float(data["threshold"]),
+                probabilities=data["probabilities"],
+                statistics=data["statistics"],
+                components=data["components"],
+                pca_mean=data["pca_mean"],
+                pca_basis=data["pca_basis"],
+                defect_rate=float(data["defect_rate"]),
+                threshold=float(data["threshold"]),
             )
 
 
-def build_reference(probabilities: np.ndarray, statistics: np.ndarray, embeddings: np.ndarray, threshold: float, n_components: int = 8) -> DriftReference:
+def build_reference(
+    probabilities: np.ndarray, statistics: np.ndarray, embeddings: np.ndarray, threshold: float, n_components: int = 8
+) -> DriftReference:
     """Fit the reference from held-out frames' outputs, statistics and embeddings."""
     embeddings = np.asarray(embeddings, dtype=np.float64)
     k = max(1, min(n_components, embeddings.shape[1], embeddings.shape[0] - 1))
@@ -143,11 +155,15 @@ class DriftDetector:
         if len(self._probs) < self.window or self._since_eval < self.interval:
             return None
         self._since_eval = 0
-        self.last = evaluate_window(self.reference, np.array(self._probs), np.array(self._stats), np.array(self._components), self.alpha)
+        self.last = evaluate_window(
+            self.reference, np.array(self._probs), np.array(self._stats), np.array(self._components), self.alpha
+        )
         return self.last
 
 
-def evaluate_window(reference: DriftReference, probabilities: np.ndarray, statistics: np.ndarray, components: np.ndarray, alpha: float) -> DriftReport:
+def evaluate_window(
+    reference: DriftReference, probabilities: np.ndarray, statistics: np.ndarray, components: np.ndarray, alpha: float
+) -> DriftReport:
     """All tests of one window against the reference, Bonferroni-corrected over every test run."""
     raw: dict[str, float] = {}
     scores: dict[str, float] = {}
@@ -203,13 +219,17 @@ def frame_features(predictor, frames: Sequence[np.ndarray], batch_size: int = 32
     return FrameFeatures(np.array(probabilities), np.array(statistics), np.array(embeddings))
 
 
-def reference_from_frames(predictor, frames: Sequence[np.ndarray], batch_size: int = 32, n_components: int = 8) -> DriftReference:
+def reference_from_frames(
+    predictor, frames: Sequence[np.ndarray], batch_size: int = 32, n_components: int = 8
+) -> DriftReference:
     """Build a reference from held-out frames (the validation split at training time)."""
     f = frame_features(predictor, frames, batch_size)
     return build_reference(f.probabilities, f.statistics, f.embeddings, predictor.threshold, n_components)
 
 
-def false_alarm_rate(reference: DriftReference, clean: FrameFeatures, *, window: int, alpha: float, trials: int = 300, seed: int = 0) -> tuple[float, dict[str, float]]:
+def false_alarm_rate(
+    reference: DriftReference, clean: FrameFeatures, *, window: int, alpha: float, trials: int = 300, seed: int = 0
+) -> tuple[float, dict[str, float]]:
     """Share of windows of unshifted frames (random draws) that raise any alarm, and per signal."""
     rng = np.random.default_rng(seed)
     components = reference.project(clean.embeddings)
@@ -224,8 +244,17 @@ def false_alarm_rate(reference: DriftReference, clean: FrameFeatures, *, window:
     return any_alarm / trials, {name: n / trials for name, n in per_signal.items()}
 
 
-def detection_delays(reference: DriftReference, clean: FrameFeatures, shifted: FrameFeatures, *, window: int, interval: int,
-                     alpha: float, trials: int = 10, seed: int = 0) -> list[int | None]:
+def detection_delays(
+    reference: DriftReference,
+    clean: FrameFeatures,
+    shifted: FrameFeatures,
+    *,
+    window: int,
+    interval: int,
+    alpha: float,
+    trials: int = 10,
+    seed: int = 0,
+) -> list[int | None]:
     """Frames after a shift starts until a detector raises an alarm (None: not within two windows).
 
     Each trial fills a detector's window with unshifted frames, then streams shifted frames in a

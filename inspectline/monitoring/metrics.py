@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 # End-to-end latencies: a few ms for a small model on a GPU, hundreds on a loaded CPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20)) + (1.0,)
+PROBABILITY_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 1.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -34,34 +34,117 @@ class LineMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         stream = ("line", "camera")
-        self.frames = Counter("inspect_frames_total", "Frames judged, by verdict (a repeated frame id is counted once).", (*stream, "verdict"), registry=r)
-        self.errors = Counter("inspect_errors_total", "Requests or frames that got an error instead of a verdict, by reason.", ("reason",), registry=r)
-        self.latency = Histogram("inspect_request_duration_seconds", "End-to-end time from receiving a frame to its verdict.", ("line",), buckets=LATENCY_BUCKETS, registry=r)
-        self.inference = Histogram("inspect_inference_duration_seconds", "Time of one batched TTA forward on an inspector replica.", buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("inspect_batch_size", "Frames per batched forward.", buckets=BATCH_BUCKETS, registry=r)
-        self.probability = Histogram("inspect_defect_probability", "Calibrated defect probability per frame.", stream, buckets=PROBABILITY_BUCKETS, registry=r)
-        self.confidence = Histogram("inspect_confidence", "Calibrated probability that the verdict is right.", stream, buckets=CONFIDENCE_BUCKETS, registry=r)
+        self.frames = Counter(
+            "inspect_frames_total",
+            "Frames judged, by verdict (a repeated frame id is counted once).",
+            (*stream, "verdict"),
+            registry=r,
+        )
+        self.errors = Counter(
+            "inspect_errors_total",
+            "Requests or frames that got an error instead of a verdict, by reason.",
+            ("reason",),
+            registry=r,
+        )
+        self.latency = Histogram(
+            "inspect_request_duration_seconds",
+            "End-to-end time from receiving a frame to its verdict.",
+            ("line",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "inspect_inference_duration_seconds",
+            "Time of one batched TTA forward on an inspector replica.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "inspect_batch_size", "Frames per batched forward.", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.probability = Histogram(
+            "inspect_defect_probability",
+            "Calibrated defect probability per frame.",
+            stream,
+            buckets=PROBABILITY_BUCKETS,
+            registry=r,
+        )
+        self.confidence = Histogram(
+            "inspect_confidence",
+            "Calibrated probability that the verdict is right.",
+            stream,
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
         self.disagreement = Histogram(
-            "inspect_tta_disagreement", "Spread (max - min) of the defect probability across TTA views.", stream, buckets=DISAGREEMENT_BUCKETS, registry=r,
+            "inspect_tta_disagreement",
+            "Spread (max - min) of the defect probability across TTA views.",
+            stream,
+            buckets=DISAGREEMENT_BUCKETS,
+            registry=r,
         )
-        self.unsure_ratio = Gauge("inspect_unsure_ratio", "Share of UNSURE verdicts in the current drift window.", stream, registry=r)
-        self.defect_ratio = Gauge("inspect_defect_ratio", "Share of DEFECTIVE verdicts in the current drift window.", stream, registry=r)
-        self.model_info = Gauge("inspect_model_info", "The model version being served (value 1).", ("version", "arch"), registry=r)
-        self.model_version = Gauge("inspect_model_version", "Number of the served model version (v0003 -> 3); changes mark promotions.", registry=r)
+        self.unsure_ratio = Gauge(
+            "inspect_unsure_ratio", "Share of UNSURE verdicts in the current drift window.", stream, registry=r
+        )
+        self.defect_ratio = Gauge(
+            "inspect_defect_ratio", "Share of DEFECTIVE verdicts in the current drift window.", stream, registry=r
+        )
+        self.model_info = Gauge(
+            "inspect_model_info", "The model version being served (value 1).", ("version", "arch"), registry=r
+        )
+        self.model_version = Gauge(
+            "inspect_model_version",
+            "Number of the served model version (v0003 -> 3); changes mark promotions.",
+            registry=r,
+        )
         self.threshold = Gauge("inspect_model_threshold", "Operating threshold on the defect probability.", registry=r)
-        self.reference_defect_ratio = Gauge("inspect_reference_defect_ratio", "Share the served model flags DEFECTIVE on its held-out reference frames.", registry=r)
-        self.drift_score = Gauge("inspect_drift_score", "Drift statistic per signal (KS distance; ratio to the reference for defect_rate).", (*stream, "signal"), registry=r)
-        self.drift_p_value = Gauge("inspect_drift_p_value", "Bonferroni-corrected p-value of the drift test per signal.", (*stream, "signal"), registry=r)
-        self.drift_alarm = Gauge("inspect_drift_alarm", "1 when the signal's corrected p-value is below alpha.", (*stream, "signal"), registry=r)
-        self.drift_alpha = Gauge("inspect_drift_alpha", "Significance level of the drift alarms.", registry=r)
-        self.drift_window = Gauge("inspect_drift_window_frames", "Frames in the current drift window.", stream, registry=r)
-        self.store_backlog = Gauge("inspect_store_backlog_frames", "Judged frames waiting to be written to the frame store.", registry=r)
-        self.shadow_frames = Counter(
-            "inspect_shadow_frames_total", "Frames also judged by the shadow model, by agreement with the production verdict.",
-            (*stream, "version", "agreement"), registry=r,
+        self.reference_defect_ratio = Gauge(
+            "inspect_reference_defect_ratio",
+            "Share the served model flags DEFECTIVE on its held-out reference frames.",
+            registry=r,
         )
-        self.shadow_agreement = Gauge("inspect_shadow_agreement_ratio", "Share of recent frames where the shadow verdict matched production.", ("version",), registry=r)
-        self.shadow_skipped = Counter("inspect_shadow_skipped_total", "Frames the shadow model did not judge because the inspectors were busy.", registry=r)
+        self.drift_score = Gauge(
+            "inspect_drift_score",
+            "Drift statistic per signal (KS distance; ratio to the reference for defect_rate).",
+            (*stream, "signal"),
+            registry=r,
+        )
+        self.drift_p_value = Gauge(
+            "inspect_drift_p_value",
+            "Bonferroni-corrected p-value of the drift test per signal.",
+            (*stream, "signal"),
+            registry=r,
+        )
+        self.drift_alarm = Gauge(
+            "inspect_drift_alarm",
+            "1 when the signal's corrected p-value is below alpha.",
+            (*stream, "signal"),
+            registry=r,
+        )
+        self.drift_alpha = Gauge("inspect_drift_alpha", "Significance level of the drift alarms.", registry=r)
+        self.drift_window = Gauge(
+            "inspect_drift_window_frames", "Frames in the current drift window.", stream, registry=r
+        )
+        self.store_backlog = Gauge(
+            "inspect_store_backlog_frames", "Judged frames waiting to be written to the frame store.", registry=r
+        )
+        self.shadow_frames = Counter(
+            "inspect_shadow_frames_total",
+            "Frames also judged by the shadow model, by agreement with the production verdict.",
+            (*stream, "version", "agreement"),
+            registry=r,
+        )
+        self.shadow_agreement = Gauge(
+            "inspect_shadow_agreement_ratio",
+            "Share of recent frames where the shadow verdict matched production.",
+            ("version",),
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "inspect_shadow_skipped_total",
+            "Frames the shadow model did not judge because the inspectors were busy.",
+            registry=r,
+        )
 
 
 class CameraMetrics:
@@ -71,23 +154,51 @@ class CameraMetrics:
         disable_created_metrics()  # as in LineMetrics
         self.registry = registry if registry is not None else CollectorRegistry()
         labels = ("line", "camera")
-        self.captured = Counter("inspect_camera_frames_captured_total", "Frames the adapter took from its source.", labels, registry=self.registry)
-        self.sent = Counter("inspect_camera_frames_sent_total", "Frames the service answered with a verdict.", labels, registry=self.registry)
-        self.rejected = Counter(
-            "inspect_camera_frames_rejected_total", "Frames the service refused for good (4xx other than 408/429), by HTTP status.",
-            (*labels, "status"), registry=self.registry,
+        self.captured = Counter(
+            "inspect_camera_frames_captured_total",
+            "Frames the adapter took from its source.",
+            labels,
+            registry=self.registry,
         )
-        self.retries = Counter("inspect_camera_retries_total", "Posts retried after a connection error, 408, 429 or 5xx.", labels, registry=self.registry)
-        self.spooled = Gauge("inspect_camera_spooled_frames", "Frames waiting in the disk spool.", labels, registry=self.registry)
+        self.sent = Counter(
+            "inspect_camera_frames_sent_total",
+            "Frames the service answered with a verdict.",
+            labels,
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "inspect_camera_frames_rejected_total",
+            "Frames the service refused for good (4xx other than 408/429), by HTTP status.",
+            (*labels, "status"),
+            registry=self.registry,
+        )
+        self.retries = Counter(
+            "inspect_camera_retries_total",
+            "Posts retried after a connection error, 408, 429 or 5xx.",
+            labels,
+            registry=self.registry,
+        )
+        self.spooled = Gauge(
+            "inspect_camera_spooled_frames", "Frames waiting in the disk spool.", labels, registry=self.registry
+        )
         self.dropped = Counter(
-            "inspect_camera_frames_dropped_total", "Frames lost because the disk spool was full (must stay 0).", labels, registry=self.registry,
+            "inspect_camera_frames_dropped_total",
+            "Frames lost because the disk spool was full (must stay 0).",
+            labels,
+            registry=self.registry,
         )
         self.reconnects = Counter(
-            "inspect_camera_reconnects_total", "Times a live stream was lost, or could not be opened, and the adapter tried again.",
-            labels, registry=self.registry,
+            "inspect_camera_reconnects_total",
+            "Times a live stream was lost, or could not be opened, and the adapter tried again.",
+            labels,
+            registry=self.registry,
         )
         self.post_seconds = Histogram(
-            "inspect_camera_post_duration_seconds", "Time from sending a frame to its verdict.", labels, buckets=POST_BUCKETS, registry=self.registry,
+            "inspect_camera_post_duration_seconds",
+            "Time from sending a frame to its verdict.",
+            labels,
+            buckets=POST_BUCKETS,
+            registry=self.registry,
         )
 
 
@@ -98,11 +209,24 @@ class RetrainMetrics:
         disable_created_metrics()  # as in LineMetrics
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.last_run = Gauge("inspect_retrain_last_run_timestamp_seconds", "When the last retrain finished (Unix time).", registry=r)
+        self.last_run = Gauge(
+            "inspect_retrain_last_run_timestamp_seconds", "When the last retrain finished (Unix time).", registry=r
+        )
         self.duration = Gauge("inspect_retrain_duration_seconds", "Wall time of the last retrain.", registry=r)
-        self.labelled = Gauge("inspect_retrain_labelled_frames", "Labelled line frames the last retrain learnt from or was evaluated on.", registry=r)
-        self.promoted = Gauge("inspect_retrain_promoted", "1 when the last retrain's challenger was promoted to production.", registry=r)
-        self.passed = Gauge("inspect_retrain_gate_passed", "1 when the last challenger passed the champion/challenger gate.", registry=r)
+        self.labelled = Gauge(
+            "inspect_retrain_labelled_frames",
+            "Labelled line frames the last retrain learnt from or was evaluated on.",
+            registry=r,
+        )
+        self.promoted = Gauge(
+            "inspect_retrain_promoted", "1 when the last retrain's challenger was promoted to production.", registry=r
+        )
+        self.passed = Gauge(
+            "inspect_retrain_gate_passed", "1 when the last challenger passed the champion/challenger gate.", registry=r
+        )
         self.score = Gauge(
-            "inspect_retrain_score", "Champion and challenger metrics of the last retrain, per evaluation set.", ("model", "set", "metric"), registry=r,
+            "inspect_retrain_score",
+            "Champion and challenger metrics of the last retrain, per evaluation set.",
+            ("model", "set", "metric"),
+            registry=r,
         )

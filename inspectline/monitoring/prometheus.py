@@ -55,7 +55,7 @@ class PrometheusServer:
     log_path: Path | None = None
 
     def stop(self, timeout_s: float = 30) -> int:
-        """Ask Prometheus to shut down (SIGTERM), kill it if it does not within ``timeout_s``; returns its exit status."""
+        """Ask Prometheus to shut down (SIGTERM), kill it after ``timeout_s``; returns its exit status."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -83,7 +83,7 @@ class PrometheusServer:
 class PanelQuery:
     """One PromQL query of a dashboard, Grafana variables already substituted."""
 
-    panel: str   # panel title, or "annotation: NAME" for an annotation query
+    panel: str  # panel title, or "annotation: NAME" for an annotation query
     ref_id: str
     expr: str
 
@@ -97,8 +97,16 @@ def find_prometheus(binary: str = "prometheus") -> str:
     return path
 
 
-def start_prometheus(config: Path, *, data_dir: Path, port: int = 9090, host: str = "127.0.0.1", binary: str = "prometheus",
-                     log_file: Path | None = None, ready_timeout_s: float = 60) -> PrometheusServer:
+def start_prometheus(
+    config: Path,
+    *,
+    data_dir: Path,
+    port: int = 9090,
+    host: str = "127.0.0.1",
+    binary: str = "prometheus",
+    log_file: Path | None = None,
+    ready_timeout_s: float = 60,
+) -> PrometheusServer:
     """Start Prometheus on ``host:port`` (loopback by default) with ``config``; return once it is ready.
 
     TSDB blocks go to ``data_dir`` (created). Without ``log_file`` Prometheus logs to this process'
@@ -134,7 +142,9 @@ def start_prometheus(config: Path, *, data_dir: Path, port: int = 9090, host: st
     return server
 
 
-def run_prometheus_until_interrupted(config: Path, *, data_dir: Path, port: int = 9090, on_ready: Callable[[PrometheusServer], None] | None = None) -> int:
+def run_prometheus_until_interrupted(
+    config: Path, *, data_dir: Path, port: int = 9090, on_ready: Callable[[PrometheusServer], None] | None = None
+) -> int:
     """``inspect monitor``: run Prometheus in the foreground until Ctrl-C or SIGTERM; returns its exit status.
 
     Prometheus logs to the terminal. If it stops by itself (killed, a full disk), this returns its
@@ -172,7 +182,9 @@ def load_dashboard(dashboard: Path | Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(msg) from None
 
 
-def dashboard_queries(dashboard: Path | Mapping[str, Any], variables: Mapping[str, str], *, annotations: bool = True) -> list[PanelQuery]:
+def dashboard_queries(
+    dashboard: Path | Mapping[str, Any], variables: Mapping[str, str], *, annotations: bool = True
+) -> list[PanelQuery]:
     """Every PromQL query of a Grafana dashboard (panels, also inside rows, then annotations).
 
     ``variables`` gives each dashboard variable (``line``, ``camera``) and each Grafana built-in the
@@ -186,7 +198,9 @@ def dashboard_queries(dashboard: Path | Mapping[str, Any], variables: Mapping[st
         for target in panel.get("targets", []):
             if target.get("expr"):
                 title = panel.get("title", f"panel {panel.get('id')}")
-                queries.append(PanelQuery(title, target.get("refId", ""), substitute(target["expr"], variables, where=title)))
+                queries.append(
+                    PanelQuery(title, target.get("refId", ""), substitute(target["expr"], variables, where=title))
+                )
     if annotations:
         for annotation in board.get("annotations", {}).get("list", []):
             if annotation.get("expr"):
@@ -201,7 +215,10 @@ def substitute(expr: str, variables: Mapping[str, str], *, where: str = "query")
     def value(match: re.Match) -> str:
         name = match.group("braced") or match.group("bare")
         if name not in variables:
-            msg = f"{where}: no value for Grafana variable ${name} in {expr!r}; given: {', '.join(sorted(variables)) or 'none'}"
+            msg = (
+                f"{where}: no value for Grafana variable ${name} in {expr!r}; given: "
+                f"{', '.join(sorted(variables)) or 'none'}"
+            )
             raise ConfigError(msg)
         return variables[name]
 

@@ -97,7 +97,12 @@ def deploy(config: dict[str, Any], address: str, *, timeout_s: float = 300) -> N
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="inspectline-serve-", delete=False) as fh:
         yaml.safe_dump(config, fh, sort_keys=False)
     try:
-        proc = subprocess.run([command, "run", "--non-blocking", "--address", address, fh.name], capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(
+            [command, "run", "--non-blocking", "--address", address, fh.name],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
     finally:
         Path(fh.name).unlink(missing_ok=True)
     if proc.returncode != 0:
@@ -141,7 +146,13 @@ def stop_local_ray() -> None:
         ray.shutdown()
 
 
-def serve_until_interrupted(config_path: Path, *, address: str | None = None, on_ready: Callable[[str, dict], None] | None = None, ready_timeout_s: float = 300) -> None:
+def serve_until_interrupted(
+    config_path: Path,
+    *,
+    address: str | None = None,
+    on_ready: Callable[[str, dict], None] | None = None,
+    ready_timeout_s: float = 300,
+) -> None:
     """``inspect serve``: deploy; without ``address`` also own a local Ray and block until interrupted."""
     config = resolve_paths(load_serve_config(config_path), Path.cwd())
     url = service_url(config)

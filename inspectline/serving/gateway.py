@@ -52,7 +52,14 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inspectline.config import GatewayOptions, StoreConfig
-from inspectline.errors import ConfigError, FrameNotFoundError, InvalidImageError, InvalidLabelError, ModelNotFoundError, StoreError
+from inspectline.errors import (
+    ConfigError,
+    FrameNotFoundError,
+    InvalidImageError,
+    InvalidLabelError,
+    ModelNotFoundError,
+    StoreError,
+)
 from inspectline.imaging import decode_image
 from inspectline.registry import ModelRegistry
 from inspectline.store import FrameStore, StoredFrame
@@ -61,13 +68,24 @@ from inspectline.timeparse import parse_since
 log = logging.getLogger("ray.serve")
 
 IMAGE_TYPES = {
-    "image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/pjpeg": "JPEG",
-    "image/bmp": "BMP", "image/x-bmp": "BMP", "image/x-ms-bmp": "BMP", "image/tiff": "TIFF", "image/tif": "TIFF",
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/jpg": "JPEG",
+    "image/pjpeg": "JPEG",
+    "image/bmp": "BMP",
+    "image/x-bmp": "BMP",
+    "image/x-ms-bmp": "BMP",
+    "image/tiff": "TIFF",
+    "image/tif": "TIFF",
 }
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$"
 _IMAGE_STATUS = {"unsupported_type": 415, "too_large": 422, "undecodable": 422}
 MAX_PENDING_RECORDS = 200_000  # records kept while the line monitor is unreachable (~100 MB)
-_IMAGE_CODES = {"unsupported_type": "unsupported_media_type", "too_large": "image_too_large", "undecodable": "undecodable_image"}
+_IMAGE_CODES = {
+    "unsupported_type": "unsupported_media_type",
+    "too_large": "image_too_large",
+    "undecodable": "undecodable_image",
+}
 
 
 class ApiError(Exception):
@@ -104,7 +122,9 @@ class Verdict(BaseModel):
     latency_ms: float
     captured_at: datetime | None
     received_at: datetime
-    duplicate: bool = Field(False, description="true when this (camera_id, frame_id) was judged before: the first verdict is returned")
+    duplicate: bool = Field(
+        False, description="true when this (camera_id, frame_id) was judged before: the first verdict is returned"
+    )
 
 
 class BatchItem(BaseModel):
@@ -141,7 +161,11 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
 @api.exception_handler(StarletteHTTPException)
 async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     codes = {404: "not_found", 405: "method_not_allowed"}
-    return JSONResponse({"error": codes.get(exc.status_code, "http_error"), "detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+    return JSONResponse(
+        {"error": codes.get(exc.status_code, "http_error"), "detail": str(exc.detail)},
+        status_code=exc.status_code,
+        headers=getattr(exc, "headers", None),
+    )
 
 
 @api.exception_handler(Exception)
@@ -181,7 +205,9 @@ class _Slot:
         self.gateway.inflight -= 1
 
 
-async def _parse_multipart(request: Request, body: bytes, *, max_files: int) -> tuple[list[tuple[str | None, bytes]], dict[str, str]]:
+async def _parse_multipart(
+    request: Request, body: bytes, *, max_files: int
+) -> tuple[list[tuple[str | None, bytes]], dict[str, str]]:
     """Parse an already size-checked multipart body: file parts and plain fields."""
 
     async def replay() -> dict:
@@ -201,15 +227,29 @@ async def _parse_multipart(request: Request, body: bytes, *, max_files: int) -> 
     return files, fields
 
 
-def _frame_meta(line: str | None, camera: str | None, part: str | None, frame: str | None, captured: str | None) -> FrameMeta:
+def _frame_meta(
+    line: str | None, camera: str | None, part: str | None, frame: str | None, captured: str | None
+) -> FrameMeta:
     missing = [name for name, value in (("line_id", line), ("camera_id", camera)) if not value]
     if missing:
-        raise ApiError(400, "invalid_request", f"missing {', '.join(missing)}: give each as a query parameter (?line_id=...) or header (X-Line-Id)")
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"missing {', '.join(missing)}: give each as a query parameter (?line_id=...) or header (X-Line-Id)",
+        )
     try:
-        return FrameMeta(line_id=line, camera_id=camera, part_id=part or None, frame_id=frame or uuid.uuid4().hex, captured_at=captured or None)
+        return FrameMeta(
+            line_id=line,
+            camera_id=camera,
+            part_id=part or None,
+            frame_id=frame or uuid.uuid4().hex,
+            captured_at=captured or None,
+        )
     except ValidationError as exc:
         parts = [f"{e['loc'][0]}={e.get('input')!r}: {e['msg']}" for e in exc.errors()]
-        raise ApiError(400, "invalid_request", "; ".join(parts) + " (ids: 1-64 letters, digits, _ . : -; captured_at: ISO 8601)") from None
+        raise ApiError(
+            400, "invalid_request", "; ".join(parts) + " (ids: 1-64 letters, digits, _ . : -; captured_at: ISO 8601)"
+        ) from None
 
 
 def _frame_id_from_filename(name: str | None, index: int) -> str:
@@ -249,9 +289,19 @@ def _frame_view(frame: StoredFrame) -> dict:
 
 def _stored_verdict(frame: StoredFrame) -> Verdict:
     return Verdict(
-        frame_id=frame.frame_id, line_id=frame.line_id, camera_id=frame.camera_id, part_id=frame.part_id, verdict=frame.verdict,
-        defect_probability=frame.defect_probability, confidence=frame.confidence, threshold=frame.threshold,
-        model_version=frame.model_version, views=frame.views, latency_ms=0.0, captured_at=frame.captured_at, received_at=frame.received_at,
+        frame_id=frame.frame_id,
+        line_id=frame.line_id,
+        camera_id=frame.camera_id,
+        part_id=frame.part_id,
+        verdict=frame.verdict,
+        defect_probability=frame.defect_probability,
+        confidence=frame.confidence,
+        threshold=frame.threshold,
+        model_version=frame.model_version,
+        views=frame.views,
+        latency_ms=0.0,
+        captured_at=frame.captured_at,
+        received_at=frame.received_at,
     )
 
 
@@ -326,7 +376,9 @@ class Gateway:
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = GatewayOptions.model_validate(user_config or {})
-        token = self.options.api_token if self.options.api_token is not None else os.environ.get("INSPECT_API_TOKEN", "")
+        token = (
+            self.options.api_token if self.options.api_token is not None else os.environ.get("INSPECT_API_TOKEN", "")
+        )
         self._token = token or None
 
     # --- endpoints -----------------------------------------------------------------------------
@@ -334,7 +386,9 @@ class Gateway:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Readiness: a model is loaded and warmed", responses={503: {"description": "not ready"}})
+    @api.get(
+        "/readyz", summary="Readiness: a model is loaded and warmed", responses={503: {"description": "not ready"}}
+    )
     async def readyz(self) -> dict:
         if self.active_version is None:
             raise ApiError(503, "not_ready", self.not_ready_reason, {"Retry-After": str(self.options.retry_after_s)})
@@ -349,12 +403,16 @@ class Gateway:
     @api.get("/v1/frames", summary="Review queue: stored frames, most uncertain first")
     async def list_frames(
         self,
-        since: Annotated[str | None, Query(description="ISO date/time or a duration back from now (36h, 7d, last-week)")] = None,
+        since: Annotated[
+            str | None, Query(description="ISO date/time or a duration back from now (36h, 7d, last-week)")
+        ] = None,
         until: Annotated[str | None, Query()] = None,
         line: Annotated[str | None, Query()] = None,
         camera: Annotated[str | None, Query()] = None,
         verdict: Annotated[str | None, Query(description="OK, DEFECTIVE or UNSURE")] = None,
-        labelled: Annotated[bool | None, Query(description="true: reviewed frames only; false: still to review")] = None,
+        labelled: Annotated[
+            bool | None, Query(description="true: reviewed frames only; false: still to review")
+        ] = None,
         has_image: Annotated[bool | None, Query(description="true: only frames whose image was kept")] = None,
         order: Annotated[str, Query(description="uncertainty (least sure first), newest or oldest")] = "uncertainty",
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -363,8 +421,15 @@ class Gateway:
     ) -> dict:
         with self._counting_errors():
             self._authorize(authorization)
-            filters = {"since": _when(since, "since"), "until": _when(until, "until"), "line": line, "camera": camera,
-                       "verdict": verdict.upper() if verdict else None, "labelled": labelled, "has_image": has_image}
+            filters = {
+                "since": _when(since, "since"),
+                "until": _when(until, "until"),
+                "line": line,
+                "camera": camera,
+                "verdict": verdict.upper() if verdict else None,
+                "labelled": labelled,
+                "has_image": has_image,
+            }
             store = await self._store_or_503()
             frames = await _store_call(store.query, **filters, order=order, limit=limit, offset=offset)
             total = await _store_call(store.count, **filters)
@@ -377,7 +442,12 @@ class Gateway:
             store = await self._store_or_503()
             frame = await _store_call(store.get, frame_id)
             shadows = await _store_call(store.shadow_verdicts, frame_id)
-            return _frame_view(frame) | {"shadow": [{"model_version": v.model_version, "verdict": v.verdict, "defect_probability": v.defect_probability} for v in shadows]}
+            return _frame_view(frame) | {
+                "shadow": [
+                    {"model_version": v.model_version, "verdict": v.verdict, "defect_probability": v.defect_probability}
+                    for v in shadows
+                ]
+            }
 
     @api.get("/v1/frames/{frame_id}/image", summary="The frame's image, as the camera sent it", response_class=Response)
     async def get_frame_image(self, frame_id: int, authorization: Annotated[str | None, Header()] = None) -> Response:
@@ -386,12 +456,19 @@ class Gateway:
             store = await self._store_or_503()
             frame = await _store_call(store.get, frame_id)
             if frame.image_sha256 is None:
-                raise ApiError(404, "image_not_kept", f"frame {frame_id} was stored without its image (retention keeps DEFECTIVE/UNSURE images and a sample of OK ones)")
+                raise ApiError(
+                    404,
+                    "image_not_kept",
+                    f"frame {frame_id} was stored without its image (retention keeps DEFECTIVE/UNSURE "
+                    "images and a sample of OK ones)",
+                )
             data, fmt = await _store_call(store.image, frame_id)
             return Response(content=data, media_type=f"image/{fmt}")
 
     @api.put("/v1/frames/{frame_id}/label", summary="Label a stored frame ok or defective")
-    async def label_frame(self, frame_id: int, body: LabelRequest, authorization: Annotated[str | None, Header()] = None) -> dict:
+    async def label_frame(
+        self, frame_id: int, body: LabelRequest, authorization: Annotated[str | None, Header()] = None
+    ) -> dict:
         with self._counting_errors():
             self._authorize(authorization)
             store = await self._store_or_503()
@@ -408,14 +485,30 @@ class Gateway:
         "/v1/frames",
         response_model=Verdict,
         summary="Judge one frame",
-        description="Body: the encoded image (image/png, image/jpeg, image/bmp, image/tiff) or multipart/form-data with one file.",
-        openapi_extra={"requestBody": {"content": {t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/bmp", "image/tiff")}, "required": True}},
+        description="Body: the encoded image (PNG, JPEG, BMP or TIFF) or multipart/form-data with one file.",
+        openapi_extra={
+            "requestBody": {
+                "content": {
+                    t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("image/png", "image/jpeg", "image/bmp", "image/tiff")
+                },
+                "required": True,
+            }
+        },
     )
     async def post_frame(
         self,
         request: Request,
-        line_id: LineQ = None, camera_id: CameraQ = None, part_id: PartQ = None, frame_id: FrameQ = None, captured_at: CapturedQ = None,
-        x_line_id: LineH = None, x_camera_id: CameraH = None, x_part_id: PartH = None, x_frame_id: FrameH = None, x_captured_at: CapturedH = None,
+        line_id: LineQ = None,
+        camera_id: CameraQ = None,
+        part_id: PartQ = None,
+        frame_id: FrameQ = None,
+        captured_at: CapturedQ = None,
+        x_line_id: LineH = None,
+        x_camera_id: CameraH = None,
+        x_part_id: PartH = None,
+        x_frame_id: FrameH = None,
+        x_captured_at: CapturedH = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> Verdict:
         with self._counting_errors():
@@ -426,47 +519,72 @@ class Gateway:
             if content_type == "multipart/form-data":
                 files, fields = await _parse_multipart(request, body, max_files=1)
                 if len(files) != 1:
-                    raise ApiError(400, "invalid_request", f"multipart body must hold exactly one image file, got {len(files)}")
+                    raise ApiError(
+                        400, "invalid_request", f"multipart body must hold exactly one image file, got {len(files)}"
+                    )
                 data = files[0][1]
             else:
                 data = body
             meta = _frame_meta(
-                line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id"),
-                part_id or x_part_id or fields.get("part_id"), frame_id or x_frame_id or fields.get("frame_id"),
+                line_id or x_line_id or fields.get("line_id"),
+                camera_id or x_camera_id or fields.get("camera_id"),
+                part_id or x_part_id or fields.get("part_id"),
+                frame_id or x_frame_id or fields.get("frame_id"),
                 captured_at or x_captured_at or fields.get("captured_at"),
             )
-            return await self._judge_once(meta, data, received, explicit_id=bool(frame_id or x_frame_id or fields.get("frame_id")))
+            return await self._judge_once(
+                meta, data, received, explicit_id=bool(frame_id or x_frame_id or fields.get("frame_id"))
+            )
 
     @api.post(
         "/v1/frames/batch",
         response_model=BatchResponse,
         summary="Judge several frames",
-        description="multipart/form-data with one file part per image; each file's name (without extension) is its frame id.",
+        description="multipart/form-data, one file part per image; a file's name (no extension) is its frame id.",
     )
     async def post_batch(
         self,
         request: Request,
-        line_id: LineQ = None, camera_id: CameraQ = None, part_id: PartQ = None, captured_at: CapturedQ = None,
-        x_line_id: LineH = None, x_camera_id: CameraH = None, x_part_id: PartH = None, x_captured_at: CapturedH = None,
+        line_id: LineQ = None,
+        camera_id: CameraQ = None,
+        part_id: PartQ = None,
+        captured_at: CapturedQ = None,
+        x_line_id: LineH = None,
+        x_camera_id: CameraH = None,
+        x_part_id: PartH = None,
+        x_captured_at: CapturedH = None,
         authorization: Annotated[str | None, Header()] = None,
     ) -> BatchResponse:
         with self._counting_errors():
             received = time.perf_counter()
             self._authorize(authorization)
-            body, content_type = await self._read_body(request, multipart_only=True)
+            body, _ = await self._read_body(request, multipart_only=True)
             files, fields = await _parse_multipart(request, body, max_files=self.options.max_batch_files)
             if not files:
                 raise ApiError(400, "invalid_request", "multipart body holds no image files")
-            line, camera = line_id or x_line_id or fields.get("line_id"), camera_id or x_camera_id or fields.get("camera_id")
-            part, captured = part_id or x_part_id or fields.get("part_id"), captured_at or x_captured_at or fields.get("captured_at")
-            metas = [_frame_meta(line, camera, part, _frame_id_from_filename(name, i), captured) for i, (name, _) in enumerate(files)]
+            line, camera = (
+                line_id or x_line_id or fields.get("line_id"),
+                camera_id or x_camera_id or fields.get("camera_id"),
+            )
+            part, captured = (
+                part_id or x_part_id or fields.get("part_id"),
+                captured_at or x_captured_at or fields.get("captured_at"),
+            )
+            metas = [
+                _frame_meta(line, camera, part, _frame_id_from_filename(name, i), captured)
+                for i, (name, _) in enumerate(files)
+            ]
             if len({m.frame_id for m in metas}) != len(metas):
-                raise ApiError(400, "invalid_request", "two files in the batch have the same name; file names are the frame ids")
+                raise ApiError(
+                    400, "invalid_request", "two files in the batch have the same name; file names are the frame ids"
+                )
             self._require_ready()
 
         async def one(i: int, name: str | None, data: bytes) -> BatchItem:
             try:
-                verdict = await self._judge_once(metas[i], data, received, explicit_id=bool(name), name=name or f"file {i}")
+                verdict = await self._judge_once(
+                    metas[i], data, received, explicit_id=bool(name), name=name or f"file {i}"
+                )
                 return BatchItem(index=i, filename=name, result=verdict)
             except ApiError as exc:
                 self._outbox.append({"type": "error", "reason": exc.code})
@@ -476,7 +594,9 @@ class Gateway:
         return BatchResponse(results=list(items))
 
     # --- helpers -------------------------------------------------------------------------------
-    async def _judge_once(self, meta: FrameMeta, data: bytes, received: float, *, explicit_id: bool, name: str = "image") -> Verdict:
+    async def _judge_once(
+        self, meta: FrameMeta, data: bytes, received: float, *, explicit_id: bool, name: str = "image"
+    ) -> Verdict:
         """Judge a frame unless this camera already sent this frame id: then answer the first verdict.
 
         A retry that arrives while the first attempt is still being judged waits for that verdict,
@@ -533,12 +653,20 @@ class Gateway:
             log.warning("shadow model %s failed on frame %s: %s", shadow, verdict.frame_id, exc)
             return
         if "error" not in result:
-            self._outbox.append({
-                "type": "shadow", "line": verdict.line_id, "camera": verdict.camera_id, "camera_id": verdict.camera_id,
-                "frame_id": verdict.frame_id, "version": result["model_version"], "verdict": result["verdict"],
-                "defect_probability": result["defect_probability"], "production_verdict": verdict.verdict,
-                "received_at": verdict.received_at,
-            })
+            self._outbox.append(
+                {
+                    "type": "shadow",
+                    "line": verdict.line_id,
+                    "camera": verdict.camera_id,
+                    "camera_id": verdict.camera_id,
+                    "frame_id": verdict.frame_id,
+                    "version": result["model_version"],
+                    "verdict": result["verdict"],
+                    "defect_probability": result["defect_probability"],
+                    "production_verdict": verdict.verdict,
+                    "received_at": verdict.received_at,
+                }
+            )
 
     async def _store_or_503(self) -> FrameStore:
         """The frame store, opened on first use; 503 while it cannot be reached."""
@@ -546,7 +674,9 @@ class Gateway:
             try:
                 self._store = await asyncio.to_thread(FrameStore, self.store_config)
             except StoreError as exc:
-                raise ApiError(503, "store_unavailable", str(exc), {"Retry-After": str(self.options.retry_after_s)}) from None
+                raise ApiError(
+                    503, "store_unavailable", str(exc), {"Retry-After": str(self.options.retry_after_s)}
+                ) from None
         return self._store
 
     async def _remember_stored_verdicts(self) -> None:
@@ -591,7 +721,9 @@ class Gateway:
                     del self._outbox[:overflow]
                     log.error("line monitor unreachable (%s); dropped the %d oldest metric records", exc, overflow)
                 else:
-                    log.warning("line monitor unreachable (%s); %d records kept for the next try", exc, len(self._outbox))
+                    log.warning(
+                        "line monitor unreachable (%s); %d records kept for the next try", exc, len(self._outbox)
+                    )
 
     async def _flush_forever(self) -> None:
         while True:
@@ -602,7 +734,12 @@ class Gateway:
         if self._token is None:
             return
         if not authorization:
-            raise ApiError(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "unauthorized",
+                "this endpoint needs 'Authorization: Bearer <token>'",
+                {"WWW-Authenticate": "Bearer"},
+            )
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self._token.encode()):
             raise ApiError(403, "forbidden", "the bearer token is not valid for this service")
@@ -616,12 +753,20 @@ class Gateway:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         accepted = {"multipart/form-data"} if multipart_only else {*IMAGE_TYPES, "multipart/form-data"}
         if content_type not in accepted:
-            shown = "multipart/form-data" if multipart_only else "image/png, image/jpeg, image/bmp, image/tiff or multipart/form-data"
-            raise ApiError(415, "unsupported_media_type", f"Content-Type {content_type or '(none)'!r} is not accepted; use {shown}")
+            shown = (
+                "multipart/form-data"
+                if multipart_only
+                else "image/png, image/jpeg, image/bmp, image/tiff or multipart/form-data"
+            )
+            raise ApiError(
+                415, "unsupported_media_type", f"Content-Type {content_type or '(none)'!r} is not accepted; use {shown}"
+            )
         limit = self.options.max_body_bytes
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, "payload_too_large", f"body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes")
+            raise ApiError(
+                413, "payload_too_large", f"body of {int(declared):,} bytes exceeds the limit of {limit:,} bytes"
+            )
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
@@ -639,14 +784,24 @@ class Gateway:
 
     def _slot(self) -> "_Slot":
         if self.inflight >= self.options.max_inflight:
-            raise ApiError(503, "overloaded", f"{self.inflight} frames are being judged (limit {self.options.max_inflight}); retry shortly", {"Retry-After": str(self.options.retry_after_s)})
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{self.inflight} frames are being judged (limit {self.options.max_inflight}); retry shortly",
+                {"Retry-After": str(self.options.retry_after_s)},
+            )
         return _Slot(self)
 
     async def _judge(self, frame: np.ndarray, version: str) -> dict:
         try:
             result = await self.inspector.judge.remote(frame, version)
         except BackPressureError:
-            raise ApiError(503, "overloaded", "the inspectors' queues are full; retry shortly", {"Retry-After": str(self.options.retry_after_s)}) from None
+            raise ApiError(
+                503,
+                "overloaded",
+                "the inspectors' queues are full; retry shortly",
+                {"Retry-After": str(self.options.retry_after_s)},
+            ) from None
         if "error" in result:
             status = 503 if result["error"] == "model_unavailable" else 422
             headers = {"Retry-After": str(self.options.retry_after_s)} if status == 503 else None

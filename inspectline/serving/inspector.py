@@ -78,7 +78,8 @@ class Inspector:
             started = time.perf_counter()
             outcomes = await asyncio.to_thread(_predict_isolating_failures, predictor, [frames[i] for i in index])
             inference_ms = (time.perf_counter() - started) * 1000
-            stats = await asyncio.to_thread(lambda: [image_statistics(frames[i]).tolist() for i in index])
+            group = [frames[i] for i in index]
+            stats = await asyncio.to_thread(lambda group=group: [image_statistics(f).tolist() for f in group])
             for n, (i, outcome) in enumerate(zip(index, outcomes, strict=True)):
                 results[i] = _result(outcome, inference_ms, len(index), first_in_batch=n == 0, stats=stats[n])
         return results
@@ -149,7 +150,9 @@ def _predict_isolating_failures(predictor: Predictor, frames: list[np.ndarray]) 
         return outcomes
 
 
-def _result(outcome: Prediction | Exception, inference_ms: float, batch_size: int, *, first_in_batch: bool, stats: list[float]) -> dict:
+def _result(
+    outcome: Prediction | Exception, inference_ms: float, batch_size: int, *, first_in_batch: bool, stats: list[float]
+) -> dict:
     if isinstance(outcome, Exception):
         return {"error": "unprocessable_image", "detail": f"the model could not process this frame: {outcome}"}
     return {

@@ -64,8 +64,16 @@ class LineMonitor:
                 self.metrics.errors.labels(record["reason"]).inc()
             elif record["type"] == "shadow":
                 self._shadow(record)
-                shadows.append(ShadowVerdict(camera_id=record["camera_id"], frame_id=record["frame_id"], model_version=record["version"],
-                                             verdict=record["verdict"], defect_probability=record["defect_probability"], received_at=record["received_at"]))
+                shadows.append(
+                    ShadowVerdict(
+                        camera_id=record["camera_id"],
+                        frame_id=record["frame_id"],
+                        model_version=record["version"],
+                        verdict=record["verdict"],
+                        defect_probability=record["defect_probability"],
+                        received_at=record["received_at"],
+                    )
+                )
             elif record["type"] == "shadow_skipped":
                 self.metrics.shadow_skipped.inc()
         refused = self.recorder.submit(frames, shadows)
@@ -125,7 +133,9 @@ class LineMonitor:
         o = self.options
         detector = self._detectors.get((line, camera))
         if detector is None:
-            detector = self._detectors[(line, camera)] = DriftDetector(self.reference, window=o.drift_window, interval=o.drift_interval, alpha=o.drift_alpha)
+            detector = self._detectors[(line, camera)] = DriftDetector(
+                self.reference, window=o.drift_window, interval=o.drift_interval, alpha=o.drift_alpha
+            )
         report = detector.update(r["defect_probability"], np.asarray(r["stats"]), np.asarray(r["embedding"]))
         self.metrics.drift_window.labels(line, camera).set(len(detector))
         if report is None:
@@ -171,7 +181,18 @@ class LineMonitor:
 
 def _frame_record(r: dict) -> FrameRecord:
     return FrameRecord(
-        camera_id=r["camera"], frame_id=r["frame_id"], line_id=r["line"], part_id=r["part_id"], captured_at=r["captured_at"],
-        received_at=r["received_at"], verdict=r["verdict"], defect_probability=r["defect_probability"], confidence=r["confidence"],
-        threshold=r["threshold"], model_version=r["model_version"], views=r["views"], image=r["image"], image_format=None,
+        camera_id=r["camera"],
+        frame_id=r["frame_id"],
+        line_id=r["line"],
+        part_id=r["part_id"],
+        captured_at=r["captured_at"],
+        received_at=r["received_at"],
+        verdict=r["verdict"],
+        defect_probability=r["defect_probability"],
+        confidence=r["confidence"],
+        threshold=r["threshold"],
+        model_version=r["model_version"],
+        views=r["views"],
+        image=r["image"],
+        image_format=None,
     )

@@ -114,7 +114,9 @@ class FrameRecorder:
                     backoff = 0.5
             except Exception as exc:  # noqa: BLE001 - any store failure: keep the records and retry
                 self.failures += 1
-                log.warning("frame store unavailable (%s); %d frames waiting, retrying in %.1f s", exc, self.backlog, backoff)
+                log.warning(
+                    "frame store unavailable (%s); %d frames waiting, retrying in %.1f s", exc, self.backlog, backoff
+                )
                 self._store = None
                 if self._stop.wait(backoff):
                     return
@@ -195,7 +197,9 @@ def _decode(doc: dict) -> dict:
 
 def _read_spool(path: Path) -> tuple[list[FrameRecord], list[ShadowVerdict]]:
     doc = json.loads(path.read_text())
-    return [FrameRecord(**_decode(d)) for d in doc["frames"]], [ShadowVerdict(**_decode(d)) for d in doc.get("shadows", [])]
+    return [FrameRecord(**_decode(d)) for d in doc["frames"]], [
+        ShadowVerdict(**_decode(d)) for d in doc.get("shadows", [])
+    ]
 
 
 def _spooled_count(path: Path) -> int:

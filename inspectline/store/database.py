@@ -57,9 +57,14 @@ class Database:
             msg = f"database_url {self.url!r} names {self.dialect!r}; supported databases are {', '.join(SUPPORTED)}"
             raise StoreError(msg)
         try:
-            self.engine = _sqlite_engine(parsed) if self.dialect == "sqlite" else sa.create_engine(parsed, pool_pre_ping=True)
+            self.engine = (
+                _sqlite_engine(parsed) if self.dialect == "sqlite" else sa.create_engine(parsed, pool_pre_ping=True)
+            )
         except (NoSuchModuleError, ImportError) as exc:
-            msg = f"cannot open {self.url}: the database driver is not installed ({exc}); PostgreSQL needs `pip install inspectline[postgres]`"
+            msg = (
+                f"cannot open {self.url}: the database driver is not installed ({exc}); PostgreSQL "
+                "needs `pip install inspectline[postgres]`"
+            )
             raise StoreError(msg) from None
         # Exclusive, so two processes opening a new database at once do not both create the tables.
         with self.write(image_lock="exclusive") as conn:

@@ -89,7 +89,9 @@ class FrameStore:
             rows, files = [], {}
             for r in new:
                 sha, fmt = None, None
-                if r.image is not None and retention.keeps_image(r.camera_id, r.frame_id, r.verdict, self.config.keep_ok_images):
+                if r.image is not None and retention.keeps_image(
+                    r.camera_id, r.frame_id, r.verdict, self.config.keep_ok_images
+                ):
                     sha, fmt = hashlib.sha256(r.image).hexdigest(), image_format_of(r)
                     files.setdefault(sha, (fmt, r.image))
                 rows.append(_frame_row(r, sha, fmt))
@@ -109,7 +111,10 @@ class FrameStore:
             self._images.write(sha, fmt, data)
         if missing:
             now = datetime.now(timezone.utc)
-            rows = [{"sha256": sha, "format": fmt, "size_bytes": len(data), "stored_at": now} for sha, (fmt, data) in missing.items()]
+            rows = [
+                {"sha256": sha, "format": fmt, "size_bytes": len(data), "stored_at": now}
+                for sha, (fmt, data) in missing.items()
+            ]
             conn.execute(self._db.insert(images).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
     @staticmethod
@@ -117,19 +122,32 @@ class FrameStore:
         found: set[tuple[str, str]] = set()
         for i in range(0, len(pairs), _CHUNK):
             key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
-            found.update(tuple(row) for row in conn.execute(sa.select(frames.c.camera_id, frames.c.frame_id).where(key.in_(pairs[i : i + _CHUNK]))))
+            found.update(
+                tuple(row)
+                for row in conn.execute(
+                    sa.select(frames.c.camera_id, frames.c.frame_id).where(key.in_(pairs[i : i + _CHUNK]))
+                )
+            )
         return found
 
     def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
         """Record shadow-model verdicts; one per (camera_id, frame_id, model_version), repeats ignored."""
         values = [
-            {"camera_id": r.camera_id, "frame_id": r.frame_id, "model_version": r.model_version, "verdict": normalize_verdict(r.verdict),
-             "defect_probability": float(r.defect_probability), "received_at": r.received_at}
+            {
+                "camera_id": r.camera_id,
+                "frame_id": r.frame_id,
+                "model_version": r.model_version,
+                "verdict": normalize_verdict(r.verdict),
+                "defect_probability": float(r.defect_probability),
+                "received_at": r.received_at,
+            }
             for r in rows
         ]
         if not values:
             return 0
-        stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(index_elements=["camera_id", "frame_id", "model_version"])
+        stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(
+            index_elements=["camera_id", "frame_id", "model_version"]
+        )
         with self._db.write() as conn:
             return len(conn.execute(stmt.returning(shadow_verdicts.c.id), values).all())
 
@@ -139,7 +157,9 @@ class FrameStore:
         sv = shadow_verdicts.c
         with self._db.read() as conn:
             result = conn.execute(
-                sa.select(sv.camera_id, sv.frame_id, sv.model_version, sv.verdict, sv.defect_probability, sv.received_at)
+                sa.select(
+                    sv.camera_id, sv.frame_id, sv.model_version, sv.verdict, sv.defect_probability, sv.received_at
+                )
                 .where(sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
                 .order_by(sv.received_at, sv.model_version)
             )
@@ -150,7 +170,9 @@ class FrameStore:
         """The stored frame with this id; FrameNotFoundError if there is none."""
         found = self.get_many([id])
         if id not in found:
-            raise FrameNotFoundError(f"no stored frame has id {id!r}; ids come from GET /v1/frames or `inspect review export`")
+            raise FrameNotFoundError(
+                f"no stored frame has id {id!r}; ids come from GET /v1/frames or `inspect review export`"
+            )
         return found[id]
 
     def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
@@ -206,7 +228,9 @@ class FrameStore:
         with self._db.read() as conn:
             return [_to_frame(row) for row in conn.execute(stmt)]
 
-    def iter_query(self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any) -> Iterator[StoredFrame]:
+    def iter_query(
+        self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any
+    ) -> Iterator[StoredFrame]:
         """Like :meth:`query` without a page size (``limit`` None = all), streamed from one consistent read."""
         where = _conditions(**{k: filters.pop(k, None) for k in _FILTERS})
         if filters:
@@ -264,14 +288,30 @@ class FrameStore:
     def set_labels(self, updates: Sequence[LabelUpdate]) -> list[StoredFrame]:
         """Apply many labels in one transaction: all of them, or none if any is invalid or unknown."""
         now = datetime.now(timezone.utc)
-        values = [{"fid": u.id, "new_label": normalize_label(u.label), "new_by": normalize_reviewer(u.reviewer), "new_at": u.at or now} for u in updates]
+        values = [
+            {
+                "fid": u.id,
+                "new_label": normalize_label(u.label),
+                "new_by": normalize_reviewer(u.reviewer),
+                "new_at": u.at or now,
+            }
+            for u in updates
+        ]
         if not values:
             return []
         missing = sorted({v["fid"] for v in values} - set(self.get_many(v["fid"] for v in values)))
         if missing:
-            raise FrameNotFoundError(f"no stored frame has id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}")
-        stmt = sa.update(frames).where(frames.c.id == sa.bindparam("fid")).values(
-            label=sa.bindparam("new_label"), labelled_by=sa.bindparam("new_by"), labelled_at=sa.bindparam("new_at", type_=frames.c.labelled_at.type)
+            raise FrameNotFoundError(
+                f"no stored frame has id {', '.join(map(str, missing[:10]))}{' ...' if len(missing) > 10 else ''}"
+            )
+        stmt = (
+            sa.update(frames)
+            .where(frames.c.id == sa.bindparam("fid"))
+            .values(
+                label=sa.bindparam("new_label"),
+                labelled_by=sa.bindparam("new_by"),
+                labelled_at=sa.bindparam("new_at", type_=frames.c.labelled_at.type),
+            )
         )
         with self._db.write() as conn:
             conn.execute(stmt, values)
@@ -291,7 +331,9 @@ class FrameStore:
                 known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(ids[i : i + _CHUNK]))))
             missing = [i for i in ids if i not in known]
             if missing:
-                raise FrameNotFoundError(f"snapshot {name!r}: no stored frame has id {', '.join(map(str, missing[:10]))}")
+                raise FrameNotFoundError(
+                    f"snapshot {name!r}: no stored frame has id {', '.join(map(str, missing[:10]))}"
+                )
             snapshot_id = conn.execute(
                 sa.insert(snapshots).values(name=name, created_at=datetime.now(timezone.utc)).returning(snapshots.c.id)
             ).scalar_one()
@@ -306,11 +348,21 @@ class FrameStore:
 
 def _frame_row(r: FrameRecord, sha: str | None, fmt: str | None) -> dict[str, Any]:
     return {
-        "camera_id": r.camera_id, "frame_id": r.frame_id, "line_id": r.line_id, "part_id": r.part_id,
-        "captured_at": r.captured_at, "received_at": r.received_at, "verdict": r.verdict,
-        "defect_probability": float(r.defect_probability), "confidence": float(r.confidence), "threshold": float(r.threshold),
-        "uncertainty": abs(float(r.defect_probability) - float(r.threshold)), "model_version": r.model_version,
-        "views": {str(k): float(v) for k, v in r.views.items()}, "image_sha256": sha, "image_format": fmt,
+        "camera_id": r.camera_id,
+        "frame_id": r.frame_id,
+        "line_id": r.line_id,
+        "part_id": r.part_id,
+        "captured_at": r.captured_at,
+        "received_at": r.received_at,
+        "verdict": r.verdict,
+        "defect_probability": float(r.defect_probability),
+        "confidence": float(r.confidence),
+        "threshold": float(r.threshold),
+        "uncertainty": abs(float(r.defect_probability) - float(r.threshold)),
+        "model_version": r.model_version,
+        "views": {str(k): float(v) for k, v in r.views.items()},
+        "image_sha256": sha,
+        "image_format": fmt,
     }
 
 
@@ -325,7 +377,9 @@ def _order(order: str) -> tuple:
     return _ORDER_BY[order]
 
 
-def _conditions(since=None, until=None, line=None, camera=None, verdict=None, labelled=None, model_version=None, has_image=None) -> list:
+def _conditions(
+    since=None, until=None, line=None, camera=None, verdict=None, labelled=None, model_version=None, has_image=None
+) -> list:
     """WHERE clauses for the shared filters; ``since`` is inclusive and ``until`` exclusive."""
     where = []
     if since is not None:
@@ -348,6 +402,8 @@ def _conditions(since=None, until=None, line=None, camera=None, verdict=None, la
 
 
 def _not_kept(frame: StoredFrame, config: StoreConfig) -> str:
-    return (f"frame {frame.id} ({frame.camera_id}/{frame.frame_id}, {frame.verdict}) has no stored image: OK frames keep "
-            f"a sample of keep_ok_images={config.keep_ok_images}, and clean-up removes images older than "
-            f"max_age_days={config.max_age_days} unless labelled")
+    return (
+        f"frame {frame.id} ({frame.camera_id}/{frame.frame_id}, {frame.verdict}) has no stored image: OK frames keep "
+        f"a sample of keep_ok_images={config.keep_ok_images}, and clean-up removes images older than "
+        f"max_age_days={config.max_age_days} unless labelled"
+    )

@@ -30,7 +30,10 @@ class ImageStore:
         try:
             self.fs, root = fsspec.core.url_to_fs(storage_url)
         except (ImportError, ValueError) as exc:
-            msg = f"storage_url {storage_url!r} cannot be opened ({exc}); use a folder, file://, memory:// or s3://bucket/prefix (needs s3fs)"
+            msg = (
+                f"storage_url {storage_url!r} cannot be opened ({exc}); use a folder, file://, "
+                "memory:// or s3://bucket/prefix (needs s3fs)"
+            )
             raise StoreError(msg) from None
         self.url = storage_url
         self.root = root.rstrip("/")
@@ -75,7 +78,10 @@ class ImageStore:
         if self.is_local:
             path = Path(self.path(sha256, fmt))
             if not path.is_file():
-                msg = f"image {sha256[:12]} is missing from {self.url}; was it removed by clean-up after the frame was read?"
+                msg = (
+                    f"image {sha256[:12]} is missing from {self.url}; was it removed by clean-up after "
+                    "the frame was read?"
+                )
                 raise StoreError(msg)
             return path
         target = Path(cache_dir) / f"{sha256}.{fmt}"

@@ -20,7 +20,13 @@ IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
 ORDERS = ("uncertainty", "newest", "oldest")
 
 _FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
-_MAGIC = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
 
 
 @dataclass(frozen=True)
@@ -155,13 +161,19 @@ def image_format_of(record: FrameRecord) -> str:
         fmt = record.image_format.strip().lower()
         fmt = _FORMAT_ALIASES.get(fmt, fmt)
         if fmt not in IMAGE_FORMATS:
-            msg = f"frame {record.camera_id}/{record.frame_id}: image format {record.image_format!r} is not one of {', '.join(IMAGE_FORMATS)}"
+            msg = (
+                f"frame {record.camera_id}/{record.frame_id}: image format {record.image_format!r} is "
+                f"not one of {', '.join(IMAGE_FORMATS)}"
+            )
             raise StoreError(msg)
         return fmt
     for magic, fmt in _MAGIC:
         if record.image and record.image.startswith(magic):
             return fmt
-    msg = f"frame {record.camera_id}/{record.frame_id}: image format not given and the bytes are not {', '.join(IMAGE_FORMATS)}"
+    msg = (
+        f"frame {record.camera_id}/{record.frame_id}: image format not given and the bytes are not "
+        f"{', '.join(IMAGE_FORMATS)}"
+    )
     raise StoreError(msg)
 
 

@@ -61,8 +61,14 @@ def cleanup(db: Database, store: ImageStore, max_age_days: int | None, now: date
             ids = [r.id for r in rows]
             hashes = {r.image_sha256 for r in rows}
             conn.execute(sa.update(frames).where(frames.c.id.in_(ids)).values(image_sha256=None))
-            still_used = set(conn.scalars(sa.select(frames.c.image_sha256).where(frames.c.image_sha256.in_(hashes)).distinct()))
-            doomed = conn.execute(sa.select(images.c.sha256, images.c.format, images.c.size_bytes).where(images.c.sha256.in_(hashes - still_used))).all()
+            still_used = set(
+                conn.scalars(sa.select(frames.c.image_sha256).where(frames.c.image_sha256.in_(hashes)).distinct())
+            )
+            doomed = conn.execute(
+                sa.select(images.c.sha256, images.c.format, images.c.size_bytes).where(
+                    images.c.sha256.in_(hashes - still_used)
+                )
+            ).all()
             conn.execute(sa.delete(images).where(images.c.sha256.in_([d.sha256 for d in doomed])))
             # Files go while the exclusive lock is held, so no writer can reuse one in between. A file
             # that cannot be removed is already unreferenced: it costs space, never correctness.
@@ -76,8 +82,12 @@ def cleanup(db: Database, store: ImageStore, max_age_days: int | None, now: date
                     log.warning("clean-up could not delete image %s from %s: %s", d.sha256[:12], store.url, exc)
             totals["frames_cleared"] += len(ids)
     with db.read() as conn:
-        kept_labelled = conn.scalar(sa.select(sa.func.count()).select_from(frames).where(expired, frames.c.label.is_not(None)))
-        kept_in_snapshot = conn.scalar(sa.select(sa.func.count()).select_from(frames).where(expired, frames.c.label.is_(None), in_snapshot))
+        kept_labelled = conn.scalar(
+            sa.select(sa.func.count()).select_from(frames).where(expired, frames.c.label.is_not(None))
+        )
+        kept_in_snapshot = conn.scalar(
+            sa.select(sa.func.count()).select_from(frames).where(expired, frames.c.label.is_(None), in_snapshot)
+        )
     report = CleanupReport(cutoff=cutoff, kept_labelled=kept_labelled, kept_in_snapshot=kept_in_snapshot, **totals)
     log.info("frame store clean-up before %s: %s", cutoff.isoformat(timespec="seconds"), report)
     return report

@@ -30,8 +30,21 @@ from inspectline.store.frames import FrameStore
 from inspectline.store.records import LABELS, LabelUpdate, StoredFrame, normalize_label, normalize_reviewer
 
 DEFAULT_BASE_URL = "http://localhost:8000"
-CSV_COLUMNS = ("id", "camera_id", "frame_id", "line_id", "part_id", "received_at", "verdict", "defect_probability",
-               "threshold", "model_version", "label", "labelled_by", "image_url")
+CSV_COLUMNS = (
+    "id",
+    "camera_id",
+    "frame_id",
+    "line_id",
+    "part_id",
+    "received_at",
+    "verdict",
+    "defect_probability",
+    "threshold",
+    "model_version",
+    "label",
+    "labelled_by",
+    "image_url",
+)
 LABEL_STUDIO_CHOICES = {"ok": "OK", "defective": "Defective"}  # our label -> Label Studio choice
 
 LABEL_STUDIO_CONFIG = """\
@@ -59,7 +72,10 @@ class ImportReport:
     skipped: int
 
     def summary(self) -> str:
-        return f"{self.source}: {self.applied} labels applied, {self.unchanged} already set, {self.skipped} without a label"
+        return (
+            f"{self.source}: {self.applied} labels applied, {self.unchanged} already set, "
+            f"{self.skipped} without a label"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,9 +105,23 @@ def export_csv(store: FrameStore, out: Path, *, base_url: str = DEFAULT_BASE_URL
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for f in store.iter_query(**filters):
-            writer.writerow([f.id, f.camera_id, f.frame_id, f.line_id, f.part_id or "", f.received_at.isoformat(), f.verdict,
-                             f.defect_probability, f.threshold, f.model_version, f.label or "", f.labelled_by or "",
-                             image_url(base_url, f.id) if f.image_sha256 else ""])
+            writer.writerow(
+                [
+                    f.id,
+                    f.camera_id,
+                    f.frame_id,
+                    f.line_id,
+                    f.part_id or "",
+                    f.received_at.isoformat(),
+                    f.verdict,
+                    f.defect_probability,
+                    f.threshold,
+                    f.model_version,
+                    f.label or "",
+                    f.labelled_by or "",
+                    image_url(base_url, f.id) if f.image_sha256 else "",
+                ]
+            )
             n += 1
     return n
 
@@ -115,8 +145,10 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
         reader = csv.DictReader(fh)
         columns = set(reader.fieldnames or [])
         if "label" not in columns or not ("id" in columns or {"camera_id", "frame_id"} <= columns):
-            msg = (f"{path}: columns {sorted(columns)} do not identify frames and labels; a review CSV needs 'label' and "
-                   f"either 'id' or both 'camera_id' and 'frame_id' (as written by `inspect review export`)")
+            msg = (
+                f"{path}: columns {sorted(columns)} do not identify frames and labels; a review CSV needs 'label' and "
+                f"either 'id' or both 'camera_id' and 'frame_id' (as written by `inspect review export`)"
+            )
             raise InvalidLabelError(msg)
         entries, problems, skipped = [], [], 0
         for number, row in enumerate(reader, start=2):
@@ -134,7 +166,15 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
                 problems.append(f"{where}: neither an id nor both camera_id and frame_id")
                 continue
             reviewer = (row.get("labelled_by") or "").strip() or reviewer_default
-            entries.append(_Entry(where, int(raw_id) if raw_id else None, (camera, frame) if camera and frame else None, label, reviewer))
+            entries.append(
+                _Entry(
+                    where,
+                    int(raw_id) if raw_id else None,
+                    (camera, frame) if camera and frame else None,
+                    label,
+                    reviewer,
+                )
+            )
     return entries, problems, skipped
 
 
@@ -144,19 +184,37 @@ def export_label_studio(store: FrameStore, base_url: str = DEFAULT_BASE_URL, **f
     tasks = []
     for f in store.iter_query(has_image=True, **filters):
         choice = LABEL_STUDIO_CHOICES["defective" if f.defect_probability >= f.threshold else "ok"]
-        tasks.append({
-            "id": f.id,
-            "data": {
-                "image": image_url(base_url, f.id), "store_id": f.id, "frame_id": f.frame_id, "camera_id": f.camera_id,
-                "line_id": f.line_id, "part_id": f.part_id, "received_at": f.received_at.isoformat(), "verdict": f.verdict,
-                "defect_probability": round(f.defect_probability, 4), "model_version": f.model_version,
-            },
-            "predictions": [{
-                "model_version": f.model_version,
-                "score": f.confidence,
-                "result": [{"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}],
-            }],
-        })
+        tasks.append(
+            {
+                "id": f.id,
+                "data": {
+                    "image": image_url(base_url, f.id),
+                    "store_id": f.id,
+                    "frame_id": f.frame_id,
+                    "camera_id": f.camera_id,
+                    "line_id": f.line_id,
+                    "part_id": f.part_id,
+                    "received_at": f.received_at.isoformat(),
+                    "verdict": f.verdict,
+                    "defect_probability": round(f.defect_probability, 4),
+                    "model_version": f.model_version,
+                },
+                "predictions": [
+                    {
+                        "model_version": f.model_version,
+                        "score": f.confidence,
+                        "result": [
+                            {
+                                "from_name": "verdict",
+                                "to_name": "image",
+                                "type": "choices",
+                                "value": {"choices": [choice]},
+                            }
+                        ],
+                    }
+                ],
+            }
+        )
     return tasks
 
 
@@ -172,7 +230,9 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
         raise InvalidLabelError(msg)
     entries, problems, skipped = [], [], 0
     for number, task in enumerate(tasks, start=1):
-        where = f"task {number}" + (f" (Label Studio id {task['id']})" if isinstance(task, dict) and "id" in task else "")
+        where = f"task {number}" + (
+            f" (Label Studio id {task['id']})" if isinstance(task, dict) and "id" in task else ""
+        )
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             problems.append(f"{where}: not a Label Studio task (an object with 'data')")
             continue
@@ -180,7 +240,10 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
         if not annotations:
             skipped += 1
             continue
-        latest = max(enumerate(annotations), key=lambda item: (_annotated_at(item[1]) or datetime.min.replace(tzinfo=timezone.utc), item[0]))[1]
+        latest = max(
+            enumerate(annotations),
+            key=lambda item: (_annotated_at(item[1]) or datetime.min.replace(tzinfo=timezone.utc), item[0]),
+        )[1]
         label, problem = _choice(latest)
         if problem:
             problems.append(f"{where}: {problem}")
@@ -195,8 +258,16 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
         if store_id is None and key is None:
             problems.append(f"{where}: data has neither store_id nor both camera_id and frame_id")
             continue
-        entries.append(_Entry(where, int(store_id) if store_id is not None else None, key, label,
-                              _author(latest.get("completed_by"), reviewer_default), _annotated_at(latest)))
+        entries.append(
+            _Entry(
+                where,
+                int(store_id) if store_id is not None else None,
+                key,
+                label,
+                _author(latest.get("completed_by"), reviewer_default),
+                _annotated_at(latest),
+            )
+        )
     return _apply(store, "Label Studio export", entries, problems, skipped)
 
 
@@ -242,7 +313,9 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
     for e in entries:
         frame, problem = _resolve(e, by_id, by_key)
         if problem is None and not (e.reviewer or "").strip():
-            problem = "no reviewer: the file does not say who labelled this frame; fill it in or pass a default reviewer"
+            problem = (
+                "no reviewer: the file does not say who labelled this frame; fill it in or pass a default reviewer"
+            )
         if problem is None:
             try:
                 update = LabelUpdate(frame.id, normalize_label(e.label), normalize_reviewer(e.reviewer), e.at)
@@ -255,8 +328,13 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
         elif frame.id not in chosen:
             chosen[frame.id] = (e, update)
     if problems:
-        listed = problems[:_MAX_LISTED] + ([f"... and {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED else [])
-        msg = f"{source}: {len(problems)} problem(s), nothing was imported (labels are {', '.join(LABELS)}):\n  " + "\n  ".join(listed)
+        listed = problems[:_MAX_LISTED] + (
+            [f"... and {len(problems) - _MAX_LISTED} more"] if len(problems) > _MAX_LISTED else []
+        )
+        msg = (
+            f"{source}: {len(problems)} problem(s), nothing was imported (labels are {', '.join(LABELS)}):\n  "
+            + "\n  ".join(listed)
+        )
         raise InvalidLabelError(msg)
     frames = {**by_id, **{f.id: f for f in by_key.values()}}
     todo = [u for _, u in chosen.values() if (frames[u.id].label, frames[u.id].labelled_by) != (u.label, u.reviewer)]
@@ -264,15 +342,19 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
     return ImportReport(source=source, applied=len(todo), unchanged=len(chosen) - len(todo), skipped=skipped)
 
 
-def _resolve(e: _Entry, by_id: dict[int, StoredFrame], by_key: dict[tuple[str, str], StoredFrame]) -> tuple[StoredFrame | None, str | None]:
+def _resolve(
+    e: _Entry, by_id: dict[int, StoredFrame], by_key: dict[tuple[str, str], StoredFrame]
+) -> tuple[StoredFrame | None, str | None]:
     """The frame an entry names; when it names both an id and camera/frame ids, they must agree."""
     if e.id is not None:
         frame = by_id.get(e.id)
         if frame is None:
             return None, f"no stored frame has id {e.id}"
         if e.key is not None and e.key != (frame.camera_id, frame.frame_id):
-            return None, (f"id {e.id} is frame {frame.camera_id}/{frame.frame_id} in this store, not {e.key[0]}/{e.key[1]}; "
-                          "was the file exported from another store?")
+            return None, (
+                f"id {e.id} is frame {frame.camera_id}/{frame.frame_id} in this store, not {e.key[0]}/{e.key[1]}; "
+                "was the file exported from another store?"
+            )
         return frame, None
     frame = by_key.get(e.key)
     if frame is None:

@@ -36,7 +36,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def choose_threshold(y_true: np.ndarray, prob: np.ndarray, policy: str = "max_f1", target_recall: float = 0.99) -> float:
+def choose_threshold(
+    y_true: np.ndarray, prob: np.ndarray, policy: str = "max_f1", target_recall: float = 0.99
+) -> float:
     """Pick the operating threshold on validation probabilities (see module docstring)."""
     y_true = np.asarray(y_true, dtype=int)
     if y_true.min() == y_true.max():
@@ -44,7 +46,9 @@ def choose_threshold(y_true: np.ndarray, prob: np.ndarray, policy: str = "max_f1
     precision, recall, thresholds = precision_recall_curve(y_true, prob)
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     if policy == "max_f1":
-        f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+        f1 = np.divide(
+            2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0
+        )
         return float(thresholds[int(np.argmax(f1))])
     if policy == "target_recall":
         meeting = thresholds[recall >= target_recall]

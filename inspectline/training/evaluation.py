@@ -55,7 +55,9 @@ class Evaluation:
         return doc
 
 
-def collect_outputs(predictor: Predictor, samples: Sequence[Sample], images: Sequence[np.ndarray] | None = None, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_outputs(
+    predictor: Predictor, samples: Sequence[Sample], images: Sequence[np.ndarray] | None = None, batch_size: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TTA view logits ``(V, N, K)`` and embeddings ``(N, D)`` for every sample, in order."""
     logits, embeddings = [], []
     for start in range(0, len(samples), batch_size):
@@ -112,7 +114,9 @@ def cpu_latency_ms(predictor: Predictor, frame: np.ndarray, runs: int = 15) -> f
     """Median wall time of judging one frame (preprocessing + TTA forward) on the CPU."""
     cpu = predictor
     if predictor.device.type != "cpu":
-        cpu = Predictor(copy.deepcopy(predictor.model).cpu(), predictor.card, device="cpu", tta_views=predictor.tta_views)
+        cpu = Predictor(
+            copy.deepcopy(predictor.model).cpu(), predictor.card, device="cpu", tta_views=predictor.tta_views
+        )
     for _ in range(3):
         cpu.predict([frame])
     times = []
@@ -128,7 +132,13 @@ def readiness_checks(metrics: dict, ece: float, latency_ms: float | None, cfg: R
 
     def check(name: str, value: float | None, limit: float, higher_is_better: bool) -> dict:
         passed = value is not None and (value >= limit if higher_is_better else value <= limit)
-        return {"check": name, "value": value, "limit": limit, "rule": ">=" if higher_is_better else "<=", "passed": passed}
+        return {
+            "check": name,
+            "value": value,
+            "limit": limit,
+            "rule": ">=" if higher_is_better else "<=",
+            "passed": passed,
+        }
 
     return [
         check("defect recall", metrics["recall"], cfg.min_defect_recall, True),
@@ -148,12 +158,14 @@ def breakdown(samples: Sequence[Sample], labels: np.ndarray, flagged: np.ndarray
         rows = []
         for value in sorted(set(values)):
             mask = np.array([v == value for v in values])
-            rows.append({
-                **dict(zip(combo, value, strict=True)),
-                "n": int(mask.sum()),
-                "defective_share": float(labels[mask].mean()),
-                "flagged_share": float(flagged[mask].mean()),
-                "accuracy": float((flagged[mask].astype(int) == labels[mask]).mean()),
-            })
+            rows.append(
+                {
+                    **dict(zip(combo, value, strict=True)),
+                    "n": int(mask.sum()),
+                    "defective_share": float(labels[mask].mean()),
+                    "flagged_share": float(flagged[mask].mean()),
+                    "accuracy": float((flagged[mask].astype(int) == labels[mask]).mean()),
+                }
+            )
         tables[" x ".join(combo)] = rows
     return tables

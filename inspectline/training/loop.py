@@ -74,7 +74,9 @@ class CollapseDetector:
         self.streak += 1
         log.warning(
             "epoch %d: prediction collapse, %.1f%% of validation samples get the same class (%d epoch(s) in a row)",
-            epoch, 100 * diversity, self.streak,
+            epoch,
+            100 * diversity,
+            self.streak,
         )
         return epoch > self.warmup and self.streak >= self.patience
 
@@ -89,7 +91,9 @@ class FitResult:
     seconds: float = 0.0
 
 
-def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+def mixup(
+    x: torch.Tensor, y: torch.Tensor, alpha: float, generator: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mix a batch with a shuffled copy: returns mixed inputs, both targets and the weight of the first."""
     lam = float(generator.beta(alpha, alpha))
     perm = torch.as_tensor(generator.permutation(x.shape[0]), device=x.device)
@@ -149,7 +153,9 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, *, channels_last: bool = True) -> dict:
+def evaluate(
+    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, *, channels_last: bool = True
+) -> dict:
     """Loss and raw logits over a loader, in eval mode, no TTA (the per-epoch check)."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -180,7 +186,9 @@ def fit(
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(train_loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
+    )
     stopper = EarlyStopping(cfg.patience, min_epochs=math.ceil(cfg.early_stopping_start * cfg.epochs))
     collapse = CollapseDetector(cfg.collapse_share, cfg.collapse_patience, cfg.collapse_warmup)
     rng = np.random.default_rng(cfg.seed)
@@ -192,7 +200,19 @@ def fit(
     for epoch in epochs:
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(model, train_loader, criterion, optimizer, scheduler, cfg, device, rng, scaler=scaler, progress=progress, desc=f"epoch {epoch}")
+        train = train_one_epoch(
+            model,
+            train_loader,
+            criterion,
+            optimizer,
+            scheduler,
+            cfg,
+            device,
+            rng,
+            scaler=scaler,
+            progress=progress,
+            desc=f"epoch {epoch}",
+        )
         val = evaluate(model, val_loader, eval_criterion, device, channels_last=cfg.channels_last)
         prob = torch.softmax(val["logits"], dim=1)[:, 1].numpy()
         m = classification_metrics(val["labels"], prob, 0.5)
@@ -219,9 +239,20 @@ def fit(
         if history_path is not None:
             with history_path.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-        epochs.set_postfix(val_f1=f"{selection_f1:.3f}", auc=f"{m['roc_auc'] or 0:.3f}", best=f"{max(stopper.best_score, selection_f1):.3f}")
+        epochs.set_postfix(
+            val_f1=f"{selection_f1:.3f}",
+            auc=f"{m['roc_auc'] or 0:.3f}",
+            best=f"{max(stopper.best_score, selection_f1):.3f}",
+        )
         if not progress:
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s", epoch, train["loss"], val["loss"], selection_f1, m["roc_auc"])
+            log.info(
+                "epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s",
+                epoch,
+                train["loss"],
+                val["loss"],
+                selection_f1,
+                m["roc_auc"],
+            )
         if stopper.step(selection_f1, epoch, model):
             stop_reason = "early_stopping"
             break

@@ -34,7 +34,7 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
     both = len(np.unique(y_true)) == 2
     return {
         "threshold": float(threshold),
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)) if both else None,
         "precision": float(precision[1]),
@@ -47,7 +47,12 @@ def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: floa
         "pr_auc": float(average_precision_score(y_true, prob)) if both else None,
         "confusion": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(CLASS_NAMES)
         },
     }
@@ -59,14 +64,16 @@ def threshold_sweep(y_true: np.ndarray, prob: np.ndarray, thresholds: Sequence[f
     for t in sorted(set(thresholds)):
         m = classification_metrics(y_true, prob, t)
         c = m["confusion"]
-        rows.append({
-            "threshold": float(t),
-            "precision": m["precision"],
-            "recall": m["recall"],
-            "f1": m["f1"],
-            "false_positive_rate": c["fp"] / (c["fp"] + c["tn"]) if c["fp"] + c["tn"] else None,
-            "flagged_share": (c["tp"] + c["fp"]) / max(m["n"], 1),
-        })
+        rows.append(
+            {
+                "threshold": float(t),
+                "precision": m["precision"],
+                "recall": m["recall"],
+                "f1": m["f1"],
+                "false_positive_rate": c["fp"] / (c["fp"] + c["tn"]) if c["fp"] + c["tn"] else None,
+                "flagged_share": (c["tp"] + c["fp"]) / max(m["n"], 1),
+            }
+        )
     return rows
 
 
@@ -93,7 +100,9 @@ def best_f1(y_true: np.ndarray, prob: np.ndarray) -> float:
     if y_true.min() == y_true.max():
         return 0.0
     precision, recall, _ = precision_recall_curve(y_true, prob)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0
+    )
     return float(f1.max())
 
 

@@ -14,16 +14,18 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: reports are written on servers and in CI
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.calibration import calibration_curve  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from inspectline.registry import PENDING_VERSION  # noqa: E402
-from inspectline.training.evaluation import Evaluation  # noqa: E402
+from inspectline.registry import PENDING_VERSION
+from inspectline.training.evaluation import Evaluation
 
 
-def write_report(evaluation: Evaluation, out_dir: Path, *, history: list[dict] | None = None, title: str = "Evaluation report") -> Path:
+def write_report(
+    evaluation: Evaluation, out_dir: Path, *, history: list[dict] | None = None, title: str = "Evaluation report"
+) -> Path:
     """Write metrics JSON, plots and the Markdown report; returns the report's path."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,19 +55,42 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
         "",
         "| check | value | rule | limit | result |",
         "|---|---|---|---|---|",
-        *[f"| {c['check']} | {_fmt(c['value'])} | {c['rule']} | {_fmt(c['limit'])} | {'pass' if c['passed'] else 'FAIL'} |" for c in ev.readiness],
+        *[
+            f"| {c['check']} | {_fmt(c['value'])} | {c['rule']} | {_fmt(c['limit'])} | "
+            f"{'pass' if c['passed'] else 'FAIL'} |"
+            for c in ev.readiness
+        ],
         "",
         "## Headline metrics",
         "",
-        "| accuracy | balanced accuracy | defect precision | defect recall | defect F1 | macro F1 | weighted F1 | ROC-AUC | PR-AUC |",
+        "| accuracy | balanced accuracy | defect precision | defect recall | defect F1 | macro F1 | "
+        "weighted F1 | ROC-AUC | PR-AUC |",
         "|---|---|---|---|---|---|---|---|---|",
-        "| " + " | ".join(_fmt(m[k]) for k in ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "f1_macro", "f1_weighted", "roc_auc", "pr_auc")) + " |",
+        "| "
+        + " | ".join(
+            _fmt(m[k])
+            for k in (
+                "accuracy",
+                "balanced_accuracy",
+                "precision",
+                "recall",
+                "f1",
+                "f1_macro",
+                "f1_weighted",
+                "roc_auc",
+                "pr_auc",
+            )
+        )
+        + " |",
         "",
         "## Per class",
         "",
         "| class | precision | recall | F1 | support |",
         "|---|---|---|---|---|",
-        *[f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} |" for name, c in m["per_class"].items()],
+        *[
+            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | {c['support']} |"
+            for name, c in m["per_class"].items()
+        ],
         "",
         f"Confusion (rows true, columns predicted): OK→OK {m['confusion']['tn']}, OK→DEFECTIVE {m['confusion']['fp']}, "
         f"DEFECTIVE→OK {m['confusion']['fn']}, DEFECTIVE→DEFECTIVE {m['confusion']['tp']}.",
@@ -78,7 +103,11 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
         "",
         "| threshold | precision | recall | F1 | false-positive rate | share flagged |",
         "|---|---|---|---|---|---|",
-        *[f"| {r['threshold']:.2f} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | {_fmt(r['false_positive_rate'])} | {_fmt(r['flagged_share'])} |" for r in ev.sweep],
+        *[
+            f"| {r['threshold']:.2f} | {_fmt(r['precision'])} | {_fmt(r['recall'])} | {_fmt(r['f1'])} | "
+            f"{_fmt(r['false_positive_rate'])} | {_fmt(r['flagged_share'])} |"
+            for r in ev.sweep
+        ],
         "",
         "## Calibration",
         "",
@@ -145,7 +174,10 @@ def _roc_pr_plot(ev: Evaluation, path: Path) -> Path:
 def _reliability_plot(ev: Evaluation, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
-    for probs, name in ((ev.raw_probabilities, f"before (ECE {ev.ece_before:.3f})"), (ev.probabilities, f"after (ECE {ev.ece_after:.3f})")):
+    for probs, name in (
+        (ev.raw_probabilities, f"before (ECE {ev.ece_before:.3f})"),
+        (ev.probabilities, f"after (ECE {ev.ece_after:.3f})"),
+    ):
         frac, mean = calibration_curve(ev.labels, probs, n_bins=10, strategy="uniform")
         ax.plot(mean, frac, marker="o", label=name)
     ax.set(xlabel="predicted defect probability", ylabel="observed defect share", title="Reliability")

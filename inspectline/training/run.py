@@ -70,7 +70,9 @@ def load_data(cfg: InspectConfig) -> Splits:
 
 def run_training(cfg: InspectConfig, *, run_dir: Path | None = None, progress: bool = True) -> TrainingRun:
     """Train from scratch (or from ``model.init_weights``) on the configured source."""
-    return train_model(cfg, load_data(cfg), run_dir=run_dir or new_run_dir(cfg.paths.runs, cfg.model.arch), progress=progress)
+    return train_model(
+        cfg, load_data(cfg), run_dir=run_dir or new_run_dir(cfg.paths.runs, cfg.model.arch), progress=progress
+    )
 
 
 def new_run_dir(root: Path, name: str) -> Path:
@@ -106,7 +108,12 @@ def train_model(
 
     if init_from is not None:
         model, base_card = load_checkpoint(init_from)
-        pre, arch, head_dims, head_dropout = base_card.preprocessing, base_card.arch, base_card.head_dims, base_card.head_dropout
+        pre, arch, head_dims, head_dropout = (
+            base_card.preprocessing,
+            base_card.arch,
+            base_card.head_dims,
+            base_card.head_dropout,
+        )
         color_mode = pre.color_mode
     else:
         color_mode = cfg.data.color_mode
@@ -118,16 +125,38 @@ def train_model(
         train_images = images["train"] if cache else load_images(splits.train, color_mode)
         mean, std = compute_normalization(train_images, cfg.data.image_size)
         pre = Preprocessing(image_size=cfg.data.image_size, color_mode=color_mode, mean=mean, std=std)
-        model = build_model(arch, num_classes=len(CLASS_NAMES), in_channels=pre.channels, head_dims=head_dims, head_dropout=head_dropout, init_weights=cfg.model.init_weights)
+        model = build_model(
+            arch,
+            num_classes=len(CLASS_NAMES),
+            in_channels=pre.channels,
+            head_dims=head_dims,
+            head_dropout=head_dropout,
+            init_weights=cfg.model.init_weights,
+        )
 
-    train_set = FrameDataset(splits.train, build_train_preset(pre, cfg.augment, seed=cfg.train.seed), color_mode, images["train"])
+    train_set = FrameDataset(
+        splits.train, build_train_preset(pre, cfg.augment, seed=cfg.train.seed), color_mode, images["train"]
+    )
     val_set = FrameDataset(splits.val, build_eval_preset(pre), color_mode, images["val"])
     t = cfg.train
-    train_loader = create_loader(train_set, batch_size=t.batch_size, train=True, balanced=t.balanced_sampling, num_workers=t.num_workers, seed=t.seed)
+    train_loader = create_loader(
+        train_set,
+        batch_size=t.batch_size,
+        train=True,
+        balanced=t.balanced_sampling,
+        num_workers=t.num_workers,
+        seed=t.seed,
+    )
     val_loader = create_loader(val_set, batch_size=t.batch_size * 2, train=False, num_workers=t.num_workers)
 
     result = fit(model, train_loader, val_loader, t, device, history_path=run_dir / "history.jsonl", progress=progress)
-    log.info("fit: %d epochs (%s), best validation F1 %.4f at epoch %d", result.epochs_run, result.stop_reason, result.best_val_f1, result.best_epoch)
+    log.info(
+        "fit: %d epochs (%s), best validation F1 %.4f at epoch %d",
+        result.epochs_run,
+        result.stop_reason,
+        result.best_val_f1,
+        result.best_epoch,
+    )
 
     card = ModelCard(
         arch=arch,
@@ -148,15 +177,26 @@ def train_model(
     predictor = Predictor(model, card, device=device, channels_last=t.channels_last)
     val_frames = images["val"] if cache else load_images(splits.val, color_mode)
     reference_from_frames(predictor, val_frames).save(run_dir / "drift_reference.npz")
-    evaluation = evaluate_predictor(predictor, splits.test, cfg.readiness, images=images["test"], split="test", size_bytes=checkpoint.stat().st_size)
-    headline = {k: v for k, v in evaluation.metrics.items() if isinstance(v, float)} | {"ece": evaluation.ece_after, "val_f1": result.best_val_f1}
+    evaluation = evaluate_predictor(
+        predictor, splits.test, cfg.readiness, images=images["test"], split="test", size_bytes=checkpoint.stat().st_size
+    )
+    headline = {k: v for k, v in evaluation.metrics.items() if isinstance(v, float)} | {
+        "ece": evaluation.ece_after,
+        "val_f1": result.best_val_f1,
+    }
     card = card.model_copy(update={"metrics": headline})
     save_checkpoint(checkpoint, model, card)
-    report = write_report(evaluation, run_dir / "report", history=result.history, title=f"{arch} trained on {cfg.data.source}")
-    return TrainingRun(run_dir=run_dir, checkpoint=checkpoint, card=card, fit=result, evaluation=evaluation, report=report)
+    report = write_report(
+        evaluation, run_dir / "report", history=result.history, title=f"{arch} trained on {cfg.data.source}"
+    )
+    return TrainingRun(
+        run_dir=run_dir, checkpoint=checkpoint, card=card, fit=result, evaluation=evaluation, report=report
+    )
 
 
-def calibrate(predictor: Predictor, splits: Splits, val_images: list[np.ndarray] | None, cfg: InspectConfig) -> ModelCard:
+def calibrate(
+    predictor: Predictor, splits: Splits, val_images: list[np.ndarray] | None, cfg: InspectConfig
+) -> ModelCard:
     """Fit the temperature on TTA-averaged validation logits, then choose the threshold."""
     view_logits, _ = collect_outputs(predictor, splits.val, val_images)
     labels = np.array([s.label for s in splits.val])

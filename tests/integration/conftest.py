@@ -18,7 +18,14 @@ import httpx
 import pytest
 
 from inspectline.registry import ModelRegistry
-from inspectline.serving.deploy import deploy, load_serve_config, service_url, start_local_ray, stop_local_ray, wait_until_ready
+from inspectline.serving.deploy import (
+    deploy,
+    load_serve_config,
+    service_url,
+    start_local_ray,
+    stop_local_ray,
+    wait_until_ready,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,14 +36,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def app_config(registry: Path, *, name: str = "inspectline", route_prefix: str = "/", gateway: dict | None = None,
-               inspector: dict | None = None, inspector_options: dict | None = None) -> dict:
+def app_config(
+    registry: Path,
+    *,
+    name: str = "inspectline",
+    route_prefix: str = "/",
+    gateway: dict | None = None,
+    inspector: dict | None = None,
+    inspector_options: dict | None = None,
+) -> dict:
     """The repo's application entry with test-sized settings."""
     app = copy.deepcopy(load_serve_config(REPO / "serve_config.yaml")["applications"][0])
     app["name"], app["route_prefix"] = name, route_prefix
     data = registry.parent / f"data-{name}"
-    app["args"] = {"registry": str(registry), "spool_dir": str(data / "spool"),
-                   "store": {"database_url": f"sqlite:///{data / 'frames.db'}", "storage_url": str(data / "images"), "keep_ok_images": 1.0}}
+    app["args"] = {
+        "registry": str(registry),
+        "spool_dir": str(data / "spool"),
+        "store": {
+            "database_url": f"sqlite:///{data / 'frames.db'}",
+            "storage_url": str(data / "images"),
+            "keep_ok_images": 1.0,
+        },
+    }
     for deployment in app["deployments"]:
         if deployment["name"] == "Gateway":
             deployment["user_config"].update({"reload_interval_s": 0.3, **(gateway or {})})
@@ -96,7 +117,13 @@ def service(ray_address: str, trained_run, tmp_path_factory) -> Iterator[Service
     registry.register(trained_run.checkpoint)  # v0002: the same weights, a different version for switching
     registry.promote("v0001")
     port = free_port()
-    svc = Service(url=f"http://127.0.0.1:{port}", port=port, address=ray_address, registry=registry, base_app=app_config(registry.root))
+    svc = Service(
+        url=f"http://127.0.0.1:{port}",
+        port=port,
+        address=ray_address,
+        registry=registry,
+        base_app=app_config(registry.root),
+    )
     svc.deploy(svc.base_app)
     assert service_url({"http_options": {"host": "127.0.0.1", "port": port}}) == svc.url
     wait_until_ready(svc.url, timeout_s=300)

@@ -37,8 +37,14 @@ pytestmark = pytest.mark.integration
 
 def adapter(service, tmp_path: Path, camera_id: str, **changes) -> AdapterSettings:
     upload = UploadSettings(url=service.url, timeout_s=10, backoff_initial_s=0.1, backoff_max_s=1.0)
-    return AdapterSettings(line_id="line-it", camera_id=camera_id, upload=upload, spool_dir=tmp_path / "spool",
-                           results_log=tmp_path / "results.jsonl", **changes)
+    return AdapterSettings(
+        line_id="line-it",
+        camera_id=camera_id,
+        upload=upload,
+        spool_dir=tmp_path / "spool",
+        results_log=tmp_path / "results.jsonl",
+        **changes,
+    )
 
 
 def read_log(path: Path) -> list[dict]:
@@ -111,7 +117,9 @@ def test_folder_adapter_under_partial_writes_and_restarts(service, tmp_path):
     by_name = {r["frame_id"].rsplit("-", 1)[0]: r for r in log}
     assert sorted(by_name) == [f"part{i:02d}" for i in range(10)] and len(log) == 10
     judged = [r for r in log if r is not by_name["part09"]]
-    assert all(r["outcome"] == "judged" and r["verdict"] in ("OK", "DEFECTIVE") and not r["duplicate"] for r in judged)  # none sent twice
+    assert all(
+        r["outcome"] == "judged" and r["verdict"] in ("OK", "DEFECTIVE") and not r["duplicate"] for r in judged
+    )  # none sent twice
     assert (by_name["part09"]["outcome"], by_name["part09"]["status"]) == ("rejected", 422)
     assert sorted(p.name for p in (inbox / "done").iterdir()) == [f"part{i:02d}.png" for i in range(9)]
     assert (inbox / "done" / "part04.png").read_bytes() == slow
@@ -128,12 +136,17 @@ def test_replay_adapter_at_a_set_rate(service, tmp_path, folder_dataset):
     summary = run_camera(replay, adapter(service, tmp_path, "cam-replay"))
     log = read_log(tmp_path / "results.jsonl")
     assert (summary.captured, summary.judged, summary.retries, summary.dropped) == (20, 20, 0, 0)
-    assert len({r["frame_id"] for r in log}) == 20 and all(r["outcome"] == "judged" and r["model_version"] == "v0001" for r in log)
+    assert len({r["frame_id"] for r in log}) == 20 and all(
+        r["outcome"] == "judged" and r["model_version"] == "v0001" for r in log
+    )
     assert all(r["part_id"] == r["frame_id"].split("_", 1)[1].removesuffix(".png") for r in log)
     assert_in_capture_order(log)
     stamps = [datetime.fromisoformat(r["captured_at"]).timestamp() for r in log]
     achieved = (len(stamps) - 1) / (stamps[-1] - stamps[0])
-    print(f"\nreplay: requested 10 fps, achieved {achieved:.2f} fps; post p50 {np.median([r['latency_ms'] for r in log]):.0f} ms (service side)")
+    print(
+        f"\nreplay: requested 10 fps, achieved {achieved:.2f} fps; post p50 "
+        f"{np.median([r['latency_ms'] for r in log]):.0f} ms (service side)"
+    )
     assert achieved == pytest.approx(10, rel=0.1)
 
 
@@ -153,10 +166,26 @@ def test_opencv_adapter_on_a_written_video(service, tmp_path):
 
 
 def test_cli_replay_against_the_service(service, tmp_path, folder_dataset):
-    result = CliRunner().invoke(camera_app, [
-        "replay", "--data", f"folder:{folder_dataset}", "--fps", "20", "--limit", "5", "--url", service.url,
-        "--camera-id", "cam-cli", "--spool-dir", str(tmp_path / "spool"), "--results-log", str(tmp_path / "results.jsonl"),
-    ])
+    result = CliRunner().invoke(
+        camera_app,
+        [
+            "replay",
+            "--data",
+            f"folder:{folder_dataset}",
+            "--fps",
+            "20",
+            "--limit",
+            "5",
+            "--url",
+            service.url,
+            "--camera-id",
+            "cam-cli",
+            "--spool-dir",
+            str(tmp_path / "spool"),
+            "--results-log",
+            str(tmp_path / "results.jsonl"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["judged"] == 5
     assert len(read_log(tmp_path / "results.jsonl")) == 5
@@ -168,11 +197,20 @@ def test_outage_every_frame_judged_exactly_once_in_capture_order(service, tmp_pa
     replay = ReplaySettings(data=data, fps=10, limit=n, shuffle_seed=3)
     settings = adapter(service, tmp_path, "cam-outage", queue_size=8)
     results = tmp_path / "results.jsonl"
-    expected = [f.frame_id for f in ReplaySource(replay.model_copy(update={"fps": 1000}), "x", SourceState(tmp_path / "probe.json")).frames(threading.Event())]
+    expected = [
+        f.frame_id
+        for f in ReplaySource(
+            replay.model_copy(update={"fps": 1000}), "x", SourceState(tmp_path / "probe.json")
+        ).frames(threading.Event())
+    ]
 
     # The first two frames reach the service before the adapter does (a camera restarted after
     # sending them): the adapter must get their first verdicts back, marked duplicate, and log them once.
-    early = list(ReplaySource(replay.model_copy(update={"fps": 1000, "limit": 2}), "cam-outage", SourceState(tmp_path / "early.json")).frames(threading.Event()))
+    early = list(
+        ReplaySource(
+            replay.model_copy(update={"fps": 1000, "limit": 2}), "cam-outage", SourceState(tmp_path / "early.json")
+        ).frames(threading.Event())
+    )
     uploader = Uploader(settings.upload, settings.line_id)
     first_verdicts = [uploader.post(frame).body for frame in early]
     uploader.close()
@@ -186,7 +224,11 @@ def test_outage_every_frame_judged_exactly_once_in_capture_order(service, tmp_pa
             stopped, down_at = True, time.monotonic()
             with pytest.raises(httpx.TransportError):
                 httpx.post(f"{service.url}/v1/frames", content=b"x", timeout=5)
-            wait_for(lambda: len(list((tmp_path / "spool" / "frames").glob("*.frame"))) >= 15, timeout_s=30, what="frames piling up in the spool")
+            wait_for(
+                lambda: len(list((tmp_path / "spool" / "frames").glob("*.frame"))) >= 15,
+                timeout_s=30,
+                what="frames piling up in the spool",
+            )
             service.restore()
             restored, up_at = True, time.monotonic()
             running.thread.join(timeout=120)  # the replay is finite: the adapter ends once everything is delivered
@@ -206,6 +248,9 @@ def test_outage_every_frame_judged_exactly_once_in_capture_order(service, tmp_pa
     assert summary.captured == n and summary.judged == n and summary.dropped == 0 and summary.spooled_left == 0
     assert summary.retries >= 1 and summary.spooled_peak >= 15
     assert list((tmp_path / "spool" / "frames").iterdir()) == []
-    print(f"\noutage: {n} frames, {summary.retries} retries, spool peak {summary.spooled_peak} frames, "
-          f"down {up_at - down_at:.1f} s (restore included), drained {drained_at - up_at:.1f} s after the service was ready again, "
-          f"{summary.duplicates} duplicate answers")
+    print(
+        f"\noutage: {n} frames, {summary.retries} retries, spool peak {summary.spooled_peak} frames, "
+        f"down {up_at - down_at:.1f} s (restore included), drained {drained_at - up_at:.1f} s after the "
+        "service was ready again, "
+        f"{summary.duplicates} duplicate answers"
+    )

@@ -6,8 +6,6 @@ unshifted held-out frames may raise it in no more than about alpha of the window
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from benchmarks.drift_sets import shifted_sets
@@ -25,12 +23,14 @@ WINDOW, INTERVAL, ALPHA = 200, 50, 0.01  # the service defaults (serve_config.ya
 def elpv(tmp_path_factory):
     """A small model trained on ELPV (32 px, one epoch), its reference and its test-split frames."""
     work = tmp_path_factory.mktemp("drift_elpv")
-    cfg = build_config({
-        "data": {"image_size": 32},
-        "model": {"arch": "resnet18", "head_dims": [64, 32]},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
-        "paths": {"runs": str(work / "runs")},
-    })
+    cfg = build_config(
+        {
+            "data": {"image_size": 32},
+            "model": {"arch": "resnet18", "head_dims": [64, 32]},
+            "train": {"epochs": 1, "batch_size": 64, "lr": 0.003},
+            "paths": {"runs": str(work / "runs")},
+        }
+    )
     run = run_training(cfg, progress=False)
     splits = load_split_manifest(run.run_dir / "splits.json", load_samples(cfg.data))
     frames = load_images(splits.test, "gray")

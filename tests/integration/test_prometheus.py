@@ -37,8 +37,11 @@ pytestmark = [pytest.mark.integration, needs_prometheus]
 
 LINE = f"line-prom-{uuid.uuid4().hex[:6]}"
 CAMERA = "cam-prom"
-DRIFT_WINDOW = next(d["user_config"]["drift_window"] for d in yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["deployments"]
-                    if d["name"] == "LineMonitor")
+DRIFT_WINDOW = next(
+    d["user_config"]["drift_window"]
+    for d in yaml.safe_load((REPO / "serve_config.yaml").read_text())["applications"][0]["deployments"]
+    if d["name"] == "LineMonitor"
+)
 FRAMES = DRIFT_WINDOW + 20  # a full drift window, so drift gauges exist for CAMERA
 # What Grafana would put in the queries for this line and camera; windows short enough that the
 # frames just posted are inside them, long enough for several 1 s scrapes.
@@ -99,11 +102,18 @@ def prometheus(service, camera_adapter_metrics: str, tmp_path_factory) -> Iterat
     for job in config["scrape_configs"]:
         job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]  # a new job must get a target here
     (folder / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    server = start_prometheus(folder / "prometheus.yml", data_dir=folder / "data", port=free_port(), log_file=folder / "prometheus.log")
+    server = start_prometheus(
+        folder / "prometheus.yml", data_dir=folder / "data", port=free_port(), log_file=folder / "prometheus.log"
+    )
     try:
         # Prometheus hands new targets to its scrapers a few seconds after start; wait for a first scrape of both.
-        wait_for(lambda: sorted(s["metric"]["job"] for s in query(server, "up == 1")) == ["inspectline", "inspectline-cameras"],
-                 timeout_s=60, what="Prometheus scraping the service and the adapter")
+        wait_for(
+            lambda: (
+                sorted(s["metric"]["job"] for s in query(server, "up == 1")) == ["inspectline", "inspectline-cameras"]
+            ),
+            timeout_s=60,
+            what="Prometheus scraping the service and the adapter",
+        )
         yield server
     finally:
         server.stop()
@@ -112,8 +122,8 @@ def prometheus(service, camera_adapter_metrics: str, tmp_path_factory) -> Iterat
 
 @dataclass(frozen=True)
 class Traffic:
-    started: float   # unix time before the first frame
-    settled: float   # unix time at which Prometheus had scraped every frame
+    started: float  # unix time before the first frame
+    settled: float  # unix time at which Prometheus had scraped every frame
 
 
 @pytest.fixture(scope="module")
@@ -122,28 +132,53 @@ def line_traffic(service, prometheus: PrometheusServer) -> Iterator[Traffic]:
     started = time.time()
     try:
         service.registry.promote("v0002", reason="test_prometheus: a version change for the board's annotations")
-        wait_for(lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0002", timeout_s=120, what="v0002 served")
+        wait_for(
+            lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0002",
+            timeout_s=120,
+            what="v0002 served",
+        )
         post_many(service.url, LINE, 8, camera="cam-promotion")
-        wait_for(lambda: [s["value"][1] for s in query(prometheus, "inspect_model_version")] == ["2"], what="Prometheus seeing v0002")
-        time.sleep(3)  # served for a few scrapes, as any real version is: a 1 s version can fall between annotation steps
+        wait_for(
+            lambda: [s["value"][1] for s in query(prometheus, "inspect_model_version")] == ["2"],
+            what="Prometheus seeing v0002",
+        )
+        time.sleep(
+            3
+        )  # served for a few scrapes, as any real version is: a 1 s version can fall between annotation steps
     finally:
         service.registry.set_shadow("v0002", reason="test_prometheus: data for the shadow panels")
         service.registry.promote("v0001", reason="test_prometheus: back to the session's production version")
-    wait_for(lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0001", timeout_s=120, what="v0001 served again")
+    wait_for(
+        lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0001",
+        timeout_s=120,
+        what="v0001 served again",
+    )
     try:
         results = post_many(service.url, LINE, FRAMES, camera=CAMERA)
-        wait_for(lambda: query(prometheus, f'sum(inspect_shadow_frames_total{{line="{LINE}"}})'), timeout_s=60, what="shadow verdicts scraped")
+        wait_for(
+            lambda: query(prometheus, f'sum(inspect_shadow_frames_total{{line="{LINE}"}})'),
+            timeout_s=60,
+            what="shadow verdicts scraped",
+        )
     finally:
         service.registry.set_shadow(None)
     assert {r["model_version"] for r in results} == {"v0001"}
-    bad = httpx.post(f"{service.url}/v1/frames", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"},
-                     params={"line_id": LINE, "camera_id": CAMERA, "frame_id": "broken"})
+    bad = httpx.post(
+        f"{service.url}/v1/frames",
+        content=b"\x89PNG\r\n\x1a\nbroken",
+        headers={"Content-Type": "image/png"},
+        params={"line_id": LINE, "camera_id": CAMERA, "frame_id": "broken"},
+    )
     assert bad.status_code == 422
 
     def scraped() -> bool:
         frames = query(prometheus, f'sum(inspect_frames_total{{line="{LINE}", camera="{CAMERA}"}})')
         window = query(prometheus, f'inspect_drift_window_frames{{line="{LINE}", camera="{CAMERA}"}}')
-        return bool(frames and window) and frames[0]["value"][1] == str(FRAMES) and window[0]["value"][1] == str(DRIFT_WINDOW)
+        return (
+            bool(frames and window)
+            and frames[0]["value"][1] == str(FRAMES)
+            and window[0]["value"][1] == str(DRIFT_WINDOW)
+        )
 
     wait_for(scraped, timeout_s=60, what="Prometheus scraping every frame")
     time.sleep(3)  # a few more scrapes, so every rate() window holds several samples after the last frame
@@ -184,38 +219,74 @@ def test_every_panel_query_of_the_dashboard_returns_data(prometheus: PrometheusS
     assert undefined == [], "queries with only NaN/Inf:\n" + "\n".join(undefined)
 
 
-def test_line_and_camera_variables_and_model_annotations_have_values(prometheus: PrometheusServer, line_traffic: Traffic):
+def test_line_and_camera_variables_and_model_annotations_have_values(
+    prometheus: PrometheusServer, line_traffic: Traffic
+):
     # label_values(inspect_frames_total, line) and label_values(inspect_frames_total{line=~"$line"}, camera)
-    lines = httpx.get(f"{prometheus.url}/api/v1/label/line/values", params={"match[]": "inspect_frames_total"}, timeout=30).json()["data"]
-    cameras = httpx.get(f"{prometheus.url}/api/v1/label/camera/values", params={"match[]": f'inspect_frames_total{{line=~"{LINE}"}}'}, timeout=30).json()["data"]
+    lines = httpx.get(
+        f"{prometheus.url}/api/v1/label/line/values", params={"match[]": "inspect_frames_total"}, timeout=30
+    ).json()["data"]
+    cameras = httpx.get(
+        f"{prometheus.url}/api/v1/label/camera/values",
+        params={"match[]": f'inspect_frames_total{{line=~"{LINE}"}}'},
+        timeout=30,
+    ).json()["data"]
     assert LINE in lines and set(cameras) == {CAMERA, "cam-promotion"}
     # The annotation query over the test's time range, as Grafana runs it: both version changes show.
     (annotation,) = [q for q in dashboard_queries(DASHBOARD, VARIABLES) if q.panel.startswith("annotation:")]
-    response = httpx.get(f"{prometheus.url}/api/v1/query_range", timeout=30,
-                         params={"query": annotation.expr, "start": line_traffic.started, "end": line_traffic.settled, "step": "1s"})
+    response = httpx.get(
+        f"{prometheus.url}/api/v1/query_range",
+        timeout=30,
+        params={"query": annotation.expr, "start": line_traffic.started, "end": line_traffic.settled, "step": "1s"},
+    )
     versions = {series["metric"]["version"] for series in response.json()["data"]["result"]}
-    history = httpx.get(f"{prometheus.url}/api/v1/query_range", timeout=30,
-                        params={"query": "inspect_model_version", "start": line_traffic.started, "end": line_traffic.settled, "step": "1s"}).json()
-    assert versions == {"v0001", "v0002"}, f"annotations for {versions}; inspect_model_version: {history['data']['result']}"
+    history = httpx.get(
+        f"{prometheus.url}/api/v1/query_range",
+        timeout=30,
+        params={
+            "query": "inspect_model_version",
+            "start": line_traffic.started,
+            "end": line_traffic.settled,
+            "step": "1s",
+        },
+    ).json()
+    assert versions == {"v0001", "v0002"}, (
+        f"annotations for {versions}; inspect_model_version: {history['data']['result']}"
+    )
 
 
 def test_inspect_monitor_runs_prometheus_in_the_foreground_until_ctrl_c(tmp_path: Path):
     port = free_port()
     out, err = (tmp_path / "stdout").open("w"), (tmp_path / "stderr").open("w")
     # Its own session: Ctrl-C is sent to the process group, as a terminal does, and nothing outlives the test.
-    proc = subprocess.Popen([INSPECT, "monitor", "--port", str(port), "--data-dir", str(tmp_path / "data")], cwd=REPO,
-                            stdout=out, stderr=err, start_new_session=True)
+    proc = subprocess.Popen(
+        [INSPECT, "monitor", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+        cwd=REPO,
+        stdout=out,
+        stderr=err,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, timeout_s=60, what="inspect monitor")
-        wait_for(lambda: f"Prometheus up at {url}" in (tmp_path / "stdout").read_text(), timeout_s=10, what="the ready message")
+        wait_for(
+            lambda: httpx.get(f"{url}/-/ready", timeout=2).status_code == 200, timeout_s=60, what="inspect monitor"
+        )
+        wait_for(
+            lambda: f"Prometheus up at {url}" in (tmp_path / "stdout").read_text(),
+            timeout_s=10,
+            what="the ready message",
+        )
         groups = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
         assert {g["name"] for g in groups} == {g["name"] for g in yaml.safe_load(ALERTS.read_text())["groups"]}
 
         def targets() -> set[str]:
-            return {t["scrapeUrl"] for t in httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]}
+            return {
+                t["scrapeUrl"] for t in httpx.get(f"{url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+            }
 
-        wait_for(lambda: targets(), timeout_s=30, what="the scrape targets")  # handed to the scrapers a few seconds after start
+        wait_for(
+            lambda: targets(), timeout_s=30, what="the scrape targets"
+        )  # handed to the scrapers a few seconds after start
         assert {"http://localhost:8000/metrics", "http://localhost:9101/metrics"} <= targets()
         assert (tmp_path / "data").is_dir()
         os.killpg(proc.pid, signal.SIGINT)

@@ -56,8 +56,17 @@ def post_cells(service, line: str, n: int, *, seed: int = 0) -> list[tuple[dict,
     with httpx.Client(timeout=60) as client:
         for i in range(n):
             label = i % 2
-            r = client.post(f"{service.url}/v1/frames", content=encode_png(make_cell(rng, bool(label))), headers={"Content-Type": "image/png"},
-                            params={"line_id": line, "camera_id": "cam-r", "frame_id": f"{line}-{i}", "part_id": f"{line}-part{i // 2}"})
+            r = client.post(
+                f"{service.url}/v1/frames",
+                content=encode_png(make_cell(rng, bool(label))),
+                headers={"Content-Type": "image/png"},
+                params={
+                    "line_id": line,
+                    "camera_id": "cam-r",
+                    "frame_id": f"{line}-{i}",
+                    "part_id": f"{line}-part{i // 2}",
+                },
+            )
             r.raise_for_status()
             out.append((r.json(), label))
     return out
@@ -73,7 +82,10 @@ def label_all(service, frames: list[dict], labels: dict[str, int], *, invert: bo
     with httpx.Client(timeout=60) as client:
         for f in frames:
             truth = labels[f["frame_id"]] ^ int(invert)
-            r = client.put(f"{service.url}/v1/frames/{f['id']}/label", json={"label": "defective" if truth else "ok", "reviewer": "qa@plant"})
+            r = client.put(
+                f"{service.url}/v1/frames/{f['id']}/label",
+                json={"label": "defective" if truth else "ok", "reviewer": "qa@plant"},
+            )
             r.raise_for_status()
 
 
@@ -89,10 +101,19 @@ def test_every_judged_frame_is_stored_and_reviewable(service):
     one = httpx.get(f"{service.url}/v1/frames/{first['id']}").json()
     assert one["model_version"] == "v0001" and one["label"] is None and one["shadow"] == []
     image = httpx.get(f"{service.url}{first['image_url']}")
-    assert image.status_code == 200 and image.headers["content-type"] == "image/png" and image.content.startswith(b"\x89PNG")
-    labelled = httpx.put(f"{service.url}/v1/frames/{first['id']}/label", json={"label": "Defective", "reviewer": "ana@plant"}).json()
+    assert (
+        image.status_code == 200
+        and image.headers["content-type"] == "image/png"
+        and image.content.startswith(b"\x89PNG")
+    )
+    labelled = httpx.put(
+        f"{service.url}/v1/frames/{first['id']}/label", json={"label": "Defective", "reviewer": "ana@plant"}
+    ).json()
     assert labelled["label"] == "defective" and labelled["labelled_by"] == "ana@plant"
-    assert [f["id"] for f in httpx.get(f"{service.url}/v1/frames", params={"line": line, "labelled": "true"}).json()["frames"]] == [first["id"]]
+    assert [
+        f["id"]
+        for f in httpx.get(f"{service.url}/v1/frames", params={"line": line, "labelled": "true"}).json()["frames"]
+    ] == [first["id"]]
     # a resent frame id is stored once
     post_cells(service, line, 2)
     settle(service)
@@ -104,7 +125,9 @@ def test_review_errors_are_clear(service):
     assert bad.status_code == 400 and bad.json()["error"] == "invalid_label" and "ok" in bad.json()["detail"]
     missing = httpx.get(f"{service.url}/v1/frames/987654")
     assert missing.status_code == 404 and missing.json()["error"] == "frame_not_found"
-    assert httpx.put(f"{service.url}/v1/frames/987654/label", json={"label": "ok", "reviewer": "ana"}).status_code == 404
+    assert (
+        httpx.put(f"{service.url}/v1/frames/987654/label", json={"label": "ok", "reviewer": "ana"}).status_code == 404
+    )
     no_reviewer = httpx.put(f"{service.url}/v1/frames/1/label", json={"label": "ok"})
     assert no_reviewer.status_code == 400 and no_reviewer.json()["error"] == "invalid_request"
     since = httpx.get(f"{service.url}/v1/frames", params={"since": "the other day"})
@@ -131,7 +154,10 @@ def test_review_export_and_import_through_the_cli(service, tmp_path):
     assert result.exit_code == 0, result.output
     assert {f["label"] for f in stored(service, line)} == {"defective"}
     studio = tmp_path / "tasks.json"
-    result = runner.invoke(cli, ["review", "export", "--config", str(cfg), "--line", line, "--format", "label-studio", "--out", str(studio)])
+    result = runner.invoke(
+        cli,
+        ["review", "export", "--config", str(cfg), "--line", line, "--format", "label-studio", "--out", str(studio)],
+    )
     assert result.exit_code == 0, result.output
     tasks = json.loads(studio.read_text())
     assert len(tasks) == 4 and tasks[0]["data"]["image"].endswith("/image")
@@ -156,7 +182,10 @@ def test_shadow_model_is_counted_and_stored_but_never_answers(service):
         settle(service)
         assert _shadow_count(service, line) == 6
         metrics = httpx.get(f"{service.url}/metrics").text
-        assert 'inspect_shadow_frames_total{agreement="agree",camera="cam-r",line="%s",version="v0002"} 6.0' % line in metrics
+        assert (
+            f'inspect_shadow_frames_total{{agreement="agree",camera="cam-r",line="{line}",version="v0002"}} 6.0'
+            in metrics
+        )
         assert 'inspect_shadow_agreement_ratio{version="v0002"} 1.0' in metrics  # same weights as production
         frame = stored(service, line)[0]
         shadow = httpx.get(f"{service.url}/v1/frames/{frame['id']}").json()["shadow"]
@@ -167,14 +196,22 @@ def test_shadow_model_is_counted_and_stored_but_never_answers(service):
 
 def _shadow_count(service, line: str) -> float:
     metrics = httpx.get(f"{service.url}/metrics").text
-    return sum(float(l.rsplit(" ", 1)[1]) for l in metrics.splitlines() if l.startswith("inspect_shadow_frames_total") and f'line="{line}"' in l)
+    return sum(
+        float(row.rsplit(" ", 1)[1])
+        for row in metrics.splitlines()
+        if row.startswith("inspect_shadow_frames_total") and f'line="{line}"' in row
+    )
 
 
 def _shadow_active(service) -> bool:
     probe = f"probe-{uuid.uuid4().hex[:6]}"
     post_cells(service, probe, 1)
     httpx.get(f"{service.url}/metrics")
-    return f'line="{probe}"' in "".join(l for l in httpx.get(f"{service.url}/metrics").text.splitlines() if l.startswith("inspect_shadow_frames_total"))
+    return f'line="{probe}"' in "".join(
+        row
+        for row in httpx.get(f"{service.url}/metrics").text.splitlines()
+        if row.startswith("inspect_shadow_frames_total")
+    )
 
 
 def _register_weak_champion(service, trained_run, tmp_path: Path) -> str:
@@ -190,19 +227,29 @@ def _register_weak_champion(service, trained_run, tmp_path: Path) -> str:
         shutil.copy(trained_run.run_dir / name, run / name)
     version = service.registry.register(run / "model.pt").name
     service.registry.promote(version, reason="test: weak champion")
-    wait_for(lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == version, timeout_s=60, what="the weak champion")
+    wait_for(
+        lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == version,
+        timeout_s=60,
+        what="the weak champion",
+    )
     return version
 
 
 def _retrain_config(service, tmp_path: Path, **retrain_settings):
-    return build_config({
-        "paths": {"registry": str(service.registry.root), "runs": str(tmp_path / "runs"), "snapshots": str(tmp_path / "snapshots"),
-                  "reports": str(tmp_path / "reports")},
-        "store": service.base_app["args"]["store"],
-        "retrain": {"epochs": 4, "lr": 0.003, "min_newest": 8, **retrain_settings},
-        "train": {"batch_size": 8, "collapse_warmup": 10, "patience": 20},
-        "readiness": {"max_latency_ms": 5000},
-    })
+    return build_config(
+        {
+            "paths": {
+                "registry": str(service.registry.root),
+                "runs": str(tmp_path / "runs"),
+                "snapshots": str(tmp_path / "snapshots"),
+                "reports": str(tmp_path / "reports"),
+            },
+            "store": service.base_app["args"]["store"],
+            "retrain": {"epochs": 4, "lr": 0.003, "min_newest": 8, **retrain_settings},
+            "train": {"batch_size": 8, "collapse_warmup": 10, "patience": 20},
+            "readiness": {"max_latency_ms": 5000},
+        }
+    )
 
 
 def test_retrain_cycle_promotes_a_better_model_and_the_service_switches(service, trained_run, tmp_path):
@@ -220,22 +267,33 @@ def test_retrain_cycle_promotes_a_better_model_and_the_service_switches(service,
         assert service.registry.production() == outcome.challenger
         assert service.registry.get(outcome.challenger).card.parent == weak
         version_dir = service.registry.get(outcome.challenger).path
-        assert (version_dir / "retrain.md").is_file() and json.loads((version_dir / "retrain.json").read_text())["status"] == "promoted"
+        assert (version_dir / "retrain.md").is_file() and json.loads((version_dir / "retrain.json").read_text())[
+            "status"
+        ] == "promoted"
         assert "| golden | f1 |" in outcome.report.read_text()
         manifest = json.loads(outcome.snapshot.read_text())
         assert len(manifest["frames"]) == 40 and {f["role"] for f in manifest["frames"]} == {"train", "newest"}
         newest_parts = {f["part_id"] for f in manifest["frames"] if f["role"] == "newest"}
         train_parts = {f["part_id"] for f in manifest["frames"] if f["role"] == "train"}
         assert newest_parts and not newest_parts & train_parts  # split by part, never across
-        wait_for(lambda: post_cells(service, f"after-{uuid.uuid4().hex[:4]}", 1)[0][0]["model_version"] == outcome.challenger,
-                 timeout_s=60, what="the service to answer with the challenger")
+        wait_for(
+            lambda: (
+                post_cells(service, f"after-{uuid.uuid4().hex[:4]}", 1)[0][0]["model_version"] == outcome.challenger
+            ),
+            timeout_s=60,
+            what="the service to answer with the challenger",
+        )
         # the frames it learnt from keep their images through an age-based clean-up
         with FrameStore(store_config(service)) as store:
             store.cleanup(now=datetime.now(timezone.utc) + timedelta(days=10_000))
             assert all(store.get(f["store_id"]).image_sha256 is not None for f in manifest["frames"])
     finally:
         service.registry.promote("v0001", reason="test: restore")
-        wait_for(lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0001", timeout_s=60, what="v0001 back")
+        wait_for(
+            lambda: httpx.get(f"{service.url}/readyz").json().get("model_version") == "v0001",
+            timeout_s=60,
+            what="v0001 back",
+        )
 
 
 def test_gate_refuses_a_challenger_taught_by_a_mislabelled_batch(service, trained_run, tmp_path):
@@ -254,8 +312,12 @@ def test_gate_refuses_a_challenger_taught_by_a_mislabelled_batch(service, traine
 
 def test_nothing_to_learn_is_a_clear_message_and_exit_code(service, tmp_path):
     cfg = tmp_path / "inspect.yaml"
-    cfg.write_text(json.dumps({"paths": {"registry": str(service.registry.root)}, "store": service.base_app["args"]["store"]}))
+    cfg.write_text(
+        json.dumps({"paths": {"registry": str(service.registry.root)}, "store": service.base_app["args"]["store"]})
+    )
     result = CliRunner().invoke(cli, ["retrain", "--since", "2099-01-01", "--config", str(cfg)])
     assert result.exit_code == 3 and "no labelled frames" in result.output
     bad = CliRunner().invoke(cli, ["retrain", "--since", "a while ago", "--config", str(cfg)])
-    assert isinstance(bad.exception, ConfigError) and "last-week" in str(bad.exception)  # the console script prints it, exit 2
+    assert isinstance(bad.exception, ConfigError) and "last-week" in str(
+        bad.exception
+    )  # the console script prints it, exit 2

@@ -33,8 +33,15 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         if deployment["name"] == "Inspector":
             deployment["num_replicas"] = 1
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen([INSPECT, "serve", "--config", "serve.yaml"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True, env={**os.environ, "RAY_ADDRESS": ""})
+    proc = subprocess.Popen(
+        [INSPECT, "serve", "--config", "serve.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
     try:
         ready = wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
         assert ready["model_version"] == "v0001"

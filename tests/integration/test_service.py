@@ -36,8 +36,14 @@ def encoded(array: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 def post(url: str, body: bytes, content_type: str = "image/png", params: dict | None = None, **kw) -> httpx.Response:
-    return httpx.post(f"{url}/v1/frames", content=body, headers={"Content-Type": content_type, **kw.pop("headers", {})},
-                      params=IDS | (params or {}), timeout=60, **kw)
+    return httpx.post(
+        f"{url}/v1/frames",
+        content=body,
+        headers={"Content-Type": content_type, **kw.pop("headers", {})},
+        params=IDS | (params or {}),
+        timeout=60,
+        **kw,
+    )
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> dict:
@@ -47,7 +53,10 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict:
     return body
 
 
-@pytest.mark.parametrize(("fmt", "content_type"), [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")])
+@pytest.mark.parametrize(
+    ("fmt", "content_type"),
+    [("PNG", "image/png"), ("JPEG", "image/jpeg"), ("BMP", "image/bmp"), ("TIFF", "image/tiff")],
+)
 def test_each_content_type(service, fmt, content_type):
     response = post(service.url, encoded(cell(1), fmt), content_type)
     assert response.status_code == 200, response.text
@@ -56,7 +65,12 @@ def test_each_content_type(service, fmt, content_type):
 
 def test_multipart_upload_with_metadata_in_form_fields(service):
     files = {"image": ("frame.png", encoded(cell(2)), "image/png")}
-    response = httpx.post(f"{service.url}/v1/frames", files=files, data={"line_id": "line-2", "camera_id": "cam-9", "frame_id": "f-1"}, timeout=60)
+    response = httpx.post(
+        f"{service.url}/v1/frames",
+        files=files,
+        data={"line_id": "line-2", "camera_id": "cam-9", "frame_id": "f-1"},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["line_id"], body["camera_id"], body["frame_id"]) == ("line-2", "cam-9", "f-1")
@@ -78,17 +92,39 @@ def test_image_modes_gray_rgb_rgba_16_bit(service):
 
 
 def test_response_fields(service):
-    response = post(service.url, encode_png(cell(4)), params={"part_id": "P-77", "frame_id": "frame-0001", "captured_at": "2026-11-22T08:00:00+00:00"})
+    response = post(
+        service.url,
+        encode_png(cell(4)),
+        params={"part_id": "P-77", "frame_id": "frame-0001", "captured_at": "2026-11-22T08:00:00+00:00"},
+    )
     body = response.json()
-    assert set(body) >= {"frame_id", "verdict", "defect_probability", "confidence", "threshold", "model_version", "views", "latency_ms"}
-    assert body["frame_id"] == "frame-0001" and body["part_id"] == "P-77" and body["captured_at"].startswith("2026-11-22T08:00:00")
+    assert set(body) >= {
+        "frame_id",
+        "verdict",
+        "defect_probability",
+        "confidence",
+        "threshold",
+        "model_version",
+        "views",
+        "latency_ms",
+    }
+    assert (
+        body["frame_id"] == "frame-0001"
+        and body["part_id"] == "P-77"
+        and body["captured_at"].startswith("2026-11-22T08:00:00")
+    )
     assert body["model_version"] == "v0001" and set(body["views"]) == {"identity", "hflip"}
     p, t = body["defect_probability"], body["threshold"]
     assert body["verdict"] == ("DEFECTIVE" if p >= t else "OK")
     assert body["confidence"] == pytest.approx(p if p >= t else 1 - p)
     assert body["latency_ms"] > 0
     headers = {"X-Line-Id": "line-3", "X-Camera-Id": "cam-3", "X-Frame-Id": "hdr-1"}
-    via_headers = httpx.post(f"{service.url}/v1/frames", content=encode_png(cell(4)), headers={"Content-Type": "image/png", **headers}, timeout=60)
+    via_headers = httpx.post(
+        f"{service.url}/v1/frames",
+        content=encode_png(cell(4)),
+        headers={"Content-Type": "image/png", **headers},
+        timeout=60,
+    )
     assert (via_headers.json()["line_id"], via_headers.json()["frame_id"]) == ("line-3", "hdr-1")
 
 
@@ -124,7 +160,16 @@ def test_replicas_form_batches_under_concurrency(service):
 
 def test_every_error_status_has_a_json_body(service):
     url = service.url
-    assert_error(httpx.post(f"{url}/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params={"line_id": "l"}), 400, "invalid_request")
+    assert_error(
+        httpx.post(
+            f"{url}/v1/frames",
+            content=encode_png(cell()),
+            headers={"Content-Type": "image/png"},
+            params={"line_id": "l"},
+        ),
+        400,
+        "invalid_request",
+    )
     assert_error(post(url, encode_png(cell()), params={"camera_id": "cam 1 with spaces"}), 400, "invalid_request")
     assert_error(post(url, encode_png(cell()), params={"captured_at": "yesterday"}), 400, "invalid_request")
     assert_error(post(url, b""), 400, "invalid_request")
@@ -135,7 +180,11 @@ def test_every_error_status_has_a_json_body(service):
         for _ in range(21):
             yield b"\0" * 2**20
 
-    assert_error(httpx.post(f"{url}/v1/frames", content=chunks(), headers={"Content-Type": "image/png"}, params=IDS, timeout=60), 413, "payload_too_large")
+    assert_error(
+        httpx.post(f"{url}/v1/frames", content=chunks(), headers={"Content-Type": "image/png"}, params=IDS, timeout=60),
+        413,
+        "payload_too_large",
+    )
     assert_error(post(url, b"hello", "text/plain"), 415, "unsupported_media_type")
     assert_error(post(url, encoded(cell(), "GIF")), 415, "unsupported_media_type")
     assert_error(post(url, encode_png(cell())[:60]), 422, "undecodable_image")
@@ -152,7 +201,11 @@ def _png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_openapi_and_model_endpoints(service):
@@ -190,12 +243,25 @@ def test_readiness_before_and_after_the_model_loads(service, tmp_path, trained_r
         not_ready = httpx.get(f"{service.url}/fresh/readyz")
         assert_error(not_ready, 503, "not_ready")
         assert "no model is in production" in not_ready.json()["detail"] and not_ready.headers["Retry-After"] == "1"
-        refused = httpx.post(f"{service.url}/fresh/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params=IDS)
+        refused = httpx.post(
+            f"{service.url}/fresh/v1/frames",
+            content=encode_png(cell()),
+            headers={"Content-Type": "image/png"},
+            params=IDS,
+        )
         assert_error(refused, 503, "not_ready")
         fresh.promote("v0001")
         wait_for(lambda: httpx.get(f"{service.url}/fresh/readyz").status_code == 200, timeout_s=120, what="readiness")
         assert httpx.get(f"{service.url}/fresh/readyz").json()["model_version"] == "v0001"
-        assert httpx.post(f"{service.url}/fresh/v1/frames", content=encode_png(cell()), headers={"Content-Type": "image/png"}, params=IDS).status_code == 200
+        assert (
+            httpx.post(
+                f"{service.url}/fresh/v1/frames",
+                content=encode_png(cell()),
+                headers={"Content-Type": "image/png"},
+                params=IDS,
+            ).status_code
+            == 200
+        )
     finally:
         service.restore()
 
@@ -209,7 +275,9 @@ def test_promotion_under_load_has_no_failures_and_switches_once(service):
     def client(seq: list[str]) -> None:
         with httpx.Client(timeout=60) as http:
             while not stop.is_set():
-                r = http.post(f"{service.url}/v1/frames", content=body, headers={"Content-Type": "image/png"}, params=IDS)
+                r = http.post(
+                    f"{service.url}/v1/frames", content=body, headers={"Content-Type": "image/png"}, params=IDS
+                )
                 if r.status_code == 200:
                     seq.append(r.json()["model_version"])
                 else:
@@ -221,7 +289,11 @@ def test_promotion_under_load_has_no_failures_and_switches_once(service):
     try:
         wait_for(lambda: all(len(s) >= 3 for s in sequences), what="traffic before the promotion")
         service.registry.promote("v0002", reason="test")
-        wait_for(lambda: all(s and s[-1] == "v0002" and s.count("v0002") >= 3 for s in sequences), timeout_s=90, what="the switch")
+        wait_for(
+            lambda: all(s and s[-1] == "v0002" and s.count("v0002") >= 3 for s in sequences),
+            timeout_s=90,
+            what="the switch",
+        )
     finally:
         stop.set()
         for t in threads:
@@ -281,7 +353,9 @@ def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
 def test_a_repeated_frame_id_returns_the_first_verdict(service):
     params = {"frame_id": "dup-0001", "camera_id": "cam-dup"}
     first = post(service.url, encode_png(cell(20)), params=params).json()
-    again = post(service.url, encode_png(cell(21)), params=params).json()  # other bytes, same id: still the first verdict
+    again = post(
+        service.url, encode_png(cell(21)), params=params
+    ).json()  # other bytes, same id: still the first verdict
     assert first["duplicate"] is False and again["duplicate"] is True
     assert again["defect_probability"] == first["defect_probability"] and again["received_at"] == first["received_at"]
     other_camera = post(service.url, encode_png(cell(21)), params={**params, "camera_id": "cam-other"}).json()
@@ -289,8 +363,17 @@ def test_a_repeated_frame_id_returns_the_first_verdict(service):
 
     async def concurrent() -> list[dict]:
         async with httpx.AsyncClient(timeout=60) as client:
-            rs = await asyncio.gather(*(client.post(f"{service.url}/v1/frames", content=encode_png(cell(22)), headers={"Content-Type": "image/png"},
-                                                    params=IDS | {"frame_id": "dup-0002"}) for _ in range(6)))
+            rs = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{service.url}/v1/frames",
+                        content=encode_png(cell(22)),
+                        headers={"Content-Type": "image/png"},
+                        params=IDS | {"frame_id": "dup-0002"},
+                    )
+                    for _ in range(6)
+                )
+            )
         return [r.json() for r in rs]
 
     results = asyncio.run(concurrent())

@@ -13,7 +13,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inspectline.imaging import encode_png
 from tests.helpers import make_cell
-from tests.integration.conftest import wait_for
 from tests.unit.monitoring.test_metrics import needs_promtool
 
 pytestmark = pytest.mark.integration
@@ -29,7 +28,9 @@ def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def total(samples: dict, name: str, **labels: str) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
+    )
 
 
 def post_many(url: str, line: str, n: int, *, concurrency: int = 16, camera: str = "cam-m") -> list[dict]:
@@ -40,12 +41,18 @@ def post_many(url: str, line: str, n: int, *, concurrency: int = 16, camera: str
     async def run() -> list[dict]:
         sem = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(timeout=120) as client:
+
             async def one(i: int) -> dict:
                 async with sem:
-                    r = await client.post(f"{url}/v1/frames", content=bodies[i], headers={"Content-Type": "image/png"},
-                                          params={"line_id": line, "camera_id": camera, "frame_id": f"{line}-{i}"})
+                    r = await client.post(
+                        f"{url}/v1/frames",
+                        content=bodies[i],
+                        headers={"Content-Type": "image/png"},
+                        params={"line_id": line, "camera_id": camera, "frame_id": f"{line}-{i}"},
+                    )
                     r.raise_for_status()
                     return r.json()
+
             return await asyncio.gather(*(one(i) for i in range(n)))
 
     return asyncio.run(run())
@@ -73,7 +80,12 @@ def test_batching_model_and_errors_are_visible(service):
     assert total(samples, "inspect_model_info", version="v0001") == 1
     assert 0 < total(samples, "inspect_model_threshold") < 1
     before = total(samples, "inspect_errors_total", reason="undecodable_image")
-    bad = httpx.post(f"{service.url}/v1/frames", content=b"\x89PNG\r\n\x1a\nbroken", headers={"Content-Type": "image/png"}, params={"line_id": "l", "camera_id": "c"})
+    bad = httpx.post(
+        f"{service.url}/v1/frames",
+        content=b"\x89PNG\r\n\x1a\nbroken",
+        headers={"Content-Type": "image/png"},
+        params={"line_id": "l", "camera_id": "c"},
+    )
     assert bad.status_code == 422
     assert total(scrape(service.url), "inspect_errors_total", reason="undecodable_image") == before + 1
 
@@ -84,7 +96,11 @@ def test_drift_gauges_appear_once_a_window_is_full(service):
     samples = scrape(service.url)
     assert total(samples, "inspect_drift_window_frames", line=line) == 200
     for signal in ("output", "brightness", "contrast", "focus", "clipping", "embedding", "defect_rate"):
-        p = [v for (n, ls), v in samples.items() if n == "inspect_drift_p_value" and dict(ls).get("line") == line and dict(ls).get("signal") == signal]
+        p = [
+            v
+            for (n, ls), v in samples.items()
+            if n == "inspect_drift_p_value" and dict(ls).get("line") == line and dict(ls).get("signal") == signal
+        ]
         assert len(p) == 1 and 0 <= p[0] <= 1, signal
     assert total(samples, "inspect_drift_alpha") == 0.01
 
@@ -92,5 +108,7 @@ def test_drift_gauges_appear_once_a_window_is_full(service):
 @needs_promtool
 def test_promtool_accepts_the_live_exposition(service):
     text = httpx.get(f"{service.url}/metrics", timeout=30).content
-    proc = subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "metrics"], input=text, capture_output=True, timeout=30
+    )
     assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), proc.stdout + proc.stderr

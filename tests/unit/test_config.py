@@ -34,7 +34,7 @@ def test_bad_value_names_key_and_accepted_values():
 
 
 def test_path_required_for_non_elpv_sources():
-    with pytest.raises(ConfigError, match="data.path is required"):
+    with pytest.raises(ConfigError, match=r"data.path is required"):
         build_config({"data": {"source": "folder"}})
 
 
@@ -53,7 +53,7 @@ def test_config_is_frozen_and_round_trips_through_yaml(tmp_path: Path):
 
 
 def test_malformed_override_and_missing_file():
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section.key=value"):
         load_config(None, ["epochs"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Path("/nonexistent.yaml"))

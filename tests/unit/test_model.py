@@ -13,17 +13,35 @@ PRE = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
 
 
 def _card(**kw) -> ModelCard:
-    return ModelCard(arch="resnet18", class_names=("ok", "defective"), head_dims=(32, 16), head_dropout=(0.5, 0.3, 0.2), preprocessing=PRE, **kw)
+    return ModelCard(
+        arch="resnet18",
+        class_names=("ok", "defective"),
+        head_dims=(32, 16),
+        head_dropout=(0.5, 0.3, 0.2),
+        preprocessing=PRE,
+        **kw,
+    )
 
 
 def test_deep_head_structure_matches_the_recipe():
     model = build_model("resnet50", in_channels=3)
     layers = [*model.neck, *model.classifier]
     kinds = [type(m).__name__ for m in layers]
-    assert kinds == ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear", "BatchNorm1d", "ReLU", "Dropout", "Linear"]
+    assert kinds == [
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+        "BatchNorm1d",
+        "ReLU",
+        "Dropout",
+        "Linear",
+    ]
     assert [m.p for m in layers if isinstance(m, nn.Dropout)] == [0.5, 0.3, 0.2]
     linears = [m for m in layers if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(2048, 512), (512, 256), (256, 2)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(2048, 512), (512, 256), (256, 2)]
 
 
 @pytest.mark.parametrize(("arch", "features"), [("resnet18", 512), ("resnet34", 512)])

@@ -14,8 +14,15 @@ def _predictor(**kw) -> Predictor:
     torch.manual_seed(0)
     model = build_model("resnet18", in_channels=1, head_dims=(32, 16))
     card_kw = {k: kw.pop(k) for k in ("temperature", "threshold") if k in kw}
-    card = ModelCard(arch="resnet18", class_names=("ok", "defective"), head_dims=(32, 16), head_dropout=(0.5, 0.3, 0.2),
-                     preprocessing=PRE, version="v0042", **card_kw)
+    card = ModelCard(
+        arch="resnet18",
+        class_names=("ok", "defective"),
+        head_dims=(32, 16),
+        head_dropout=(0.5, 0.3, 0.2),
+        preprocessing=PRE,
+        version="v0042",
+        **card_kw,
+    )
     return Predictor(model, card, **kw)
 
 

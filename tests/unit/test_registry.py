@@ -14,8 +14,14 @@ from inspectline.registry import PENDING_VERSION, ModelRegistry
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    card = ModelCard(arch="resnet18", class_names=("ok", "defective"), head_dims=(32, 16), head_dropout=(0.5, 0.3, 0.2),
-                     preprocessing=Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,)), metrics={"f1": 0.9})
+    card = ModelCard(
+        arch="resnet18",
+        class_names=("ok", "defective"),
+        head_dims=(32, 16),
+        head_dropout=(0.5, 0.3, 0.2),
+        preprocessing=Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,)),
+        metrics={"f1": 0.9},
+    )
     save_checkpoint(run / "model.pt", build_model("resnet18", in_channels=1, head_dims=(32, 16)), card)
     (run / "config.yaml").write_text("train: {}\n")
     (run / "report").mkdir()
@@ -31,8 +37,12 @@ def test_register_creates_immutable_numbered_versions(tmp_path: Path, checkpoint
     assert reg.names() == ["v0001", "v0002"]
     assert reg.get("2").card.version == "v0002" and reg.get("v0002").card.parent == "v0001"
     assert (v1.path / "report" / "report.md").is_file() and (v1.path / "config.yaml").is_file()
-    assert "Model version: **v0002** · split" in (v2.path / "report" / "report.md").read_text()  # the report names its version
-    assert PENDING_VERSION in (checkpoint.parent / "report" / "report.md").read_text()  # the run's own copy is left alone
+    assert (
+        "Model version: **v0002** · split" in (v2.path / "report" / "report.md").read_text()
+    )  # the report names its version
+    assert (
+        PENDING_VERSION in (checkpoint.parent / "report" / "report.md").read_text()
+    )  # the run's own copy is left alone
     assert json.loads((v1.path / "card.json").read_text())["version"] == "v0001"
     with pytest.raises(PermissionError):
         if os.geteuid() == 0:  # root ignores file modes: check the mode bits instead
@@ -55,7 +65,11 @@ def test_promote_and_rollback(tmp_path: Path, checkpoint: Path):
     assert reg.rollback()["version"] == "v0001"
     with pytest.raises(ModelNotFoundError, match="no earlier production version"):
         reg.rollback()
-    assert [(e["action"], e["version"]) for e in reg.history()] == [("promote", "v0001"), ("promote", "v0003"), ("rollback", "v0001")]
+    assert [(e["action"], e["version"]) for e in reg.history()] == [
+        ("promote", "v0001"),
+        ("promote", "v0003"),
+        ("rollback", "v0001"),
+    ]
     assert reg.history()[1]["reason"] == "better F1"
 
 

@@ -9,18 +9,21 @@ from inspectline.timeparse import parse_since
 NOW = datetime(2026, 11, 22, 15, 30, tzinfo=timezone.utc)
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("last-week", NOW - timedelta(days=7)),
-    ("yesterday", datetime(2026, 11, 21, tzinfo=timezone.utc)),
-    ("today", datetime(2026, 11, 22, tzinfo=timezone.utc)),
-    ("7d", NOW - timedelta(days=7)),
-    ("36h", NOW - timedelta(hours=36)),
-    ("90m", NOW - timedelta(minutes=90)),
-    ("2w", NOW - timedelta(weeks=2)),
-    ("1.5d", NOW - timedelta(hours=36)),
-    ("2026-11-15", datetime(2026, 11, 15, tzinfo=timezone.utc)),
-    ("2026-11-15T08:00:00+01:00", datetime(2026, 11, 15, 7, tzinfo=timezone.utc)),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("last-week", NOW - timedelta(days=7)),
+        ("yesterday", datetime(2026, 11, 21, tzinfo=timezone.utc)),
+        ("today", datetime(2026, 11, 22, tzinfo=timezone.utc)),
+        ("7d", NOW - timedelta(days=7)),
+        ("36h", NOW - timedelta(hours=36)),
+        ("90m", NOW - timedelta(minutes=90)),
+        ("2w", NOW - timedelta(weeks=2)),
+        ("1.5d", NOW - timedelta(hours=36)),
+        ("2026-11-15", datetime(2026, 11, 15, tzinfo=timezone.utc)),
+        ("2026-11-15T08:00:00+01:00", datetime(2026, 11, 15, 7, tzinfo=timezone.utc)),
+    ],
+)
 def test_since_forms(text, expected):
     assert parse_since(text, NOW) == expected
 
@@ -37,8 +40,10 @@ def _scores(recall: float, f1: float, auc: float | None) -> dict:
 
 def test_gate_passes_only_when_every_rule_holds_on_every_set():
     champion = _scores(0.90, 0.80, 0.92)
-    better = {"golden": {"champion": champion, "challenger": _scores(0.89, 0.81, 0.93)},
-              "newest": {"champion": champion, "challenger": _scores(0.95, 0.85, 0.95)}}
+    better = {
+        "golden": {"champion": champion, "challenger": _scores(0.89, 0.81, 0.93)},
+        "newest": {"champion": champion, "challenger": _scores(0.95, 0.85, 0.95)},
+    }
     assert gate(better, ("golden", "newest"), recall_tolerance=0.02).passed
     worse_recall = {"golden": {"champion": champion, "challenger": _scores(0.87, 0.81, 0.93)}}
     result = gate(worse_recall, ("golden",), recall_tolerance=0.02)

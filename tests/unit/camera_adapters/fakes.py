@@ -43,7 +43,11 @@ class FakeService:
         if isinstance(step, tuple):
             status, body, *headers = step
             if body.startswith("{"):
-                return httpx.Response(status, content=body.encode(), headers={"Content-Type": "application/json", **(headers[0] if headers else {})})
+                return httpx.Response(
+                    status,
+                    content=body.encode(),
+                    headers={"Content-Type": "application/json", **(headers[0] if headers else {})},
+                )
             return httpx.Response(status, text=body, headers=headers[0] if headers else {})
         return httpx.Response(200, json=self._judge(request))
 
@@ -55,10 +59,20 @@ class FakeService:
                 return {**self.verdicts[key], "duplicate": True}
             self.judged[params["frame_id"]] += 1
             verdict = {
-                "frame_id": params["frame_id"], "line_id": params["line_id"], "camera_id": params["camera_id"], "part_id": params.get("part_id"),
-                "verdict": "OK", "defect_probability": 0.1, "confidence": 0.9, "threshold": 0.5, "model_version": "v0001",
-                "views": {"identity": 0.1}, "latency_ms": 1.0, "captured_at": params.get("captured_at"),
-                "received_at": datetime.now(timezone.utc).isoformat(), "duplicate": False,
+                "frame_id": params["frame_id"],
+                "line_id": params["line_id"],
+                "camera_id": params["camera_id"],
+                "part_id": params.get("part_id"),
+                "verdict": "OK",
+                "defect_probability": 0.1,
+                "confidence": 0.9,
+                "threshold": 0.5,
+                "model_version": "v0001",
+                "views": {"identity": 0.1},
+                "latency_ms": 1.0,
+                "captured_at": params.get("captured_at"),
+                "received_at": datetime.now(timezone.utc).isoformat(),
+                "duplicate": False,
             }
             self.verdicts[key] = verdict
             return verdict
@@ -99,7 +113,13 @@ class ListSource:
 def make_frames(n: int, camera_id: str = "cam-1", prefix: str = "f", size: int = 200) -> list[Frame]:
     rng = np.random.default_rng(0)
     return [
-        Frame(frame_id=f"{prefix}{i:03d}", camera_id=camera_id, captured_at=datetime.now(timezone.utc),
-              image=rng.integers(0, 255, size, dtype=np.uint8).tobytes(), content_type="image/png", part_id=f"p{i}")
+        Frame(
+            frame_id=f"{prefix}{i:03d}",
+            camera_id=camera_id,
+            captured_at=datetime.now(timezone.utc),
+            image=rng.integers(0, 255, size, dtype=np.uint8).tobytes(),
+            content_type="image/png",
+            part_id=f"p{i}",
+        )
         for i in range(n)
     ]

@@ -97,7 +97,11 @@ def test_complete_looking_formats():
     data = png()
     assert looks_complete(data, ".png") and not looks_complete(data[:-1], ".PNG")
     jpeg = b"\xff\xd8" + b"x" * 100 + b"\xff\xd9"
-    assert looks_complete(jpeg, ".jpg") and looks_complete(jpeg + b"\0\0", ".jpeg") and not looks_complete(jpeg[:-2], ".jpg")
+    assert (
+        looks_complete(jpeg, ".jpg")
+        and looks_complete(jpeg + b"\0\0", ".jpeg")
+        and not looks_complete(jpeg[:-2], ".jpg")
+    )
     bmp = b"BM" + (60).to_bytes(4, "little") + b"\0" * 54
     assert looks_complete(bmp, ".bmp") and not looks_complete(bmp[:40], ".bmp")
     assert looks_complete(b"II*\0", ".tiff")
@@ -133,11 +137,18 @@ def test_settle_moves_files_to_done_or_failed_with_the_reason(tmp_path):
     (tmp_path / "done").joinpath("again.png").write_bytes(b"an earlier part with the same name")
     folder.settle(frames["good.png"], Outcome("judged", 200, {"verdict": "OK"}))
     folder.settle(frames["again.png"], Outcome("judged", 200, {"verdict": "OK"}))
-    folder.settle(frames["bad.png"], Outcome("rejected", 422, {"error": "undecodable_image", "detail": "truncated PNG"}))
+    folder.settle(
+        frames["bad.png"], Outcome("rejected", 422, {"error": "undecodable_image", "detail": "truncated PNG"})
+    )
     assert (tmp_path / "done" / "good.png").read_bytes() == png()
     assert (tmp_path / "done" / f"again.{frames['again.png'].frame_id}.png").read_bytes() == png()
     reason = json.loads((tmp_path / "failed" / "bad.png.reason.json").read_text())
-    assert reason == {"frame_id": frames["bad.png"].frame_id, "status": 422, "error": "undecodable_image", "detail": "truncated PNG"}
+    assert reason == {
+        "frame_id": frames["bad.png"].frame_id,
+        "status": 422,
+        "error": "undecodable_image",
+        "detail": "truncated PNG",
+    }
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == []
 
 
@@ -147,12 +158,16 @@ def test_a_restart_neither_resends_nor_skips_a_file(tmp_path):
     for i in range(6):
         (inbox / f"part{i:02d}.png").write_bytes(png(i))
     service = FakeService()
-    adapter = AdapterSettings(upload=UploadSettings(url="http://svc"), spool_dir=tmp_path / "spool", results_log=tmp_path / "results.jsonl")
+    adapter = AdapterSettings(
+        upload=UploadSettings(url="http://svc"), spool_dir=tmp_path / "spool", results_log=tmp_path / "results.jsonl"
+    )
     settings = FolderSettings(path=inbox, poll_interval_s=0.02, stable_polls=1)
 
     def run_until(judged: int) -> None:
         stop = threading.Event()
-        worker = threading.Thread(target=run_camera, args=(settings, adapter), kwargs={"stop": stop, "transport": service.transport()})
+        worker = threading.Thread(
+            target=run_camera, args=(settings, adapter), kwargs={"stop": stop, "transport": service.transport()}
+        )
         worker.start()
         try:
             wait_until(lambda: sum(service.judged.values()) >= judged)

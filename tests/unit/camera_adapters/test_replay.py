@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+
 import cv2
 import numpy as np
 import pytest
@@ -44,7 +45,11 @@ def test_frames_are_the_dataset_files_with_stable_ids_and_part_ids(folder_data, 
 
 
 def test_manifest_groups_are_the_part_ids(manifest_dataset, tmp_path):
-    frames = list(replay(DataConfig(source="manifest", path=manifest_dataset), tmp_path, fps=1000, limit=5).frames(threading.Event()))
+    frames = list(
+        replay(DataConfig(source="manifest", path=manifest_dataset), tmp_path, fps=1000, limit=5).frames(
+            threading.Event()
+        )
+    )
     assert [f.part_id for f in frames] == ["part00"] * 4 + ["part01"]
     assert frames[0].frame_id == "frames_part00_0.png"
 
@@ -55,7 +60,9 @@ def test_a_restart_resumes_after_the_last_settled_frame(folder_data, tmp_path):
     for frame in frames[:3]:  # two frames were still on their way when the adapter stopped
         first.settle(frame, Outcome("judged", 200))
     resumed = list(replay(folder_data, tmp_path, fps=1000, limit=4).frames(threading.Event()))
-    assert [f.frame_id for f in resumed[:2]] == [f.frame_id for f in frames[3:]]  # same ids: a resend is answered from memory
+    assert [f.frame_id for f in resumed[:2]] == [
+        f.frame_id for f in frames[3:]
+    ]  # same ids: a resend is answered from memory
     assert resumed[0].image == frames[3].image
 
 
@@ -85,7 +92,7 @@ def test_a_shift_starts_at_the_given_frame(folder_data, tmp_path, shift):
     frames = list(source.frames(threading.Event()))
     originals = [decode_image(s.path.read_bytes()).astype(np.float32) for s in source.samples[:6]]
     assert [f.image for f in frames[:3]] == [s.path.read_bytes() for s in source.samples[:3]]
-    for frame, original in zip(frames[3:], originals[3:]):
+    for frame, original in zip(frames[3:], originals[3:], strict=True):
         image = decode_image(frame.image).astype(np.float32)
         assert image.shape == original.shape
         if shift == "brightness":  # 40 % brighter by default
@@ -94,7 +101,9 @@ def test_a_shift_starts_at_the_given_frame(folder_data, tmp_path, shift):
             assert cv2.Laplacian(image, cv2.CV_32F).var() < 0.5 * cv2.Laplacian(original, cv2.CV_32F).var()
         else:
             assert (image - original).std() == pytest.approx(0.08 * 255, rel=0.25)
-    again = list(replay(folder_data, tmp_path / "again", fps=1000, limit=6, shift=shift, shift_from=3).frames(threading.Event()))
+    again = list(
+        replay(folder_data, tmp_path / "again", fps=1000, limit=6, shift=shift, shift_from=3).frames(threading.Event())
+    )
     assert [f.image for f in again] == [f.image for f in frames]  # a resent frame is the same image
 
 
@@ -108,13 +117,15 @@ def test_apply_shift_keeps_dtype_and_layout():
     assert apply_shift(gray, "brightness", 1.0).max() == 255  # clipped, not wrapped
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"shift": "brightness", "shift_strength": -1.0}, "above -1"),
-    ({"shift": "blur", "shift_strength": 0.0}, "must be positive"),
-    ({"shift": "sparkle"}, "brightness"),
-    ({"fps": 0}, "greater than 0"),
-])
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shift": "brightness", "shift_strength": -1.0}, "above -1"),
+        ({"shift": "blur", "shift_strength": 0.0}, "must be positive"),
+        ({"shift": "sparkle"}, "brightness"),
+        ({"fps": 0}, "greater than 0"),
+    ],
+)
 def test_settings_name_the_bad_value(changes, message):
     with pytest.raises(ValidationError, match=message):
         ReplaySettings(**changes)
-

@@ -41,12 +41,14 @@ def metric(metrics: CameraMetrics, name: str, **labels) -> float:
 
 
 def test_every_frame_judged_once_in_capture_order_through_transient_failures(tmp_path):
-    service = FakeService(script=[
-        "connect",
-        (503, '{"error": "overloaded", "detail": "busy"}', {"Retry-After": "0"}),
-        (404, "Path '/v1/frames' not found"),
-        "judge-then-timeout",
-    ])
+    service = FakeService(
+        script=[
+            "connect",
+            (503, '{"error": "overloaded", "detail": "busy"}', {"Retry-After": "0"}),
+            (404, "Path '/v1/frames' not found"),
+            "judge-then-timeout",
+        ]
+    )
     frames = make_frames(12)
     source = ListSource(frames)
     metrics = CameraMetrics()
@@ -97,7 +99,7 @@ def test_an_outage_spools_frames_and_delivers_them_in_order_when_the_service_ret
     assert summary.retries >= 3 and summary.dropped == 0
     assert [r["frame_id"] for r in read_log(tmp_path / "results.jsonl")] == ids
     assert service.judged == dict.fromkeys(ids, 1)
-    delivered = [r.url.params["frame_id"] for r in service.requests[summary.retries:]]
+    delivered = [r.url.params["frame_id"] for r in service.requests[summary.retries :]]
     assert delivered == ids  # after the outage: each frame once, oldest first
 
 
@@ -137,8 +139,12 @@ def test_a_full_spool_drops_frames_and_says_so(tmp_path, caplog):
     metrics = CameraMetrics()
     one_frame = len(frames[0].image) + 300
     with caplog.at_level(logging.ERROR):
-        summary = run_adapter(source, settings(tmp_path, queue_size=0, spool_max_bytes=3 * one_frame, drain_timeout_s=0.2),
-                              metrics=metrics, transport=FakeService(down=True).transport())
+        summary = run_adapter(
+            source,
+            settings(tmp_path, queue_size=0, spool_max_bytes=3 * one_frame, drain_timeout_s=0.2),
+            metrics=metrics,
+            transport=FakeService(down=True).transport(),
+        )
     assert summary.dropped == 5 and summary.spooled_left == 3
     assert metric(metrics, "inspect_camera_frames_dropped_total") == 5
     assert metric(metrics, "inspect_camera_spooled_frames") == 3
@@ -154,7 +160,9 @@ def test_queue_size_zero_writes_every_frame_to_disk_before_sending(tmp_path):
         seen_on_disk.append(len(list((tmp_path / "spool" / "frames").iterdir())))
         return service.handle(request)
 
-    summary = run_adapter(ListSource(make_frames(4)), settings(tmp_path, queue_size=0), transport=httpx.MockTransport(handle))
+    summary = run_adapter(
+        ListSource(make_frames(4)), settings(tmp_path, queue_size=0), transport=httpx.MockTransport(handle)
+    )
     assert summary.judged == 4 and all(n >= 1 for n in seen_on_disk)
 
 
@@ -176,8 +184,11 @@ def test_metrics_are_served_on_the_configured_port(tmp_path):
     service = FakeService()
     stop = threading.Event()
     source = ListSource(make_frames(3), endless=True)
-    runner = threading.Thread(target=run_adapter, args=(source, settings(tmp_path, metrics_port=port)),
-                              kwargs={"stop": stop, "transport": service.transport()})
+    runner = threading.Thread(
+        target=run_adapter,
+        args=(source, settings(tmp_path, metrics_port=port)),
+        kwargs={"stop": stop, "transport": service.transport()},
+    )
     runner.start()
     try:
         deadline = time.monotonic() + 10
@@ -196,8 +207,11 @@ def test_one_adapter_per_spool_folder(tmp_path):
     inbox.mkdir()
     stop = threading.Event()
     adapter = settings(tmp_path)
-    first = threading.Thread(target=run_camera, args=(FolderSettings(path=inbox, poll_interval_s=0.05), adapter),
-                             kwargs={"stop": stop, "transport": FakeService().transport()})
+    first = threading.Thread(
+        target=run_camera,
+        args=(FolderSettings(path=inbox, poll_interval_s=0.05), adapter),
+        kwargs={"stop": stop, "transport": FakeService().transport()},
+    )
     first.start()
     try:
         time.sleep(0.3)
@@ -208,7 +222,10 @@ def test_one_adapter_per_spool_folder(tmp_path):
         first.join()
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [("camera_id", "cam 1", "not a valid id"), ("queue_size", -1, "greater than or equal")])
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("camera_id", "cam 1", "not a valid id"), ("queue_size", -1, "greater than or equal")],
+)
 def test_adapter_settings_name_the_bad_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         AdapterSettings(**{field: value})
@@ -224,7 +241,12 @@ def test_stopping_puts_frames_still_in_memory_into_the_spool(tmp_path):
     stop = threading.Event()
     threading.Timer(0.35, stop.set).start()
     frames = make_frames(10)
-    summary = run_adapter(ListSource(frames, endless=True), settings(tmp_path, queue_size=64), stop=stop, transport=httpx.MockTransport(slow))
+    summary = run_adapter(
+        ListSource(frames, endless=True),
+        settings(tmp_path, queue_size=64),
+        stop=stop,
+        transport=httpx.MockTransport(slow),
+    )
     assert 1 <= summary.judged < 10 and summary.judged + summary.spooled_left == 10
     resumed = run_adapter(ListSource([]), settings(tmp_path), transport=service.transport())
     assert resumed.judged == 10 - summary.judged
@@ -246,7 +268,11 @@ def test_the_first_signal_stops_the_adapter_and_the_second_acts_as_usual():
 
 def test_stream_reconnects_are_counted_in_the_metrics(tmp_path):
     video = write_video(tmp_path / "clip.avi", 5)  # as a "stream", it ends every five frames
-    source = VideoSource(VideoSettings(source=str(video), live=True, max_frames=12, reconnect_initial_s=0.01), "cam-1", SourceState(tmp_path / "state.json"))
+    source = VideoSource(
+        VideoSettings(source=str(video), live=True, max_frames=12, reconnect_initial_s=0.01),
+        "cam-1",
+        SourceState(tmp_path / "state.json"),
+    )
     metrics = CameraMetrics()
     summary = run_adapter(source, settings(tmp_path), metrics=metrics, transport=FakeService().transport())
     assert summary.judged == 12 and source.reconnects >= 2

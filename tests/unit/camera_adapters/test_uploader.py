@@ -44,7 +44,10 @@ def test_408_429_and_5xx_are_retried_with_retry_after(status):
     assert answer.retry_after_s == 3.0 and str(status) in answer.reason
 
 
-@pytest.mark.parametrize(("status", "body"), [(404, "Path '/v1/frames' not found"), (503, "Service Unavailable"), (200, "<html>hello</html>"), (500, "[1, 2]")])
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(404, "Path '/v1/frames' not found"), (503, "Service Unavailable"), (200, "<html>hello</html>"), (500, "[1, 2]")],
+)
 def test_answers_without_our_envelope_mean_the_service_is_not_there(status, body):
     """Ray's proxy answers plain text while the app (re)deploys: never a final rejection."""
     answer = classify(response(status, body))
@@ -57,7 +60,12 @@ def test_retry_after_in_seconds_or_as_an_http_date():
     assert retry_after(response(503, "x", {"Retry-After": "7"})) == 7.0
     dated = response(503, "x", {"Retry-After": format_datetime(now + timedelta(seconds=42), usegmt=True)})
     assert retry_after(dated, now=now) == pytest.approx(42.0)
-    assert retry_after(response(503, "x", {"Retry-After": format_datetime(now - timedelta(seconds=5), usegmt=True)}), now=now) == 0.0
+    assert (
+        retry_after(
+            response(503, "x", {"Retry-After": format_datetime(now - timedelta(seconds=5), usegmt=True)}), now=now
+        )
+        == 0.0
+    )
     assert retry_after(response(503, "x", {"Retry-After": "soon"})) is None
     assert retry_after(response(503, "x")) is None
 
@@ -83,7 +91,12 @@ def test_post_sends_ids_capture_time_type_and_token():
     request = service.requests[0]
     assert request.url.path == "/v1/frames" and request.url.host == "svc"
     params = request.url.params
-    assert (params["line_id"], params["camera_id"], params["frame_id"], params["part_id"]) == ("line-7", "cam-1", "f000", "p0")
+    assert (params["line_id"], params["camera_id"], params["frame_id"], params["part_id"]) == (
+        "line-7",
+        "cam-1",
+        "f000",
+        "p0",
+    )
     assert datetime.fromisoformat(params["captured_at"]) == frame.captured_at
     assert request.headers["Content-Type"] == "image/png" and request.headers["Authorization"] == "Bearer s3cret"
     assert request.content == frame.image

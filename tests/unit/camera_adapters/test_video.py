@@ -94,7 +94,11 @@ def test_a_stream_that_is_not_there_yet_is_retried_with_backoff(tmp_path):
 
 def test_a_live_source_never_takes_more_than_fps(tmp_path):
     video = write_video(tmp_path / "fast.avi", 200)
-    frames = list(open_source(tmp_path, video, live=True, fps=10, max_frames=4, reconnect_initial_s=0.01).frames(threading.Event()))
+    frames = list(
+        open_source(tmp_path, video, live=True, fps=10, max_frames=4, reconnect_initial_s=0.01).frames(
+            threading.Event()
+        )
+    )
     gaps = np.diff([f.captured_at.timestamp() for f in frames])
     assert len(frames) == 4 and gaps.min() >= 0.095
     assert [index_of(f) for f in frames] != [0, 1, 2, 3]  # frames in between were read and passed over
@@ -110,10 +114,10 @@ def test_stop_ends_a_live_source(tmp_path):
 
 
 def test_errors_name_the_source(tmp_path):
-    with pytest.raises(ConfigError, match="missing.avi does not exist"):
+    with pytest.raises(ConfigError, match=r"missing.avi does not exist"):
         open_source(tmp_path, tmp_path / "missing.avi")
     (tmp_path / "notes.avi").write_text("not a video")
-    with pytest.raises(ConfigError, match="cannot open the video file .*notes.avi"):
+    with pytest.raises(ConfigError, match=r"cannot open the video file .*notes.avi"):
         list(open_source(tmp_path, tmp_path / "notes.avi").frames(threading.Event()))
 
 

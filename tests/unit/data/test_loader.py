@@ -23,8 +23,8 @@ def test_absent_class_gets_zero_weight_without_dividing_by_zero():
 
 def test_balanced_loader_draws_each_class_equally(tmp_path: Path):
     labels = [1] * 10 + [0] * 90  # 10 % defective, defective first
-    samples = [Sample(key=str(i), path=tmp_path / f"{i}.png", label=l) for i, l in enumerate(labels)]
-    images = [np.full((8, 8, 1), l * 255, np.uint8) for l in labels]
+    samples = [Sample(key=str(i), path=tmp_path / f"{i}.png", label=label) for i, label in enumerate(labels)]
+    images = [np.full((8, 8, 1), label * 255, np.uint8) for label in labels]
     pre = Preprocessing(image_size=8, color_mode="gray", mean=(0.0,), std=(1.0,))
     dataset = FrameDataset(samples, build_eval_preset(pre), "gray", images)
     loader = create_loader(dataset, batch_size=50, train=True, balanced=True, seed=0)

@@ -19,8 +19,19 @@ def _names(compose: A.Compose) -> list[str]:
 
 def test_train_preset_contains_the_recipe_augmentations():
     names = _names(build_train_preset(PRE, AugmentConfig()))
-    for required in ("ElasticTransform", "GridDistortion", "CLAHE", "GaussNoise", "GaussianBlur", "MotionBlur",
-                     "CoarseDropout", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "RandomBrightnessContrast"):
+    for required in (
+        "ElasticTransform",
+        "GridDistortion",
+        "CLAHE",
+        "GaussNoise",
+        "GaussianBlur",
+        "MotionBlur",
+        "CoarseDropout",
+        "HorizontalFlip",
+        "VerticalFlip",
+        "RandomRotate90",
+        "RandomBrightnessContrast",
+    ):
         assert required in names
     assert names[0] == "Resize" and names[-2:] == ["Normalize", "ToTensorV2"]
 
@@ -63,5 +74,5 @@ def test_normalisation_statistics_match_numpy():
     stacked = np.stack(images).astype(np.float64) / 255
     assert abs(mean[0] - stacked.mean()) < 1e-9
     assert abs(std[0] - stacked.std()) < 1e-9
-    rgb_mean, rgb_std = compute_normalization([np.dstack([i, i // 2, i // 4]) for i in images], 32)
+    rgb_mean, _ = compute_normalization([np.dstack([i, i // 2, i // 4]) for i in images], 32)
     assert len(rgb_mean) == 3 and rgb_mean[0] > rgb_mean[1] > rgb_mean[2]

@@ -58,7 +58,7 @@ def test_manifest_errors_name_row_and_accepted_values(tmp_path: Path):
         load_samples(DataConfig(source="manifest", path=bad_label))
     missing = tmp_path / "n.csv"
     missing.write_text("path,label\nnope.png,ok\n")
-    with pytest.raises(DataError, match="nope.png"):
+    with pytest.raises(DataError, match=r"nope.png"):
         load_samples(DataConfig(source="manifest", path=missing))
     no_header = tmp_path / "h.csv"
     no_header.write_text("file,class\na.png,ok\n")

@@ -65,5 +65,5 @@ def test_manifest_against_other_data_is_refused(folder_dataset: Path, tmp_path: 
 def test_too_few_samples_for_a_class_gives_a_clear_error(folder_dataset: Path):
     samples = load_samples(DataConfig(source="folder", path=folder_dataset))
     few = [s for s in samples if s.label == 0] + [s for s in samples if s.label == 1][:2]
-    with pytest.raises(DataError, match="class counts .'ok': 18, 'defective': 1.*add samples"):
+    with pytest.raises(DataError, match=r"class counts .'ok': 18, 'defective': 1.*add samples"):
         split_samples(few, test_size=0.25, val_size=0.25, seed=0)

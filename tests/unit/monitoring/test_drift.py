@@ -4,7 +4,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference, build_reference, evaluate_window, image_statistics
+from inspectline.monitoring.drift import (
+    SIGNALS,
+    DriftDetector,
+    DriftReference,
+    build_reference,
+    evaluate_window,
+    image_statistics,
+)
 from tests.helpers import make_cell
 
 
@@ -28,11 +35,24 @@ def test_image_statistics_respond_to_the_shifts_they_watch():
 
 def _reference(rng: np.random.Generator, n: int = 400, dim: int = 12) -> tuple[DriftReference, np.ndarray]:
     embeddings = rng.normal(size=(n, dim)) @ rng.normal(size=(dim, dim))
-    reference = build_reference(rng.beta(2, 5, n), rng.normal([0.5, 0.2, 0.01, 0.0], [0.05, 0.02, 0.002, 0.001], (n, 4)), embeddings, 0.5, n_components=4)
+    reference = build_reference(
+        rng.beta(2, 5, n),
+        rng.normal([0.5, 0.2, 0.01, 0.0], [0.05, 0.02, 0.002, 0.001], (n, 4)),
+        embeddings,
+        0.5,
+        n_components=4,
+    )
     return reference, embeddings
 
 
-def _window(rng: np.random.Generator, reference: DriftReference, n: int, *, prob_shift: float = 0.0, brightness_shift: float = 0.0):
+def _window(
+    rng: np.random.Generator,
+    reference: DriftReference,
+    n: int,
+    *,
+    prob_shift: float = 0.0,
+    brightness_shift: float = 0.0,
+):
     probs = np.clip(rng.beta(2, 5, n) + prob_shift, 0, 1)
     stats = rng.normal([0.5 + brightness_shift, 0.2, 0.01, 0.0], [0.05, 0.02, 0.002, 0.001], (n, 4))
     components = rng.normal(size=(n, reference.components.shape[1])) * reference.components.std(axis=0)
@@ -65,7 +85,9 @@ def test_detector_evaluates_only_full_windows_every_interval():
     rng = np.random.default_rng(2)
     reference, embeddings = _reference(rng)
     detector = DriftDetector(reference, window=50, interval=10, alpha=0.01)
-    reports = [detector.update(0.2, np.array([0.5, 0.2, 0.01, 0.0]), embeddings[i % len(embeddings)]) for i in range(80)]
+    reports = [
+        detector.update(0.2, np.array([0.5, 0.2, 0.01, 0.0]), embeddings[i % len(embeddings)]) for i in range(80)
+    ]
     evaluated = [i + 1 for i, r in enumerate(reports) if r is not None]
     assert evaluated == [50, 60, 70, 80]
     assert len(detector) == 50 and detector.last is reports[-1]

@@ -10,7 +10,9 @@ from inspectline.monitoring.metrics import CameraMetrics, LineMetrics
 
 PROMTOOL = shutil.which("promtool")
 # CI installs Prometheus (.ci/run); on a developer machine without it these checks are skipped.
-needs_promtool = pytest.mark.skipif(PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed (apt-get install prometheus)")
+needs_promtool = pytest.mark.skipif(
+    PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed (apt-get install prometheus)"
+)
 
 
 def _exercised() -> bytes:
@@ -48,5 +50,7 @@ def test_names_follow_prometheus_conventions():
 
 @needs_promtool
 def test_promtool_reports_nothing_on_the_exposition():
-    proc = subprocess.run([PROMTOOL or "promtool", "check", "metrics"], input=_exercised(), capture_output=True, timeout=30)
+    proc = subprocess.run(
+        [PROMTOOL or "promtool", "check", "metrics"], input=_exercised(), capture_output=True, timeout=30
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == b"" and proc.stderr.strip() == b"", proc.stdout + proc.stderr

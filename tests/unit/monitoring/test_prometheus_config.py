@@ -23,7 +23,13 @@ import yaml
 
 from inspectline.errors import ConfigError, InspectError
 from inspectline.monitoring.metrics import CameraMetrics, LineMetrics
-from inspectline.monitoring.prometheus import GRAFANA_BUILTINS, dashboard_queries, find_prometheus, start_prometheus, substitute
+from inspectline.monitoring.prometheus import (
+    GRAFANA_BUILTINS,
+    dashboard_queries,
+    find_prometheus,
+    start_prometheus,
+    substitute,
+)
 from tests.unit.monitoring.test_metrics import PROMTOOL, needs_promtool
 
 REPO = Path(__file__).resolve().parents[3]
@@ -37,7 +43,10 @@ DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "inspectline.yml
 VARIABLES = {"line": "line-1", "camera": "cam-1", **GRAFANA_BUILTINS}
 INSPECT = str(Path(sys.executable).with_name("inspect"))
 
-needs_prometheus = pytest.mark.skipif(shutil.which("prometheus") is None and not os.environ.get("CI"), reason="prometheus not installed (apt-get install prometheus)")
+needs_prometheus = pytest.mark.skipif(
+    shutil.which("prometheus") is None and not os.environ.get("CI"),
+    reason="prometheus not installed (apt-get install prometheus)",
+)
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:
@@ -83,7 +92,9 @@ def test_promtool_accepts_the_scrape_config_and_the_rules_it_loads():
 @needs_promtool
 def test_promtool_accepts_the_alert_rules():
     proc = promtool("check", "rules", str(ALERTS))
-    assert proc.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in proc.stdout, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and f"SUCCESS: {len(alert_rules())} rules found" in proc.stdout, (
+        proc.stdout + proc.stderr
+    )
 
 
 @needs_promtool
@@ -97,7 +108,9 @@ def test_every_alert_is_unit_tested_firing_and_quiet():
     cases = [case for test in load_yaml(ALERTS_TEST)["tests"] for case in test.get("alert_rule_test", [])]
     firing = {case["alertname"] for case in cases if case.get("exp_alerts")}
     quiet = {case["alertname"] for case in cases if not case.get("exp_alerts")}
-    assert firing == alerts, f"alerts without a firing test: {alerts - firing}; tests of unknown alerts: {firing - alerts}"
+    assert firing == alerts, (
+        f"alerts without a firing test: {alerts - firing}; tests of unknown alerts: {firing - alerts}"
+    )
     assert quiet == alerts, f"alerts without a not-firing test: {alerts - quiet}"
     assert load_yaml(ALERTS_TEST)["rule_files"] == [ALERTS.name]
 
@@ -118,9 +131,13 @@ def test_every_alert_has_a_severity_and_says_where():
 def test_the_alerts_watch_the_jobs_the_config_scrapes():
     config = load_yaml(PROMETHEUS_CONFIG)
     assert config["rule_files"] == [ALERTS.name]  # resolved next to prometheus.yml
-    jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]}
+    jobs = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]] for job in config["scrape_configs"]
+    }
     assert jobs["inspectline"] == ["localhost:8000"]
-    assert len(jobs["inspectline-cameras"]) >= 1 and all(re.fullmatch(r"localhost:91\d\d", t) for t in jobs["inspectline-cameras"])
+    assert len(jobs["inspectline-cameras"]) >= 1 and all(
+        re.fullmatch(r"localhost:91\d\d", t) for t in jobs["inspectline-cameras"]
+    )
     referenced = set(re.findall(r'job="([^"]+)"', ALERTS.read_text()))
     assert referenced and referenced <= set(jobs)
 
@@ -164,19 +181,38 @@ def test_rate_windows_use_grafana_intervals():
     for panel in panels():
         for target in panel["targets"]:
             for window in re.findall(r"\[([^\]]+)\]", target["expr"]):
-                assert window in ("$__rate_interval", "$__range"), f"{panel['title']}: fixed window [{window}] in {target['expr']}"
+                assert window in ("$__rate_interval", "$__range"), (
+                    f"{panel['title']}: fixed window [{window}] in {target['expr']}"
+                )
 
 
 def test_the_board_shows_what_quality_engineers_watch():
     exprs = {p["title"]: " ".join(t["expr"] for t in p["targets"]) for p in panels()}
     everything = " ".join(exprs.values())
-    for metric in ("inspect_frames_total", "inspect_defect_ratio", "inspect_reference_defect_ratio", "inspect_unsure_ratio",
-                   "inspect_confidence_bucket", "inspect_drift_score", "inspect_drift_p_value", "inspect_drift_alpha",
-                   "inspect_drift_alarm", "inspect_errors_total", "inspect_batch_size", "inspect_camera_frames_sent_total",
-                   "inspect_camera_retries_total", "inspect_camera_spooled_frames", "inspect_camera_frames_dropped_total"):
+    for metric in (
+        "inspect_frames_total",
+        "inspect_defect_ratio",
+        "inspect_reference_defect_ratio",
+        "inspect_unsure_ratio",
+        "inspect_confidence_bucket",
+        "inspect_drift_score",
+        "inspect_drift_p_value",
+        "inspect_drift_alpha",
+        "inspect_drift_alarm",
+        "inspect_errors_total",
+        "inspect_batch_size",
+        "inspect_camera_frames_sent_total",
+        "inspect_camera_retries_total",
+        "inspect_camera_spooled_frames",
+        "inspect_camera_frames_dropped_total",
+    ):
         assert metric in everything, f"no panel shows {metric}"
     latency = exprs["Latency p50 / p99 (end to end)"]
-    assert "histogram_quantile(0.5," in latency and "histogram_quantile(0.99," in latency and "inspect_request_duration_seconds_bucket" in latency
+    assert (
+        "histogram_quantile(0.5," in latency
+        and "histogram_quantile(0.99," in latency
+        and "inspect_request_duration_seconds_bucket" in latency
+    )
     assert "sum by (line, camera) (rate(inspect_frames_total" in exprs["Throughput per camera"]
     assert "inspect_reference_defect_ratio" in exprs["Defect rate with baseline"]
     assert "by (verdict)" in exprs["Verdict mix"]
@@ -184,7 +220,11 @@ def test_the_board_shows_what_quality_engineers_watch():
     heatmaps = [p for p in panels() if p["type"] == "heatmap" and "inspect_confidence_bucket" in exprs[p["title"]]]
     assert heatmaps and heatmaps[0]["targets"][0]["format"] == "heatmap"
     annotations = [a for a in board()["annotations"]["list"] if a.get("expr")]
-    assert len(annotations) == 1 and "changes(inspect_model_version[" in annotations[0]["expr"] and annotations[0]["enable"]
+    assert (
+        len(annotations) == 1
+        and "changes(inspect_model_version[" in annotations[0]["expr"]
+        and annotations[0]["enable"]
+    )
 
 
 def test_every_query_names_only_metrics_inspectline_exports():
@@ -202,12 +242,21 @@ def test_every_query_names_only_metrics_inspectline_exports():
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path):
     # promtool has no offline query parser, but it parses every expression of a rules file.
     queries = dashboard_queries(DASHBOARD, VARIABLES)
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": q.expr} for i, q in enumerate(queries)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query_{i}", "expr": q.expr} for i, q in enumerate(queries)],
+            }
+        ]
+    }
     (tmp_path / "dashboard.yml").write_text(yaml.safe_dump(rules))
     proc = promtool("check", "rules", str(tmp_path / "dashboard.yml"))
     assert proc.returncode == 0 and f"{len(queries)} rules found" in proc.stdout, proc.stdout + proc.stderr
     # ...and it does reject a broken one, so the check above means something.
-    rules["groups"][0]["rules"].append({"record": "dashboard:broken", "expr": "sum by (line (rate(inspect_frames_total[1m]))"})
+    rules["groups"][0]["rules"].append(
+        {"record": "dashboard:broken", "expr": "sum by (line (rate(inspect_frames_total[1m]))"}
+    )
     (tmp_path / "broken.yml").write_text(yaml.safe_dump(rules))
     assert promtool("check", "rules", str(tmp_path / "broken.yml")).returncode != 0
 
@@ -253,7 +302,15 @@ def test_substitute_knows_grafana_variable_forms_and_collapsed_rows():
     assert substitute('rate(x{line=~"$line", camera=~"${camera}", l=~"${line:regex}"}[$__rate_interval])', values) == (
         'rate(x{line=~"l1", camera=~"c1", l=~"l1"}[30s])'
     )
-    collapsed = {"panels": [{"type": "row", "collapsed": True, "panels": [{"title": "inside", "targets": [{"refId": "A", "expr": "up{job=~\"$line\"}"}]}]}]}
+    collapsed = {
+        "panels": [
+            {
+                "type": "row",
+                "collapsed": True,
+                "panels": [{"title": "inside", "targets": [{"refId": "A", "expr": 'up{job=~"$line"}'}]}],
+            }
+        ]
+    }
     assert [(q.panel, q.expr) for q in dashboard_queries(collapsed, values)] == [("inside", 'up{job=~"l1"}')]
 
 
@@ -266,7 +323,14 @@ def test_a_missing_prometheus_says_how_to_install_it(tmp_path: Path):
 
 def test_inspect_monitor_without_prometheus_explains_and_fails(tmp_path: Path):
     env = {**os.environ, "PATH": str(tmp_path)}  # an empty folder: no prometheus binary to find
-    proc = subprocess.run([INSPECT, "monitor", "--data-dir", str(tmp_path / "data")], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [INSPECT, "monitor", "--data-dir", str(tmp_path / "data")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "apt-get install prometheus" in proc.stderr and "https://prometheus.io/download/" in proc.stderr
 
@@ -275,7 +339,9 @@ def test_inspect_monitor_without_prometheus_explains_and_fails(tmp_path: Path):
 def test_a_config_prometheus_refuses_is_reported_with_its_reason(tmp_path: Path):
     config = tmp_path / "prometheus.yml"
     config.write_text("scrape_configs:\n  - job_name: inspectline\n    scrape_interval: often\n")
-    with pytest.raises(InspectError, match=r"exited with status \d+ before it was ready(.|\n)*not a valid duration string(.|\n)*often"):
+    with pytest.raises(
+        InspectError, match=r"exited with status \d+ before it was ready(.|\n)*not a valid duration string(.|\n)*often"
+    ):
         start_prometheus(config, data_dir=tmp_path / "data", port=_free_port(), log_file=tmp_path / "prometheus.log")
     with pytest.raises(ConfigError, match="does not exist"):
         start_prometheus(tmp_path / "missing.yml", data_dir=tmp_path / "data")

@@ -20,9 +20,20 @@ T0 = datetime(2026, 11, 22, 8, tzinfo=timezone.utc)
 
 def record(i: int, verdict: str = "DEFECTIVE") -> FrameRecord:
     return FrameRecord(
-        camera_id="cam-1", frame_id=f"f{i:04d}", line_id="line-1", part_id=f"p{i}", captured_at=None, received_at=T0 + timedelta(seconds=i),
-        verdict=verdict, defect_probability=0.9, confidence=0.9, threshold=0.5, model_version="v0001",
-        views={"identity": 0.9}, image=encode_png(np.full((8, 8), i % 256, np.uint8)), image_format=None,
+        camera_id="cam-1",
+        frame_id=f"f{i:04d}",
+        line_id="line-1",
+        part_id=f"p{i}",
+        captured_at=None,
+        received_at=T0 + timedelta(seconds=i),
+        verdict=verdict,
+        defect_probability=0.9,
+        confidence=0.9,
+        threshold=0.5,
+        model_version="v0001",
+        views={"identity": 0.9},
+        image=encode_png(np.full((8, 8), i % 256, np.uint8)),
+        image_format=None,
     )
 
 
@@ -64,7 +75,9 @@ def wait(condition, timeout_s: float = 20.0) -> None:
 
 @pytest.fixture
 def config(tmp_path: Path) -> StoreConfig:
-    return StoreConfig(database_url=f"sqlite:///{tmp_path / 'f.db'}", storage_url=str(tmp_path / "images"), keep_ok_images=1.0)
+    return StoreConfig(
+        database_url=f"sqlite:///{tmp_path / 'f.db'}", storage_url=str(tmp_path / "images"), keep_ok_images=1.0
+    )
 
 
 def test_an_outage_keeps_every_frame_and_writes_it_later_in_order(config, tmp_path):

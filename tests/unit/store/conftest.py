@@ -50,10 +50,33 @@ def postgres_url() -> Iterator[str]:
     data, port = root / "data", _free_port()
     pg_ctl = [*as_postgres, str(bindir / "pg_ctl"), "-D", str(data)]
     try:
-        subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "--no-sync",
-                        "-E", "UTF8"], check=True, capture_output=True, text=True)
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-        subprocess.run([*pg_ctl, "-l", str(root / "server.log"), "-o", options, "-w", "start"], check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                *as_postgres,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        options = (
+            f"-p {port} -k {root} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        )
+        subprocess.run(
+            [*pg_ctl, "-l", str(root / "server.log"), "-o", options, "-w", "start"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         log = (root / "server.log").read_text()[-2000:] if (root / "server.log").is_file() else ""
         shutil.rmtree(root, ignore_errors=True)
@@ -96,7 +119,12 @@ def make_store(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Fram
     opened: list[FrameStore] = []
 
     def make(**overrides) -> FrameStore:
-        settings = {"database_url": database_url, "storage_url": str(tmp_path / "images"), "keep_ok_images": 1.0, **overrides}
+        settings = {
+            "database_url": database_url,
+            "storage_url": str(tmp_path / "images"),
+            "keep_ok_images": 1.0,
+            **overrides,
+        }
         store = FrameStore(StoreConfig(**settings))
         opened.append(store)
         return store

@@ -17,14 +17,31 @@ def png(shade: int = 0) -> bytes:
     return encode_png(np.full((4, 4), shade, dtype=np.uint8))
 
 
-def record(frame_id: str = "f1", *, camera_id: str = "cam1", verdict: str = "DEFECTIVE", p: float = 0.8,
-           minutes: float = 0, shade: int | None = 0, **fields) -> FrameRecord:
+def record(
+    frame_id: str = "f1",
+    *,
+    camera_id: str = "cam1",
+    verdict: str = "DEFECTIVE",
+    p: float = 0.8,
+    minutes: float = 0,
+    shade: int | None = 0,
+    **fields,
+) -> FrameRecord:
     """A judged frame received ``minutes`` after :data:`T0` carrying ``png(shade)`` (no image if ``shade`` is None)."""
     values = {
-        "camera_id": camera_id, "frame_id": frame_id, "line_id": "line-a", "part_id": f"part-{frame_id}",
-        "captured_at": T0 + timedelta(minutes=minutes, seconds=-1), "received_at": T0 + timedelta(minutes=minutes),
-        "verdict": verdict, "defect_probability": p, "confidence": p if p >= 0.5 else 1 - p, "threshold": 0.5,
-        "model_version": "v0001", "views": {"identity": p, "hflip": p}, "image": None if shade is None else png(shade),
+        "camera_id": camera_id,
+        "frame_id": frame_id,
+        "line_id": "line-a",
+        "part_id": f"part-{frame_id}",
+        "captured_at": T0 + timedelta(minutes=minutes, seconds=-1),
+        "received_at": T0 + timedelta(minutes=minutes),
+        "verdict": verdict,
+        "defect_probability": p,
+        "confidence": p if p >= 0.5 else 1 - p,
+        "threshold": 0.5,
+        "model_version": "v0001",
+        "views": {"identity": p, "hflip": p},
+        "image": None if shade is None else png(shade),
         "image_format": "png",
     }
     values.update(fields)

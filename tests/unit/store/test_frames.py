@@ -22,8 +22,20 @@ def test_round_trip_keeps_every_field(store):
 
     got = store.find("cam1", "f1")
     assert got == store.get(got.id)
-    for name in ("camera_id", "frame_id", "line_id", "part_id", "captured_at", "received_at", "verdict",
-                 "defect_probability", "confidence", "threshold", "model_version", "views"):
+    for name in (
+        "camera_id",
+        "frame_id",
+        "line_id",
+        "part_id",
+        "captured_at",
+        "received_at",
+        "verdict",
+        "defect_probability",
+        "confidence",
+        "threshold",
+        "model_version",
+        "views",
+    ):
         assert getattr(got, name) == getattr(sent, name), name
     assert got.received_at.tzinfo == timezone.utc
     assert got.image_format == "png" and len(got.image_sha256) == 64
@@ -73,12 +85,14 @@ def test_frames_survive_reopening_the_store(make_store):
 
 
 def _queue_fixture(store):
-    store.add_frames([
-        record("a", p=0.52, minutes=0, line_id="line-a", camera_id="cam1", verdict="UNSURE"),
-        record("b", p=0.95, minutes=1, line_id="line-a", camera_id="cam2", verdict="DEFECTIVE"),
-        record("c", p=0.10, minutes=2, line_id="line-b", camera_id="cam1", verdict="OK", model_version="v0002"),
-        record("d", p=0.40, minutes=3, line_id="line-b", camera_id="cam2", verdict="OK", model_version="v0002"),
-    ])
+    store.add_frames(
+        [
+            record("a", p=0.52, minutes=0, line_id="line-a", camera_id="cam1", verdict="UNSURE"),
+            record("b", p=0.95, minutes=1, line_id="line-a", camera_id="cam2", verdict="DEFECTIVE"),
+            record("c", p=0.10, minutes=2, line_id="line-b", camera_id="cam1", verdict="OK", model_version="v0002"),
+            record("d", p=0.40, minutes=3, line_id="line-b", camera_id="cam2", verdict="OK", model_version="v0002"),
+        ]
+    )
     return {f.frame_id: f.id for f in store.query(limit=10)}
 
 
@@ -154,20 +168,28 @@ def test_labelled_lists_the_labelled_frames_of_a_window_oldest_first(store):
 
 def test_shadow_verdicts_are_kept_once_per_model_and_listed_per_frame(store):
     store.add_frames([record("f1"), record("f2")])
-    shadow = [ShadowVerdict("cam1", "f1", "v0002", "OK", 0.3, T0), ShadowVerdict("cam1", "f1", "v0003", "DEFECTIVE", 0.7, T0),
-              ShadowVerdict("cam1", "f2", "v0002", "DEFECTIVE", 0.8, T0)]
+    shadow = [
+        ShadowVerdict("cam1", "f1", "v0002", "OK", 0.3, T0),
+        ShadowVerdict("cam1", "f1", "v0003", "DEFECTIVE", 0.7, T0),
+        ShadowVerdict("cam1", "f2", "v0002", "DEFECTIVE", 0.8, T0),
+    ]
     assert store.add_shadow_verdicts(shadow) == 3
     assert store.add_shadow_verdicts([ShadowVerdict("cam1", "f1", "v0002", "DEFECTIVE", 0.9, T0)]) == 0
 
     listed = store.shadow_verdicts(store.find("cam1", "f1").id)
-    assert [(s.model_version, s.verdict, s.defect_probability) for s in listed] == [("v0002", "OK", 0.3), ("v0003", "DEFECTIVE", 0.7)]
+    assert [(s.model_version, s.verdict, s.defect_probability) for s in listed] == [
+        ("v0002", "OK", 0.3),
+        ("v0003", "DEFECTIVE", 0.7),
+    ]
     with pytest.raises(FrameNotFoundError):
         store.shadow_verdicts(9999)
 
 
 def test_an_unreachable_or_unsupported_database_is_a_store_error(tmp_path):
-    unreachable = StoreConfig(database_url="postgresql+psycopg://inspect:secret@127.0.0.1:1/frames", storage_url=str(tmp_path))
-    with pytest.raises(StoreError, match="127.0.0.1:1") as caught:
+    unreachable = StoreConfig(
+        database_url="postgresql+psycopg://inspect:secret@127.0.0.1:1/frames", storage_url=str(tmp_path)
+    )
+    with pytest.raises(StoreError, match=r"127.0.0.1:1") as caught:
         FrameStore(unreachable)
     assert "secret" not in str(caught.value)
     with pytest.raises(StoreError, match="sqlite, postgresql"):
@@ -177,13 +199,13 @@ def test_an_unreachable_or_unsupported_database_is_a_store_error(tmp_path):
 def test_two_writers_at_once_neither_fail_nor_double_count(make_store):
     # Two stores on one database stand for the service's recorder and a second process writing at once.
     stores = [make_store(), make_store()]
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
 
     def write(store, offset):
         try:
             for i in range(15):  # overlapping frame ids: each pair must be stored exactly once
                 store.add_frames([record(f"f{i + offset}", shade=i % 3), record(f"f{i + offset + 1}", shade=i % 3)])
-        except BaseException as exc:  # surfaced below; a thread's exception would otherwise be lost
+        except Exception as exc:  # noqa: BLE001 - surfaced below; a thread's exception would otherwise be lost
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(s, k * 5)) for k, s in enumerate(stores)]
@@ -197,9 +219,21 @@ def test_two_writers_at_once_neither_fail_nor_double_count(make_store):
 
 def test_the_database_enforces_that_rows_only_name_recorded_images(store):
     """The last line of defence behind the write order: a frame row cannot name an unknown image."""
-    row = {"camera_id": "c", "frame_id": "f", "line_id": "l", "received_at": T0, "verdict": "OK", "defect_probability": 0.1,
-           "confidence": 0.9, "threshold": 0.5, "uncertainty": 0.4, "model_version": "v1", "views": {}, "image_sha256": "0" * 64}
-    with pytest.raises(StoreError, match="(?i)foreign key"), store._db.write() as conn:
+    row = {
+        "camera_id": "c",
+        "frame_id": "f",
+        "line_id": "l",
+        "received_at": T0,
+        "verdict": "OK",
+        "defect_probability": 0.1,
+        "confidence": 0.9,
+        "threshold": 0.5,
+        "uncertainty": 0.4,
+        "model_version": "v1",
+        "views": {},
+        "image_sha256": "0" * 64,
+    }
+    with pytest.raises(StoreError, match=r"(?i)foreign key"), store._db.write() as conn:
         conn.execute(sa.insert(frames), row)
     if store._db.dialect == "sqlite":
         with store._db.read() as conn:

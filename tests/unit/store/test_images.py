@@ -50,7 +50,9 @@ def test_an_image_appears_under_its_name_only_once_complete(store, tmp_path, mon
 
 
 @pytest.mark.parametrize("failing_call", ["fsync", "replace"])
-def test_a_failed_image_write_leaves_no_row_and_no_partial_or_temporary_file(store, tmp_path, monkeypatch, failing_call):
+def test_a_failed_image_write_leaves_no_row_and_no_partial_or_temporary_file(
+    store, tmp_path, monkeypatch, failing_call
+):
     real = getattr(os, failing_call)
     calls = {"n": 0}
 
@@ -68,7 +70,9 @@ def test_a_failed_image_write_leaves_no_row_and_no_partial_or_temporary_file(sto
 
     assert store.count() == 0  # the transaction rolled back: no row names any file
     left = files_under(tmp_path / "images")
-    assert [p.name for p in left] == [f"{hashlib.sha256(png(1)).hexdigest()}.png"]  # complete, unreferenced, no temp file
+    assert [p.name for p in left] == [
+        f"{hashlib.sha256(png(1)).hexdigest()}.png"
+    ]  # complete, unreferenced, no temp file
     assert left[0].read_bytes() == png(1)
 
     assert store.add_frames([record("f1", shade=1), record("f2", shade=2)]) == 2  # a retry adopts the orphan
@@ -89,7 +93,9 @@ def test_images_that_were_not_kept_or_frames_that_do_not_exist_are_distinct_erro
 
 
 def test_the_image_format_is_sniffed_when_not_given(store):
-    store.add_frames([record("f1", image_format=None), record("f2", image_format="JPG", image=b"\xff\xd8\xff\xe0" + b"0" * 20)])
+    store.add_frames(
+        [record("f1", image_format=None), record("f2", image_format="JPG", image=b"\xff\xd8\xff\xe0" + b"0" * 20)]
+    )
     assert store.find("cam1", "f1").image_format == "png"
     assert store.find("cam1", "f2").image_format == "jpeg"
 

@@ -1,4 +1,4 @@
-"""Retention: which images are kept at write time, and age-based clean-up that spares labelled and snapshotted frames."""
+"""Retention: which images are kept at write time; age-based clean-up sparing labelled and snapshotted frames."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def test_the_store_keeps_every_row_but_only_sampled_ok_images(make_store):
     assert store.add_frames(ok + others) == 220
 
     assert store.count() == 220
-    assert store.count(verdict="DEFECTIVE", has_image=True) == 10 and store.count(verdict="UNSURE", has_image=True) == 10
+    assert (
+        store.count(verdict="DEFECTIVE", has_image=True) == 10 and store.count(verdict="UNSURE", has_image=True) == 10
+    )
     kept = {f.frame_id for f in store.query(verdict="OK", has_image=True, limit=500)}
     assert 30 <= len(kept) <= 70  # 25% of 200, sampling noise allowed
     assert kept == {r.frame_id for r in ok if keeps_image(r.camera_id, r.frame_id, "OK", 0.25)}
@@ -45,14 +47,16 @@ def test_the_store_keeps_every_row_but_only_sampled_ok_images(make_store):
 def aged(make_store, tmp_path):
     """Frames 100 days old in every situation clean-up must tell apart, and one young frame."""
     store = make_store(max_age_days=90)
-    store.add_frames([
-        record("plain", shade=1),                     # old, unlabelled: image goes
-        record("labelled", shade=2),                  # old, labelled: kept
-        record("snapshotted", shade=3),               # old, in a training snapshot: kept
-        record("shares-labelled", shade=2),           # old, unlabelled, same bytes as "labelled": reference goes, file stays
-        record("shares-young", shade=4),              # old, unlabelled, same bytes as a young frame: file stays
-        record("young", shade=4, minutes=100 * 24 * 60 - 60),
-    ])
+    store.add_frames(
+        [
+            record("plain", shade=1),  # old, unlabelled: image goes
+            record("labelled", shade=2),  # old, labelled: kept
+            record("snapshotted", shade=3),  # old, in a training snapshot: kept
+            record("shares-labelled", shade=2),  # old, unlabelled, same bytes as "labelled": reference goes, file stays
+            record("shares-young", shade=4),  # old, unlabelled, same bytes as a young frame: file stays
+            record("young", shade=4, minutes=100 * 24 * 60 - 60),
+        ]
+    )
     ids = {f.frame_id: f.id for f in store.query(limit=10)}
     store.set_label(ids["labelled"], "defective", "ana")
     store.create_snapshot("retrain-v0002", [ids["snapshotted"]])
@@ -75,7 +79,9 @@ def test_cleanup_removes_old_unprotected_images_and_nothing_else(aged):
     assert store.image(ids["labelled"])[0] == png(2)
     assert store.image(ids["snapshotted"])[0] == png(3)
     assert store.image(ids["young"])[0] == png(4)
-    assert sorted(p.name for p in files_under(root)) == sorted(f"{after[n].image_sha256}.png" for n in ("labelled", "snapshotted", "young"))
+    assert sorted(p.name for p in files_under(root)) == sorted(
+        f"{after[n].image_sha256}.png" for n in ("labelled", "snapshotted", "young")
+    )
 
     again = store.cleanup(now=now)
     assert (again.images_deleted, again.frames_cleared, again.kept_labelled, again.kept_in_snapshot) == (0, 0, 1, 1)

@@ -22,12 +22,14 @@ from tests.unit.store.factories import record
 
 @pytest.fixture
 def reviewed(store):
-    store.add_frames([
-        record("f1", p=0.51, verdict="UNSURE"),
-        record("f2", p=0.90, camera_id="cam2"),
-        record("f3", p=0.20, verdict="OK", minutes=1),
-        record("f4", p=0.45, verdict="OK", shade=None, image_format=None),
-    ])
+    store.add_frames(
+        [
+            record("f1", p=0.51, verdict="UNSURE"),
+            record("f2", p=0.90, camera_id="cam2"),
+            record("f3", p=0.20, verdict="OK", minutes=1),
+            record("f4", p=0.45, verdict="OK", shade=None, image_format=None),
+        ]
+    )
     return store
 
 
@@ -79,8 +81,11 @@ def test_csv_round_trip_applies_filled_labels_and_leaves_empty_rows_alone(review
 
 def test_csv_rows_can_name_frames_by_camera_and_frame_id(reviewed, tmp_path):
     path = tmp_path / "labels.csv"
-    _write(path, [{"camera_id": "cam2", "frame_id": "f2", "label": "DEFECTIVE", "labelled_by": "ana"}],
-           columns=("camera_id", "frame_id", "label", "labelled_by"))
+    _write(
+        path,
+        [{"camera_id": "cam2", "frame_id": "f2", "label": "DEFECTIVE", "labelled_by": "ana"}],
+        columns=("camera_id", "frame_id", "label", "labelled_by"),
+    )
     assert import_csv(reviewed, path).applied == 1
     assert reviewed.find("cam2", "f2").label == "defective"
 
@@ -88,20 +93,35 @@ def test_csv_rows_can_name_frames_by_camera_and_frame_id(reviewed, tmp_path):
 def test_a_csv_with_any_bad_row_applies_nothing_and_names_every_problem(reviewed, tmp_path):
     f1, f3 = reviewed.find("cam1", "f1"), reviewed.find("cam1", "f3")
     path = tmp_path / "labels.csv"
-    _write(path, [
-        {"id": f1.id, "label": "ok", "labelled_by": "ana"},                 # row 2: fine
-        {"id": f3.id, "label": "scratched", "labelled_by": "ana"},          # row 3: not a label
-        {"id": 9999, "label": "ok", "labelled_by": "ana"},                  # row 4: unknown frame
-        {"id": f3.id, "label": "ok"},                                       # row 5: nobody labelled it
-        {"id": f1.id, "camera_id": "cam9", "frame_id": "f1", "label": "ok", "labelled_by": "ana"},  # row 6: other store
-        {"id": f1.id, "label": "defective", "labelled_by": "ben"},          # row 7: contradicts row 2
-    ])
+    _write(
+        path,
+        [
+            {"id": f1.id, "label": "ok", "labelled_by": "ana"},  # row 2: fine
+            {"id": f3.id, "label": "scratched", "labelled_by": "ana"},  # row 3: not a label
+            {"id": 9999, "label": "ok", "labelled_by": "ana"},  # row 4: unknown frame
+            {"id": f3.id, "label": "ok"},  # row 5: nobody labelled it
+            {
+                "id": f1.id,
+                "camera_id": "cam9",
+                "frame_id": "f1",
+                "label": "ok",
+                "labelled_by": "ana",
+            },  # row 6: other store
+            {"id": f1.id, "label": "defective", "labelled_by": "ben"},  # row 7: contradicts row 2
+        ],
+    )
     with pytest.raises(InvalidLabelError) as caught:
         import_csv(reviewed, path)
     message = str(caught.value)
     assert "5 problem(s), nothing was imported" in message
-    for expected in ("row 3: label 'scratched' is not one of ok, defective", "row 4: no stored frame has id 9999",
-                     "row 5: no reviewer", "row 6: id", "another store", "row 7: frame"):
+    for expected in (
+        "row 3: label 'scratched' is not one of ok, defective",
+        "row 4: no stored frame has id 9999",
+        "row 5: no reviewer",
+        "row 6: id",
+        "another store",
+        "row 7: frame",
+    ):
         assert expected in message
     assert "row 2:" not in message
     assert reviewed.count(labelled=True) == 0
@@ -124,7 +144,9 @@ def test_label_studio_tasks_carry_the_image_and_the_model_verdict(reviewed):
     assert task["data"]["camera_id"] == "cam1"
     (prediction,) = task["predictions"]
     assert prediction["model_version"] == "v0001" and prediction["score"] == f1.confidence
-    assert prediction["result"] == [{"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["Defective"]}}]
+    assert prediction["result"] == [
+        {"from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": ["Defective"]}}
+    ]
     assert tasks[1]["predictions"][0]["result"][0]["value"]["choices"] == ["OK"]
 
 
@@ -138,30 +160,49 @@ def test_the_label_studio_config_matches_the_tasks():
 
 
 def _annotation(choice, *, by=1, at="2025-03-04T10:00:00.000000Z", cancelled=False, ident=1):
-    return {"id": ident, "completed_by": by, "was_cancelled": cancelled, "created_at": at, "updated_at": at,
-            "result": [{"id": "x", "from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]}
+    return {
+        "id": ident,
+        "completed_by": by,
+        "was_cancelled": cancelled,
+        "created_at": at,
+        "updated_at": at,
+        "result": [
+            {"id": "x", "from_name": "verdict", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}
+        ],
+    }
 
 
 def _as_exported_by_label_studio(tasks, annotations):
     """What Label Studio's JSON export returns: its own task ids, our data, the annotations made."""
-    return [{"id": 100 + i, "data": t["data"], "annotations": annotations.get(t["data"]["frame_id"], []), "predictions": []}
-            for i, t in enumerate(tasks)]
+    return [
+        {"id": 100 + i, "data": t["data"], "annotations": annotations.get(t["data"]["frame_id"], []), "predictions": []}
+        for i, t in enumerate(tasks)
+    ]
 
 
 def test_label_studio_round_trip_takes_the_latest_uncancelled_annotation(reviewed):
     tasks = export_label_studio(reviewed)
-    exported = _as_exported_by_label_studio(tasks, {
-        "f1": [_annotation("OK", by={"id": 3, "email": "ana@plant"}, at="2025-03-04T09:00:00Z", ident=1),
-               _annotation("Defective", by={"id": 3, "email": "ana@plant"}, at="2025-03-04T11:00:00Z", ident=2),
-               _annotation("OK", by=4, at="2025-03-04T12:00:00Z", cancelled=True, ident=3)],
-        "f2": [_annotation("ok", by=7)],
-    })
+    exported = _as_exported_by_label_studio(
+        tasks,
+        {
+            "f1": [
+                _annotation("OK", by={"id": 3, "email": "ana@plant"}, at="2025-03-04T09:00:00Z", ident=1),
+                _annotation("Defective", by={"id": 3, "email": "ana@plant"}, at="2025-03-04T11:00:00Z", ident=2),
+                _annotation("OK", by=4, at="2025-03-04T12:00:00Z", cancelled=True, ident=3),
+            ],
+            "f2": [_annotation("ok", by=7)],
+        },
+    )
     del exported[2]["data"]["store_id"]  # f2 is found by camera_id + frame_id instead
 
     report = import_label_studio(reviewed, exported)
     assert (report.applied, report.unchanged, report.skipped) == (2, 0, 1)
     f1, f2 = reviewed.find("cam1", "f1"), reviewed.find("cam2", "f2")
-    assert (f1.label, f1.labelled_by, f1.labelled_at) == ("defective", "ana@plant", datetime(2025, 3, 4, 11, tzinfo=timezone.utc))
+    assert (f1.label, f1.labelled_by, f1.labelled_at) == (
+        "defective",
+        "ana@plant",
+        datetime(2025, 3, 4, 11, tzinfo=timezone.utc),
+    )
     assert (f2.label, f2.labelled_by) == ("ok", "label-studio-user-7")
     assert reviewed.find("cam1", "f3").label is None
 
@@ -171,8 +212,9 @@ def test_label_studio_round_trip_takes_the_latest_uncancelled_annotation(reviewe
 
 def test_a_label_studio_export_with_any_bad_task_applies_nothing(reviewed):
     tasks = export_label_studio(reviewed)
-    exported = _as_exported_by_label_studio(tasks, {"f1": [_annotation("Defective")], "f3": [_annotation("Maybe")],
-                                                    "f2": [_annotation("OK")]})
+    exported = _as_exported_by_label_studio(
+        tasks, {"f1": [_annotation("Defective")], "f3": [_annotation("Maybe")], "f2": [_annotation("OK")]}
+    )
     exported[2]["data"]["store_id"] = 9999
     with pytest.raises(InvalidLabelError) as caught:
         import_label_studio(reviewed, exported)

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 
 from inspectline.training.calibration import choose_threshold, fit_temperature
-from inspectline.training.metrics import best_f1, classification_metrics, expected_calibration_error, prediction_diversity
+from inspectline.training.metrics import (
+    best_f1,
+    classification_metrics,
+    expected_calibration_error,
+    prediction_diversity,
+)
 
 
 def _sample_logits(n: int, temperature: float, seed: int = 0):

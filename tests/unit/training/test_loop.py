@@ -2,10 +2,8 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from inspectline.config import DataConfig
 from inspectline.data import FrameDataset, Preprocessing, build_eval_preset, create_loader, load_images, load_samples
 from inspectline.model import build_model
 from inspectline.training.loop import CollapseDetector, EarlyStopping, fit, mixup
@@ -53,7 +51,11 @@ def test_collapse_detector_warns_then_stops_after_patience(caplog):
 
 def test_fit_stops_a_collapsed_model(folder_dataset: Path, tmp_path: Path):
     """A model that predicts OK for everything must be stopped by the collapse detector."""
-    cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 10, "lr": 1e-9, "collapse_patience": 2, "collapse_warmup": 1, "patience": 50})
+    cfg = tiny_config(
+        folder_dataset,
+        tmp_path,
+        train={"epochs": 10, "lr": 1e-9, "collapse_patience": 2, "collapse_warmup": 1, "patience": 50},
+    )
     samples = load_samples(cfg.data)
     pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
     data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
