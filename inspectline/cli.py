@@ -53,6 +53,9 @@ SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
 ]
 DataOpt = Annotated[str | None, typer.Option("--data", help="elpv, folder:PATH, mvtec:PATH or manifest:FILE.csv")]
+ActorOpt = Annotated[
+    str | None, typer.Option("--actor", help="Who makes the change, for the audit trail (default: user@host).")
+]
 RegistryOpt = Annotated[
     Path | None, typer.Option("--registry", help="Model registry folder (default: paths.registry).")
 ]
@@ -105,6 +108,7 @@ def train(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Train, calibrate and evaluate a model; register it as a new version."""
+    from inspectline.audit import default_actor
     from inspectline.registry import ModelRegistry
     from inspectline.training import run_training
 
@@ -117,7 +121,7 @@ def train(
         version = registry.register(run.checkpoint)
         typer.echo(f"registered {version.name} in {registry.root}")
         if promote:
-            registry.promote(version.name, reason="inspect train --promote")
+            registry.promote(version.name, reason="inspect train --promote", actor=default_actor())
             typer.echo(f"promoted {version.name} to production")
 
 
@@ -293,14 +297,16 @@ def models_show(
 def models_promote(
     version: str,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    actor: ActorOpt = None,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Make VERSION the production model (running services switch to it)."""
+    from inspectline.audit import default_actor
     from inspectline.registry import ModelRegistry
 
     reg = ModelRegistry(registry or resolve_config(config).paths.registry)
-    pointer = reg.promote(version, reason=reason)
+    pointer = reg.promote(version, reason=reason, actor=actor or default_actor())
     typer.echo(
         f"production is now {pointer['version']} (previous: "
         f"{pointer['previous'][-1] if pointer['previous'] else 'none'})"
@@ -310,14 +316,16 @@ def models_promote(
 @models_app.command("rollback")
 def models_rollback(
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    actor: ActorOpt = None,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Return production to the previous version."""
+    from inspectline.audit import default_actor
     from inspectline.registry import ModelRegistry
 
     reg = ModelRegistry(registry or resolve_config(config).paths.registry)
-    pointer = reg.rollback(reason=reason)
+    pointer = reg.rollback(reason=reason, actor=actor or default_actor())
     typer.echo(f"production rolled back to {pointer['version']}")
 
 
@@ -326,17 +334,19 @@ def models_shadow(
     version: Annotated[str | None, typer.Argument(help="vNNNN to judge frames in shadow; omit with --off.")] = None,
     off: Annotated[bool, typer.Option("--off", help="Stop shadowing.")] = False,
     reason: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+    actor: ActorOpt = None,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Run a version in shadow: it judges every frame too; its verdicts are stored and compared, never returned."""
+    from inspectline.audit import default_actor
     from inspectline.registry import ModelRegistry
 
     if (version is None) == (not off):
         msg = "give a VERSION to shadow, or --off to stop shadowing"
         raise ConfigError(msg)
     reg = ModelRegistry(registry or resolve_config(config).paths.registry)
-    name = reg.set_shadow(None if off else version, reason=reason)
+    name = reg.set_shadow(None if off else version, reason=reason, actor=actor or default_actor())
     typer.echo(f"shadow model: {name}" if name else "shadow model: off")
 
 

@@ -54,7 +54,7 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
     registry = ModelRegistry(cfg.paths.registry)
     version = registry.register(run.checkpoint)
     if registry.production() is None:
-        registry.promote(version.name, reason="first model (make demo)")
+        registry.promote(version.name, reason="first model (make demo)", actor="make demo")
     typer.echo(
         f"      registered {version.name} in {registry.root} (production: {registry.production()}); "
         f"report: {version.path / 'report' / 'report.md'}"

@@ -15,8 +15,6 @@ architecture, class names, preprocessing, temperature, threshold, TTA views, met
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from torch import nn
 
 from inspectline.data.presets import Preprocessing
 from inspectline.errors import CheckpointError
+from inspectline.files import atomic_write
 
 CHECKPOINT_FORMAT = "inspectline.checkpoint/1"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
@@ -152,20 +151,9 @@ def load_backbone_weights(model: DefectClassifier, path: Path) -> int:
 
 def save_checkpoint(path: Path, model: nn.Module, card: ModelCard) -> None:
     """Write atomically: a reader never sees a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {"format": CHECKPOINT_FORMAT, "card": card.model_dump(mode="json"), "state_dict": state}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(Path(path), lambda fh: torch.save(payload, fh))
 
 
 def read_card(path: Path) -> ModelCard:

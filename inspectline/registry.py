@@ -5,7 +5,19 @@
       v0002/            history.jsonl, report/ ... files are made read-only once registered
       production.json   {"version": "v0002", "previous": ["v0001"], ...}  (written via rename)
       shadow.json       {"version": "v0003"}: judges the same frames in shadow (optional)
-      promotions.jsonl  audit log: one line per promote / rollback
+      audit.jsonl       the audit trail (``inspectline.audit``): promotions, rollbacks, shadow changes,
+                        operating points, exports ... with who, when, before/after and why
+
+Registered files never change. What is derived from a version later is recorded in its
+``manifest.json`` (replaced atomically, under the registry lock):
+
+      vNNNN/manifest.json   {"operating_points": [...], "exports": [...]}
+
+* an **operating point** is a threshold (and UNSURE band) chosen for the version after training,
+  with who chose it, why and what it is expected to give; the newest one is in force, and running
+  services pick it up as they pick up a promotion;
+* an **export** is a derived engine (ONNX, OpenVINO ...) stored under ``vNNNN/exports/`` with its
+  parity results against the checkpoint.
 
 A version is built in a staging folder and renamed into place, so a reader never sees half of one.
 ``production.json`` is replaced with ``os.replace`` under a file lock, so concurrent promotions
@@ -31,7 +43,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from inspectline.audit import AUDIT_NAME, AuditLog
 from inspectline.errors import ModelNotFoundError
+from inspectline.files import atomic_write_json
 from inspectline.model import ModelCard, load_checkpoint, read_card, save_checkpoint
 
 # What a report written before registration calls the model; register() writes the version in.
@@ -41,7 +57,50 @@ _VERSION = re.compile(r"^v(\d{4,})$")
 CHECKPOINT_NAME = "model.pt"
 POINTER_NAME = "production.json"
 SHADOW_NAME = "shadow.json"
+MANIFEST_NAME = "manifest.json"
+SYSTEM_ACTOR = "system"
 _RUN_FILES = ("config.yaml", "splits.json", "history.jsonl", "drift_reference.npz", "retrain.json", "retrain.md")
+
+
+class OperatingPoint(BaseModel):
+    """A threshold (and UNSURE band) chosen for a version, with who chose it, why, and what it should give."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float = Field(gt=0, lt=1)
+    unsure_band: float | None = Field(None, ge=0, lt=0.5, description="None: the service's configured band")
+    basis: str = Field(description="how it was chosen, e.g. 'target recall 0.97 on validation' or 'manual'")
+    expected: dict[str, float] = Field(default_factory=dict, description="recall, precision ... where it was chosen")
+    actor: str
+    reason: str = ""
+    at: str = ""
+
+
+class ExportRecord(BaseModel):
+    """A derived engine of a version (``vNNNN/exports/<path>``) and its parity with the checkpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    format: str
+    precision: str
+    path: str = Field(description="relative to the version folder")
+    passed: bool = Field(description="parity within the configured bounds (or forced)")
+    parity: dict = Field(default_factory=dict)
+    actor: str = SYSTEM_ACTOR
+    at: str = ""
+
+
+class VersionManifest(BaseModel):
+    """What was derived from a version after registration; the newest operating point is in force."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    operating_points: tuple[OperatingPoint, ...] = ()
+    exports: tuple[ExportRecord, ...] = ()
+
+    @property
+    def operating_point(self) -> OperatingPoint | None:
+        return self.operating_points[-1] if self.operating_points else None
 
 
 @dataclass
@@ -67,12 +126,19 @@ class ModelVersion:
             )
         return self._card
 
+    @property
+    def manifest(self) -> VersionManifest:
+        """Operating points and exports derived from this version (read afresh: they change)."""
+        path = self.path / MANIFEST_NAME
+        return VersionManifest.model_validate_json(path.read_text()) if path.is_file() else VersionManifest()
+
 
 class ModelRegistry:
     """A folder of model versions; see the module docstring for the layout."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, audit: AuditLog | None = None):
         self.root = Path(root)
+        self.audit = audit or AuditLog(self.root / AUDIT_NAME)
 
     # --- reading -------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -167,7 +233,7 @@ class ModelRegistry:
             raise
         return ModelVersion(name=name, path=self.root / name, _card=card)
 
-    def promote(self, name: str, *, reason: str = "") -> dict:
+    def promote(self, name: str, *, reason: str = "", actor: str = SYSTEM_ACTOR) -> dict:
         """Point production at ``name``; the current one is remembered for rollback."""
         version = self.get(name)
         with self._locked():
@@ -178,40 +244,33 @@ class ModelRegistry:
                 previous.append(current)
             new = {"version": version.name, "previous": previous, "updated_at": _now(), "reason": reason or "promote"}
             self._write_pointer(new)
-            self._audit(
-                {
-                    "action": "promote",
-                    "version": version.name,
-                    "from": current,
-                    "reason": reason,
-                    "at": new["updated_at"],
-                }
+            self.audit.append(
+                "promote", actor=actor, subject="production", before=current, after=version.name, reason=reason
             )
         return new
 
-    def rollback(self, *, reason: str = "") -> dict:
+    def rollback(self, *, reason: str = "", actor: str = SYSTEM_ACTOR) -> dict:
         """Return production to the version before the current one."""
         with self._locked():
             pointer = self._read_pointer() or {}
             previous = list(pointer.get("previous", []))
             if not previous:
                 msg = (
-                    f"no earlier production version to roll back to in {self.root} (production: "
-                    f"{pointer.get('version')})"
+                    f"no earlier production version to roll back to in {self.root} "
+                    f"(production: {pointer.get('version')})"
                 )
                 raise ModelNotFoundError(msg)
             target = previous.pop()
             self.get(target)  # still there?
             new = {"version": target, "previous": previous, "updated_at": _now(), "reason": reason or "rollback"}
             self._write_pointer(new)
-            self._audit(
-                {
-                    "action": "rollback",
-                    "version": target,
-                    "from": pointer.get("version"),
-                    "reason": reason,
-                    "at": new["updated_at"],
-                }
+            self.audit.append(
+                "rollback",
+                actor=actor,
+                subject="production",
+                before=pointer.get("version"),
+                after=target,
+                reason=reason,
             )
         return new
 
@@ -220,19 +279,74 @@ class ModelRegistry:
         path = self.root / SHADOW_NAME
         return json.loads(path.read_text()).get("version") if path.is_file() else None
 
-    def set_shadow(self, name: str | None, *, reason: str = "") -> str | None:
+    def set_shadow(self, name: str | None, *, reason: str = "", actor: str = SYSTEM_ACTOR) -> str | None:
         """Run ``name`` in shadow next to production, or stop shadowing with ``None``."""
         version = self.get(name).name if name is not None else None
         with self._locked():
+            before = self.shadow()
             self._write_json(SHADOW_NAME, {"version": version, "updated_at": _now(), "reason": reason})
-            self._audit({"action": "shadow", "version": version, "reason": reason, "at": _now()})
+            self.audit.append("shadow", actor=actor, subject="shadow", before=before, after=version, reason=reason)
         return version
 
     def history(self) -> list[dict]:
-        path = self.root / "promotions.jsonl"
-        if not path.is_file():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        """Production and shadow changes, oldest first: ``{action, version, from, actor, reason, at}``."""
+        return [
+            {
+                "action": e.action,
+                "version": e.after,
+                "from": e.before,
+                "actor": e.actor,
+                "reason": e.reason,
+                "at": e.at.isoformat(),
+            }
+            for e in self.audit.read()
+            if e.action in ("promote", "rollback", "shadow")
+        ]
+
+    # --- derived from a version: operating points and exports ------------------------------------
+    def operating_point(self, name: str) -> OperatingPoint | None:
+        """The operating point in force for version ``name`` (None: the threshold in its model card)."""
+        return self.get(name).manifest.operating_point
+
+    def set_operating_point(self, name: str, point: OperatingPoint) -> OperatingPoint:
+        """Put a new operating point in force for ``name``; running services pick it up like a promotion."""
+        version = self.get(name)
+        point = point.model_copy(update={"at": point.at or _now()})
+        with self._locked():
+            manifest = version.manifest
+            current = manifest.operating_point
+            before = (
+                current.model_dump(include={"threshold", "unsure_band"})
+                if current is not None
+                else {"threshold": version.card.threshold, "unsure_band": None}
+            )
+            updated = manifest.model_copy(update={"operating_points": (*manifest.operating_points, point)})
+            self._write_manifest(version, updated)
+            self.audit.append(
+                "operating_point",
+                actor=point.actor,
+                subject=version.name,
+                before=before,
+                after=point.model_dump(include={"threshold", "unsure_band", "basis"}),
+                reason=point.reason,
+            )
+        return point
+
+    def record_export(self, name: str, record: ExportRecord) -> ExportRecord:
+        """Add an export (whose files are already under ``vNNNN/exports/``) to the version's manifest."""
+        version = self.get(name)
+        record = record.model_copy(update={"at": record.at or _now()})
+        with self._locked():
+            manifest = version.manifest
+            kept = tuple(e for e in manifest.exports if (e.format, e.precision) != (record.format, record.precision))
+            self._write_manifest(version, manifest.model_copy(update={"exports": (*kept, record)}))
+            self.audit.append(
+                "export",
+                actor=record.actor,
+                subject=version.name,
+                after={"format": record.format, "precision": record.precision, "passed": record.passed},
+            )
+        return record
 
     # --- internals -----------------------------------------------------------------------------
     def _claim_next_name(self) -> str:
@@ -262,21 +376,15 @@ class ModelRegistry:
             return None
         return json.loads(path.read_text())
 
+    def _write_manifest(self, version: ModelVersion, manifest: VersionManifest) -> None:
+        atomic_write_json(version.path / MANIFEST_NAME, manifest.model_dump(mode="json"))
+
     def _write_pointer(self, pointer: dict) -> None:
         self._write_json(POINTER_NAME, pointer)
 
     def _write_json(self, name: str, doc: dict) -> None:
         """Replace ``name`` atomically: readers see the old file or the new one, never a mix."""
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=2)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / name)
-
-    def _audit(self, event: dict) -> None:
-        with open(self.root / "promotions.jsonl", "a") as fh:
-            fh.write(json.dumps(event) + "\n")
+        atomic_write_json(self.root / name, doc)
 
 
 def _normalise(name: str) -> str:

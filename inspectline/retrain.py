@@ -163,7 +163,9 @@ def retrain(cfg: InspectConfig, since: datetime, *, dry_run: bool = False, progr
         outcome.challenger = version.name
         if status == "promoted":
             registry.promote(
-                version.name, reason=f"inspect retrain --since {since.isoformat(timespec='seconds')}: gate passed"
+                version.name,
+                reason=f"inspect retrain --since {since.isoformat(timespec='seconds')}: gate passed",
+                actor="inspect retrain",
             )
         _write_outcome(outcome)  # the run folder's copy names the new version
         if cfg.retrain.pushgateway:

@@ -20,13 +20,13 @@ import bisect
 import errno
 import json
 import logging
-import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 from inspectline.camera_adapters.source import Frame
 from inspectline.errors import ConfigError
+from inspectline.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +90,9 @@ class Spool:
         if self.total_bytes + len(data) > self.max_bytes:
             return False
         name = f"{frame.seq:012d}{SUFFIX}"
-        tmp = self.tmp_dir / name
         try:
-            with tmp.open("wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.frames_dir / name)
-            _fsync_dir(self.frames_dir)
+            atomic_write(self.frames_dir / name, data, sync_dir=True, tmp_dir=self.tmp_dir)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if exc.errno in _FULL_ERRORS:
                 return False
             raise
@@ -173,11 +166,3 @@ def _decode(data: bytes) -> Frame:
         origin=header["origin"],
         seq=header["seq"],
     )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

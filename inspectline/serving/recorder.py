@@ -14,8 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -25,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from inspectline.errors import StoreError
+from inspectline.files import atomic_write_json
 from inspectline.store import FrameRecord, FrameStore, ShadowVerdict, check_record
 
 log = logging.getLogger("ray.serve")
@@ -161,14 +160,9 @@ class FrameRecorder:
 
     def _spill(self, frames: list[FrameRecord], shadows: list[ShadowVerdict]) -> None:
         doc = {"frames": [_encode(asdict(f)) for f in frames], "shadows": [_encode(asdict(v)) for v in shadows]}
-        fd, tmp = tempfile.mkstemp(dir=self.spool_dir, prefix=".batch-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
         # the frame count is in the name, so the backlog gauge never has to read a spooled file
         final = self.spool_dir / f"batch-{time.time_ns():020d}-{len(frames)}.json"
-        os.replace(tmp, final)
+        atomic_write_json(final, doc, indent=None, sync_dir=True)
         log.error("frame store backlog over %d frames: spilled %d frames to %s", self.max_backlog, len(frames), final)
 
 

@@ -12,15 +12,13 @@ rows that name them (see ``frames.py``), so a row never points at a partial file
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from inspectline.errors import StoreError
+from inspectline.files import atomic_write
 
 
 class ImageStore:
@@ -96,25 +94,6 @@ class ImageStore:
 
 
 def _write_local(final: Path, data: bytes, *, sync: bool = True) -> None:
-    """Temp file in the target folder (same file system, so the rename is atomic), fsync, rename."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            if sync:
-                os.fsync(fh.fileno())
-        os.chmod(tmp, 0o444)  # content-addressed: never modified after this
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    if sync:
-        # The rename itself must reach the disk before the row that points at the file is committed.
-        dir_fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Write once (content-addressed: read-only afterwards); with ``sync`` the rename itself reaches the
+    disk before the row that points at the file is committed."""
+    atomic_write(final, data, sync=sync, sync_dir=sync, mode=0o444)

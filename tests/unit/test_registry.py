@@ -8,7 +8,7 @@ import pytest
 from inspectline.data import Preprocessing
 from inspectline.errors import ModelNotFoundError
 from inspectline.model import ModelCard, build_model, save_checkpoint
-from inspectline.registry import PENDING_VERSION, ModelRegistry
+from inspectline.registry import PENDING_VERSION, ExportRecord, ModelRegistry, OperatingPoint
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_promote_and_rollback(tmp_path: Path, checkpoint: Path):
     with pytest.raises(ModelNotFoundError, match="no model is in production"):
         reg.resolve("production")
     reg.promote("v0001")
-    reg.promote("v0003", reason="better F1")
+    reg.promote("v0003", reason="better F1", actor="ana")
     assert reg.production() == "v0003" and reg.resolve("production") == reg.get("v0003").checkpoint
     assert reg.rollback()["version"] == "v0001"
     with pytest.raises(ModelNotFoundError, match="no earlier production version"):
@@ -71,6 +71,8 @@ def test_promote_and_rollback(tmp_path: Path, checkpoint: Path):
         ("rollback", "v0001"),
     ]
     assert reg.history()[1]["reason"] == "better F1"
+    promoted = reg.audit.read(action="promote")[1]
+    assert (promoted.actor, promoted.before, promoted.after) == ("ana", "v0001", "v0003")
 
 
 def test_references_resolve_and_unknown_versions_list_what_exists(tmp_path: Path, checkpoint: Path):
@@ -122,3 +124,64 @@ def test_shadow_pointer(tmp_path: Path, checkpoint: Path):
     assert reg.shadow() == "v0002"
     assert reg.set_shadow(None) is None and reg.shadow() is None
     assert [e["action"] for e in reg.history()] == ["shadow", "shadow"]
+
+
+def test_operating_points_are_recorded_beside_the_immutable_version(tmp_path: Path, checkpoint: Path):
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(checkpoint)
+    assert reg.operating_point("v0001") is None  # the card's threshold is in force
+    point = OperatingPoint(
+        threshold=0.31,
+        unsure_band=0.05,
+        basis="target recall 0.97 on validation",
+        expected={"recall": 0.97, "precision": 0.81},
+        actor="ana",
+        reason="customer complaint",
+    )
+    reg.set_operating_point("1", point)
+    reg.set_operating_point("v0001", OperatingPoint(threshold=0.35, basis="manual", actor="ben"))
+    current = reg.operating_point("v0001")
+    assert (current.threshold, current.actor, current.unsure_band) == (0.35, "ben", None) and current.at
+    assert [p.threshold for p in reg.get("v0001").manifest.operating_points] == [0.31, 0.35]
+    assert reg.get("v0001").card.threshold == 0.5  # the weights and card never change
+    first, second = reg.audit.read(action="operating_point")
+    assert first.before == {"threshold": 0.5, "unsure_band": None} and first.reason == "customer complaint"
+    assert second.before == {"threshold": 0.31, "unsure_band": 0.05} and second.after["threshold"] == 0.35
+    with pytest.raises(ValueError):
+        OperatingPoint(threshold=1.5, basis="manual", actor="ana")
+    with pytest.raises(ModelNotFoundError):
+        reg.set_operating_point("v0009", point)
+
+
+def test_exports_are_listed_in_the_manifest_one_per_format_and_precision(tmp_path: Path, checkpoint: Path):
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(checkpoint)
+    reg.record_export(
+        "v0001",
+        ExportRecord(
+            format="onnx", precision="fp32", path="exports/onnx-fp32/model.onnx", passed=True, parity={"agreement": 1.0}
+        ),
+    )
+    reg.record_export(
+        "v0001",
+        ExportRecord(
+            format="openvino",
+            precision="int8",
+            path="exports/openvino-int8/model.xml",
+            passed=False,
+            parity={"agreement": 0.97},
+        ),
+    )
+    reg.record_export(
+        "v0001",
+        ExportRecord(
+            format="openvino",
+            precision="int8",
+            path="exports/openvino-int8/model.xml",
+            passed=True,
+            parity={"agreement": 0.995},
+        ),
+    )
+    exports = reg.get("v0001").manifest.exports
+    assert [(e.format, e.precision, e.passed) for e in exports] == [("onnx", "fp32", True), ("openvino", "int8", True)]
+    assert [e.after["format"] for e in reg.audit.read(action="export")] == ["onnx", "openvino", "openvino"]

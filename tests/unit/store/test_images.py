@@ -9,8 +9,8 @@ import uuid
 import fsspec
 import pytest
 
+from inspectline import files as files_module
 from inspectline.errors import FrameNotFoundError, StoreError
-from inspectline.store import images as images_module
 from tests.unit.store.factories import files_under, png, record
 
 
@@ -41,7 +41,7 @@ def test_an_image_appears_under_its_name_only_once_complete(store, tmp_path, mon
         visible_while_flushing.append([p.name for p in files_under(tmp_path / "images")])
         return real_fsync(fd)
 
-    monkeypatch.setattr(images_module.os, "fsync", spy)
+    monkeypatch.setattr(files_module.os, "fsync", spy)
     store.add_frames([record("f1", shade=9)])
     final = f"{hashlib.sha256(png(9)).hexdigest()}.png"
     (while_writing, *_) = visible_while_flushing
@@ -63,7 +63,7 @@ def test_a_failed_image_write_leaves_no_row_and_no_partial_or_temporary_file(
             raise OSError(28, "No space left on device")
         return real(*args)
 
-    monkeypatch.setattr(images_module.os, failing_call, fail_on_second_image)
+    monkeypatch.setattr(files_module.os, failing_call, fail_on_second_image)
     with pytest.raises(StoreError, match="No space left"):
         store.add_frames([record("f1", shade=1), record("f2", shade=2)])
     monkeypatch.undo()
