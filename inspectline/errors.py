@@ -9,15 +9,32 @@ the code.
     ├── ConfigError            invalid configuration file, flag or override
     ├── DataError              a dataset cannot be read, or a split cannot be made
     ├── InvalidImageError      bytes or a file that do not decode to an acceptable image
+    │   ├── UnsupportedImageError     not PNG/JPEG/BMP/TIFF
+    │   ├── ImageTooLargeError        more pixels than allowed (checked from the header)
+    │   └── UndecodableImageError     empty, truncated or corrupt
     ├── CheckpointError        a weights file that is missing, truncated or not ours
     ├── ModelNotFoundError     a model version or reference that the registry does not hold
     ├── TrainingError          training cannot go on (for example a collapsed model)
     └── StoreError             the frame store cannot be reached or refuses a request
-        ├── FrameNotFoundError     no stored frame has that id
-        └── InvalidLabelError      a label that is not ok/defective, or a bad review file
+    │   ├── FrameNotFoundError     no stored frame has that id
+    │   └── InvalidLabelError      a label that is not ok/defective, or a bad review file
+    └── RequestError           a service request the service refuses (serving/http.py maps each to a status)
+        ├── InvalidRequestError       malformed ids, parameters or bodies
+        ├── UnauthorizedError         no bearer token where one is needed
+        ├── ForbiddenError            a token that is wrong, or lacks the scope the route needs
+        ├── FrameIdConflictError      a frame id reused for different image bytes
+        ├── PayloadTooLargeError      a body over the configured limit
+        ├── UnsupportedMediaTypeError a content type the route does not take
+        ├── NotReadyError             no model loaded yet
+        └── OverloadedError           in-flight or queue limit reached
+
+The HTTP status of each lives in one table in ``inspectline.serving.http``; ``validation_messages``
+turns a pydantic error into the one-line-per-field text every layer shows.
 """
 
 from __future__ import annotations
+
+from pydantic import ValidationError
 
 
 class InspectError(Exception):
@@ -33,15 +50,19 @@ class DataError(InspectError):
 
 
 class InvalidImageError(InspectError):
-    """Bytes or a file that do not decode to an image we accept.
+    """Bytes or a file that do not decode to an image we accept."""
 
-    ``code`` is a short machine-readable reason (``unsupported_type``, ``undecodable``,
-    ``too_large``) that the service turns into an HTTP status.
-    """
 
-    def __init__(self, message: str, *, code: str = "undecodable") -> None:
-        super().__init__(message)
-        self.code = code
+class UnsupportedImageError(InvalidImageError):
+    """Not one of the accepted image formats."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """More pixels than the configured limit (a decompression-bomb guard, checked from the header)."""
+
+
+class UndecodableImageError(InvalidImageError):
+    """Empty, truncated or corrupt image data."""
 
 
 class CheckpointError(InspectError):
@@ -66,3 +87,53 @@ class FrameNotFoundError(StoreError):
 
 class InvalidLabelError(StoreError):
     """A label that is not one of ok/defective, or a review file that cannot be imported."""
+
+
+class RequestError(InspectError):
+    """A service request that is refused; ``headers`` go out with the error response."""
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.headers = headers or {}
+
+
+class InvalidRequestError(RequestError):
+    """Malformed ids, query parameters, form fields or bodies."""
+
+
+class UnauthorizedError(RequestError):
+    """The route needs a bearer token and none was sent."""
+
+
+class ForbiddenError(RequestError):
+    """The bearer token is unknown, or lacks the scope the route needs."""
+
+
+class FrameIdConflictError(RequestError):
+    """A frame id already judged for other image bytes: answering would give another image's verdict."""
+
+
+class PayloadTooLargeError(RequestError):
+    """The request body is over the configured limit."""
+
+
+class UnsupportedMediaTypeError(RequestError):
+    """A content type the route does not take."""
+
+
+class NotReadyError(RequestError):
+    """No model is loaded and warmed yet."""
+
+
+class OverloadedError(RequestError):
+    """The in-flight or queue limit is reached; retry after ``Retry-After`` seconds."""
+
+
+def validation_messages(exc: ValidationError) -> list[str]:
+    """One ``where: problem (got value)`` line per field of a pydantic error."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(root)"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"{where}: {err['msg']}{got}")
+    return lines

@@ -1,67 +1,164 @@
 """Decoding frames into arrays the model can take, shared by datasets, ``inspect predict`` and the service.
 
-Cameras send PNG, JPEG, BMP or TIFF in grayscale, RGB, RGBA or 16 bits. ``decode_image`` checks the
-format and the pixel count from the header *before* decoding (a decompression bomb never allocates),
-decodes fully (a truncated file is an error, not a half-grey frame) and returns a numpy array.
-``to_model_image`` then converts any of those layouts to the uint8 ``(H, W, C)`` array the model's
-preprocessing expects, with ``C`` 1 for gray models and 3 for colour ones.
+Cameras send PNG, JPEG, BMP or TIFF in grayscale, RGB, RGBA or 16 bits. :data:`IMAGE_FORMATS` is the one
+table of what we accept (names, MIME types, file suffixes, signatures); everything that checks a format
+imports it. Two steps, so the cheap one can run where CPU is scarce:
+
+* :func:`probe_image` reads only the header: format, size and bit depth, and refuses a decompression
+  bomb (more than ``max_pixels``) before a single pixel is allocated. The service's gateway stops here.
+* :func:`decode_image` decodes fully (a truncated file is an error, not a half-grey frame) and returns
+  a numpy array. The service's inspector replicas do this, where the CPUs are.
+
+:func:`to_model_image` then converts any of those layouts to the uint8 ``(H, W, C)`` array the model's
+preprocessing expects, with ``C`` 1 for gray models and 3 for colour ones. 16-bit frames are scaled by
+their *significant* bits, not the container's: a 12-bit sensor's frame in a 16-bit PNG uses 0..4095,
+and shifting it by 8 bits would leave it near-black. The significant bits come from the PNG ``sBIT``
+chunk when the camera writes one, else from configuration (per camera, or the bit depth the model was
+trained on, recorded in its card), else the container's 16.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from inspectline.errors import InvalidImageError
+from inspectline.errors import ImageTooLargeError, UndecodableImageError, UnsupportedImageError
 
-ACCEPTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "BMP": "image/bmp", "TIFF": "image/tiff"}
+
+@dataclass(frozen=True)
+class ImageFormat:
+    name: str  # lower-case, as stored: png, jpeg, bmp, tiff
+    pil_name: str  # what Pillow calls it
+    mime_types: tuple[str, ...]  # the first is canonical; the rest are aliases cameras send
+    suffixes: tuple[str, ...]
+    signatures: tuple[bytes, ...]  # leading bytes of every such file
+
+    @property
+    def mime_type(self) -> str:
+        return self.mime_types[0]
+
+
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("png", "PNG", ("image/png",), (".png",), (b"\x89PNG\r\n\x1a\n",)),
+    ImageFormat("jpeg", "JPEG", ("image/jpeg", "image/jpg", "image/pjpeg"), (".jpg", ".jpeg"), (b"\xff\xd8\xff",)),
+    ImageFormat("bmp", "BMP", ("image/bmp", "image/x-bmp", "image/x-ms-bmp"), (".bmp",), (b"BM",)),
+    ImageFormat("tiff", "TIFF", ("image/tiff", "image/tif"), (".tif", ".tiff"), (b"II*\x00", b"MM\x00*")),
+)
+FORMAT_NAMES = tuple(f.name for f in IMAGE_FORMATS)
+IMAGE_MIME_TYPES = {mime: f for f in IMAGE_FORMATS for mime in f.mime_types}
+IMAGE_SUFFIXES = frozenset(suffix for f in IMAGE_FORMATS for suffix in f.suffixes)
+ACCEPTED = "PNG, JPEG, BMP or TIFF"
 DEFAULT_MAX_PIXELS = 40_000_000
-_MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"BM": "BMP", b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
+_BY_PIL_NAME = {f.pil_name: f for f in IMAGE_FORMATS}
+_PNG_SIGNATURE = IMAGE_FORMATS[0].signatures[0]
 
 # We enforce our own pixel limit from the header; Pillow's global bomb check would only warn first.
 Image.MAX_IMAGE_PIXELS = None
 
 
-def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
-    """Decode encoded image bytes to ``(H, W)`` or ``(H, W, C)``, uint8 or uint16.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What the header says, read without decoding a pixel."""
 
-    Raises :class:`InvalidImageError` with ``code`` ``unsupported_type`` (not one of
-    PNG/JPEG/BMP/TIFF), ``too_large`` (more than ``max_pixels``) or ``undecodable``.
-    """
-    if not data:
-        raise InvalidImageError(f"{name} is empty (0 bytes)", code="undecodable")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError:
-        claimed = next((fmt for magic, fmt in _MAGIC.items() if data.startswith(magic)), None)
-        if claimed is not None:  # starts like one of ours, so it is a corrupt file rather than another format
-            msg = f"{name} starts like a {claimed} file but its header is corrupt"
-            raise InvalidImageError(msg, code="undecodable") from None
-        msg = f"{name} is not a recognised image; accepted formats are {', '.join(ACCEPTED_FORMATS)}"
-        raise InvalidImageError(msg, code="unsupported_type") from None
-    except (OSError, ValueError, SyntaxError) as exc:  # a known format whose header is broken
-        msg = f"{name} has a corrupt image header ({exc})"
-        raise InvalidImageError(msg, code="undecodable") from None
-    if image.format not in ACCEPTED_FORMATS:
-        msg = f"{name} is {image.format}; accepted formats are {', '.join(ACCEPTED_FORMATS)}"
-        raise InvalidImageError(msg, code="unsupported_type")
+    format: ImageFormat
+    width: int
+    height: int
+    mode: str  # Pillow's mode: L, RGB, RGBA, I;16 ...
+    significant_bits: int | None  # PNG sBIT of the first channel, when present
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def sniff_format(data: bytes) -> ImageFormat | None:
+    """The accepted format whose signature ``data`` starts with, or None."""
+    return next((f for f in IMAGE_FORMATS for sig in f.signatures if data.startswith(sig)), None)
+
+
+def format_named(name: str) -> ImageFormat:
+    """``png`` / ``JPG`` / ``tif`` ... -> the format; UnsupportedImageError naming the accepted ones."""
+    key = name.strip().lower().lstrip(".")
+    for f in IMAGE_FORMATS:
+        if key == f.name or f".{key}" in f.suffixes:
+            return f
+    msg = f"image format {name!r} is not one of {', '.join(FORMAT_NAMES)}"
+    raise UnsupportedImageError(msg)
+
+
+def probe_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> ImageHeader:
+    """Format, size and bit depth from the header alone; raises for anything :func:`decode_image` would refuse early."""
+    image = _open(data, name)
+    fmt = _BY_PIL_NAME.get(image.format or "")
+    if fmt is None:
+        msg = f"{name} is {image.format}; accepted formats are {ACCEPTED}"
+        raise UnsupportedImageError(msg)
     width, height = image.size
     if width < 1 or height < 1 or width * height > max_pixels:
         msg = f"{name} is {width}x{height} = {width * height:,} pixels; the limit is {max_pixels:,}"
-        raise InvalidImageError(msg, code="too_large")
+        raise ImageTooLargeError(msg)
+    bits = png_significant_bits(data) if fmt.name == "png" else None
+    return ImageHeader(format=fmt, width=width, height=height, mode=image.mode, significant_bits=bits)
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The ``sBIT`` value of a PNG's first channel (e.g. 12 for a 12-bit sensor in 16 bits), or None.
+
+    Pillow does not read sBIT, so walk the chunks before the image data: ``length, type, body, crc``.
+    """
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"sBIT" and length >= 1 and pos + 9 <= len(data):
+            return data[pos + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + length
+    return None
+
+
+def decode_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to ``(H, W)`` or ``(H, W, C)``, uint8 or uint16.
+
+    Raises :class:`UnsupportedImageError` (not PNG/JPEG/BMP/TIFF), :class:`ImageTooLargeError` (more
+    than ``max_pixels``, from the header) or :class:`UndecodableImageError`.
+    """
+    header = probe_image(data, max_pixels=max_pixels, name=name)
+    image = _open(data, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TIFF/PNG metadata warnings are not errors
             image.load()
         return _to_array(image)
     except (OSError, ValueError, SyntaxError) as exc:
-        msg = f"{name} could not be decoded as {image.format} ({exc}); the file may be truncated or corrupt"
-        raise InvalidImageError(msg, code="undecodable") from None
+        msg = f"{name} could not be decoded as {header.format.pil_name} ({exc}); the file may be truncated or corrupt"
+        raise UndecodableImageError(msg) from None
+
+
+def _open(data: bytes, name: str) -> Image.Image:
+    """Pillow's lazy open: parses the header only."""
+    if not data:
+        msg = f"{name} is empty (0 bytes)"
+        raise UndecodableImageError(msg)
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        claimed = sniff_format(data)
+        if claimed is not None:  # starts like one of ours, so it is a corrupt file rather than another format
+            msg = f"{name} starts like a {claimed.pil_name} file but its header is corrupt"
+            raise UndecodableImageError(msg) from None
+        msg = f"{name} is not a recognised image; accepted formats are {ACCEPTED}"
+        raise UnsupportedImageError(msg) from None
+    except (OSError, ValueError, SyntaxError) as exc:  # a known format whose header is broken
+        msg = f"{name} has a corrupt image header ({exc})"
+        raise UndecodableImageError(msg) from None
 
 
 def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -70,13 +167,35 @@ def read_image(path: Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         data = Path(path).read_bytes()
     except OSError as exc:
         msg = f"cannot read {path}: {exc.strerror or exc}"
-        raise InvalidImageError(msg, code="undecodable") from None
+        raise UndecodableImageError(msg) from None
     return decode_image(data, max_pixels=max_pixels, name=str(path))
 
 
-def to_model_image(array: np.ndarray, color_mode: str) -> np.ndarray:
-    """Convert a decoded frame to uint8 ``(H, W, 1)`` (gray) or ``(H, W, 3)`` (rgb)."""
-    image = _to_uint8(array)
+def decode_for_model(
+    data: bytes,
+    color_mode: str,
+    *,
+    bit_depth: int | None = None,
+    default_bit_depth: int = 16,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    name: str = "image",
+) -> tuple[np.ndarray, ImageHeader]:
+    """Decode and convert for the model in one step: the uint8 ``(H, W, C)`` frame and its header.
+
+    16-bit frames are scaled by ``bit_depth`` when given (configured per camera), else by the PNG's
+    sBIT, else by ``default_bit_depth`` (the bit depth the model was trained on).
+    """
+    header = probe_image(data, max_pixels=max_pixels, name=name)
+    bits = bit_depth or header.significant_bits or default_bit_depth
+    return to_model_image(decode_image(data, max_pixels=max_pixels, name=name), color_mode, bit_depth=bits), header
+
+
+def to_model_image(array: np.ndarray, color_mode: str, *, bit_depth: int = 16) -> np.ndarray:
+    """Convert a decoded frame to uint8 ``(H, W, 1)`` (gray) or ``(H, W, 3)`` (rgb).
+
+    ``bit_depth`` is how many bits of a uint16 frame carry signal (8..16); values above the range saturate.
+    """
+    image = _to_uint8(array, bit_depth)
     if image.ndim == 2:
         image = image[:, :, None]
     channels = image.shape[2]
@@ -130,13 +249,16 @@ def _to_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image)
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
+def _to_uint8(array: np.ndarray, bit_depth: int = 16) -> np.ndarray:
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.uint16:
-        # Full-scale mapping keeps the sensor's contrast; a 12-bit camera stored in 16 bits still lands
-        # in the lower range, as the model saw it in training (training reads through this function too).
-        return (array >> 8).astype(np.uint8)
+        if not 8 <= bit_depth <= 16:
+            msg = f"bit_depth {bit_depth} must be between 8 and 16 for a 16-bit frame"
+            raise ValueError(msg)
+        # Keep the top 8 of the significant bits: exact for 16 (>> 8), 12 (>> 4) or 10 (>> 2) bit sensors.
+        top = (1 << bit_depth) - 1
+        return (np.minimum(array, top) >> (bit_depth - 8)).astype(np.uint8)
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
     if np.issubdtype(array.dtype, np.floating):
