@@ -23,6 +23,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 test: install lint
+	bash .ci/system-packages
 	$(BIN)/python -m pytest
 
 test-unit: install

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from inspectline.errors import ConfigError
+from inspectline.errors import ConfigError, validation_messages
 
 TtaView = Literal["identity", "hflip", "vflip", "rot180"]
 
@@ -220,7 +220,24 @@ class GatewayOptions(_Section):
         100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id"
     )
     monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
-    api_token: str | None = Field(None, description="bearer token for /v1; None reads INSPECT_API_TOKEN, '' disables")
+    max_pending_bytes: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description="judged frames (with their images) held in memory for the line monitor; beyond it they wait "
+        "only in the gateway's journal on disk",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token_in_the_serve_config(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "api_token" in values:
+            msg = (
+                "api_token is no longer read from the serve config (a secret in a deployment file); set "
+                "INSPECT_API_TOKEN in the service's environment, or name tokens with scopes in "
+                "service.tokens_file (`inspect tokens add`)"
+            )
+            raise ValueError(msg)
+        return values
 
 
 class InspectorOptions(_Section):
@@ -235,6 +252,20 @@ class InspectorOptions(_Section):
     max_loaded_versions: int = Field(
         3, ge=1, description="model versions kept in memory: old and new during a switch, and a shadow"
     )
+    camera_bit_depth: dict[str, int] = Field(
+        default_factory=dict,
+        description="significant bits of 16-bit frames per camera id (e.g. {cam-3: 12}); otherwise the PNG's sBIT, "
+        "else the bit depth the model was trained on",
+    )
+
+    @field_validator("camera_bit_depth")
+    @classmethod
+    def _bit_depths(cls, value: dict[str, int]) -> dict[str, int]:
+        bad = {camera: bits for camera, bits in value.items() if not 8 <= bits <= 16}
+        if bad:
+            msg = f"camera_bit_depth must be between 8 and 16 bits, got {bad}"
+            raise ValueError(msg)
+        return value
 
 
 class MonitorOptions(_Section):
@@ -247,6 +278,25 @@ class MonitorOptions(_Section):
     )
     max_streams: int = Field(
         256, ge=1, description="distinct (line, camera) label pairs; more are counted under 'other'"
+    )
+    store_memory_bytes: int = Field(
+        64 * 2**20,
+        ge=2**20,
+        description="judged frames held in memory for the frame store; while it is unavailable the rest go to the "
+        "spool on disk",
+    )
+
+
+class ServiceConfig(_Section):
+    """The inspection service's own settings in this file, so the CLI and the service agree on locations.
+
+    Where frames are kept (``store``) and which models are served (``paths.registry``) come from this
+    same file: ``serve_config.yaml`` only names it.
+    """
+
+    spool_dir: Path = Field(Path("data/spool"), description="judged frames waiting for the monitor or the store")
+    tokens_file: Path | None = Field(
+        None, description="YAML of named API tokens with scopes (see `inspect tokens add`); relative to this file"
     )
 
 
@@ -262,6 +312,7 @@ class InspectConfig(_Section):
     paths: PathsConfig = PathsConfig()
     store: StoreConfig = StoreConfig()
     retrain: RetrainConfig = RetrainConfig()
+    service: ServiceConfig = ServiceConfig()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -282,11 +333,7 @@ def build_config(raw: dict[str, Any], *, origin: str = "config") -> InspectConfi
     try:
         return InspectConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "(root)"
-            lines.append(f"  {where}: {err['msg']} (got {err.get('input')!r})")
-        msg = f"invalid configuration in {origin}:\n" + "\n".join(lines)
+        msg = f"invalid configuration in {origin}:\n" + "\n".join(f"  {line}" for line in validation_messages(exc))
         raise ConfigError(msg) from None
 
 

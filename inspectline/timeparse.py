@@ -15,7 +15,7 @@ from inspectline.errors import ConfigError
 SINCE_FORMS = (
     "last-week, yesterday, today, a duration such as 7d, 36h, 90m or 2w, or an ISO date/time such as 2026-11-15"
 )
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([wdhm])$")
+_DURATION = re.compile(r"^(\d{1,6}(?:\.\d+)?)\s*([wdhm])$")
 _UNITS = {"w": "weeks", "d": "days", "h": "hours", "m": "minutes"}
 
 
@@ -27,11 +27,14 @@ def parse_since(text: str, now: datetime | None = None, *, name: str = "--since"
     named = {"last-week": now - timedelta(days=7), "today": midnight, "yesterday": midnight - timedelta(days=1)}
     if value in named:
         return named[value]
-    if match := _DURATION.match(value):
-        return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
     try:
+        if match := _DURATION.match(value):
+            return now - timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
         parsed = datetime.fromisoformat(text.strip())
+        return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
     except ValueError:
         msg = f"{name} {text!r} is not understood; use {SINCE_FORMS}"
         raise ConfigError(msg) from None
-    return parsed.astimezone(timezone.utc) if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    except OverflowError:
+        msg = f"{name} {text!r} is outside the range of dates this service can handle"
+        raise ConfigError(msg) from None

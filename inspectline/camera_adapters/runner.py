@@ -42,11 +42,12 @@ from pydantic import Field, field_validator, model_validator
 
 from inspectline.camera_adapters.folder import FolderSettings, FolderSource
 from inspectline.camera_adapters.replay import ReplaySettings, ReplaySource
-from inspectline.camera_adapters.source import ID_PATTERN, Frame, FrameSource, Outcome, Settings, SourceState
+from inspectline.camera_adapters.source import Frame, FrameSource, Outcome, Settings, SourceState
 from inspectline.camera_adapters.spool import Spool
 from inspectline.camera_adapters.uploader import Retry, Uploader, UploadSettings, backoff_delay
 from inspectline.camera_adapters.video import VideoSettings, VideoSource
 from inspectline.errors import ConfigError
+from inspectline.ids import check_id
 from inspectline.monitoring.metrics import CameraMetrics
 
 log = logging.getLogger(__name__)
@@ -83,13 +84,7 @@ class AdapterSettings(Settings):
     @field_validator("line_id", "camera_id")
     @classmethod
     def _valid_id(cls, value: str) -> str:
-        if not ID_PATTERN.match(value):
-            msg = (
-                f"{value!r} is not a valid id: use 1-64 letters, digits, '_', '.', ':' or '-', starting "
-                "with a letter or digit"
-            )
-            raise ValueError(msg)
-        return value
+        return check_id(value, "id")
 
 
 @dataclass

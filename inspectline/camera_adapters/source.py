@@ -34,7 +34,6 @@ from inspectline.errors import ConfigError
 from inspectline.files import atomic_write_json
 
 # The gateway accepts 1-64 letters, digits, "_ . : -" starting with a letter or digit.
-ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,63}$")
 CONTENT_TYPES = {
     ".png": "image/png",
     ".jpg": "image/jpeg",

@@ -21,7 +21,7 @@ import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from inspectline.config import AugmentConfig
 
@@ -35,6 +35,9 @@ class Preprocessing(BaseModel):
     color_mode: str  # "gray" -> 1 channel, "rgb" -> 3
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    bit_depth: int = Field(
+        16, ge=8, le=16, description="significant bits of the 16-bit frames it was trained on (8-bit frames: unused)"
+    )
 
     @property
     def channels(self) -> int:

@@ -9,8 +9,10 @@ or SIGTERM), and the command waits until ``/readyz`` answers before saying where
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
@@ -24,10 +26,10 @@ from typing import Any
 
 import httpx
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from inspectline.config import GatewayOptions, InspectorOptions, MonitorOptions
-from inspectline.errors import ConfigError, InspectError
+from inspectline.errors import ConfigError, InspectError, validation_messages
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
@@ -38,33 +40,37 @@ def load_serve_config(path: Path) -> dict[str, Any]:
     """Read and validate a Serve config (Ray's schema, then our ``user_config`` schemas)."""
     from ray.serve.schema import ServeDeploySchema
 
+    from inspectline.serving.app import AppArgs
+
     path = Path(path)
     if not path.is_file():
         msg = f"serve config {path} does not exist"
         raise ConfigError(msg)
     raw = yaml.safe_load(path.read_text()) or {}
-    try:
-        ServeDeploySchema.model_validate(raw)
-    except ValidationError as exc:
-        msg = f"{path} is not a valid Ray Serve config: {exc}"
-        raise ConfigError(msg) from None
+    _validated(ServeDeploySchema, raw, f"{path} is not a valid Ray Serve config")
     for app in raw.get("applications", []):
+        if app.get("import_path") == "inspectline.serving.app:build_app":
+            _validated(AppArgs, app.get("args") or {}, f"{path}: args of application {app.get('name')!r}")
         for deployment in app.get("deployments", []):
             schema = _OPTIONS.get(deployment.get("name"))
             if schema is not None:
-                try:
-                    schema.model_validate(deployment.get("user_config") or {})
-                except ValidationError as exc:
-                    msg = f"{path}: user_config of {deployment['name']} is invalid: {exc}"
-                    raise ConfigError(msg) from None
+                _validated(schema, deployment.get("user_config") or {}, f"{path}: user_config of {deployment['name']}")
     return raw
 
 
-def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
-    """A copy of ``config`` whose application paths (registry, store, spool) are absolute, relative to ``base``.
+def _validated(schema: type[BaseModel], value: dict, where: str) -> None:
+    try:
+        schema.model_validate(value)
+    except ValidationError as exc:
+        msg = f"{where} is invalid:\n" + "\n".join(f"  {line}" for line in validation_messages(exc))
+        raise ConfigError(msg) from None
 
-    Ray builds the application in a worker process whose working directory is not the user's, so
-    relative paths must be settled where the user typed them.
+
+def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
+    """A copy of ``config`` whose application args name ``inspect.yaml`` and the base of relative paths absolutely.
+
+    Ray builds the application in a worker process whose working directory need not be the user's (on a
+    cluster it never is), so relative paths must be settled where the user typed the command.
     """
     from inspectline.serving.app import AppArgs
 
@@ -73,12 +79,36 @@ def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
         if app.get("import_path") != "inspectline.serving.app:build_app":
             continue
         args = AppArgs.model_validate(app.get("args") or {})
-        app["args"] = {
-            "registry": str((base / args.registry.expanduser()).resolve()),
-            "store": args.store.resolved(base).model_dump(mode="json"),
-            "spool_dir": str((base / args.spool_dir.expanduser()).resolve()),
-        }
+        root = (base / args.base).resolve() if args.base else base.resolve()
+        app["args"] = {"config": str((root / args.config.expanduser()).resolve()), "base": str(root)}
     return config
+
+
+def describe_locations(config: dict[str, Any]) -> list[str]:
+    """What each application will use and which file set it (``inspect serve`` prints this before deploying)."""
+    from inspectline.serving.app import AppArgs, service_locations
+
+    lines = []
+    for app in config.get("applications", []):
+        if app.get("import_path") == "inspectline.serving.app:build_app":
+            args = AppArgs.model_validate(app.get("args") or {})
+            lines += service_locations(args.config, args.base or Path.cwd()).describe()
+    return lines
+
+
+def exposed_without_auth(config: dict[str, Any], environ: dict[str, str]) -> bool:
+    """True when the service would listen beyond loopback with no API token configured at all."""
+    from inspectline.serving.app import AppArgs, service_locations
+
+    host = (config.get("http_options") or {}).get("host", "127.0.0.1")
+    if host in ("127.0.0.1", "localhost", "::1") or environ.get("INSPECT_API_TOKEN"):
+        return False
+    for app in config.get("applications", []):
+        if app.get("import_path") == "inspectline.serving.app:build_app":
+            args = AppArgs.model_validate(app.get("args") or {})
+            if service_locations(args.config, args.base or Path.cwd()).tokens_file is not None:
+                return False
+    return True
 
 
 def service_url(config: dict[str, Any]) -> str:
@@ -136,14 +166,31 @@ def start_local_ray(num_cpus: int | None = None) -> str:
     return ray.get_runtime_context().gcs_address
 
 
-def stop_local_ray() -> None:
+def stop_local_ray(timeout_s: float = 15.0) -> None:
+    """Shut Serve and the local Ray down, then end any process Ray started that outlived it.
+
+    Ray's dashboard and runtime-env agents can outlive ``ray.shutdown()`` after a SIGTERM; every process
+    below this one when it stops is ours to end.
+    """
+    import psutil
     import ray
     from ray import serve
 
+    started = psutil.Process().children(recursive=True)
     try:
         serve.shutdown()
     finally:
         ray.shutdown()
+        alive = [p for p in started if p.is_running()]
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.terminate()
+        _, stubborn = psutil.wait_procs(alive, timeout=timeout_s)
+        for process in stubborn:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        if alive:
+            log.info("ended %d Ray processes that outlived ray.shutdown()", len(alive))
 
 
 def serve_until_interrupted(
@@ -151,10 +198,20 @@ def serve_until_interrupted(
     *,
     address: str | None = None,
     on_ready: Callable[[str, dict], None] | None = None,
+    report: Callable[[str], None] = log.info,
     ready_timeout_s: float = 300,
 ) -> None:
     """``inspect serve``: deploy; without ``address`` also own a local Ray and block until interrupted."""
     config = resolve_paths(load_serve_config(config_path), Path.cwd())
+    for line in describe_locations(config):
+        report(line)
+    if exposed_without_auth(config, dict(os.environ)):
+        host = config["http_options"]["host"]
+        report(
+            f"WARNING: the service listens on {host} (beyond this machine) and no API token is configured: anyone "
+            "on the network can post frames and relabel training data. Set INSPECT_API_TOKEN or service.tokens_file "
+            "(`inspect tokens add NAME --scope frames:write`)."
+        )
     url = service_url(config)
     if address is not None:
         deploy(config, address)

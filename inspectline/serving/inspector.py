@@ -1,17 +1,20 @@
-"""Inspector replicas: dynamic batching over the Predictor, several model versions side by side.
+"""Inspector replicas: decode, preprocess and judge frames where the CPUs are, with dynamic batching.
 
-Each call names the model version that must judge the frame (the gateway decides, so a promotion
-switches every replica at the same request boundary). A replica keeps the versions it was asked
-for in memory, up to ``max_loaded_versions``: during a promotion the old version finishes the
-requests in flight while the new one takes the next ones. A version not yet in memory is loaded
-in a worker thread, so batches of other versions keep flowing meanwhile.
+The gateway sends the *encoded* bytes (an :class:`InspectJob`), never a decoded array: a 5 MP colour
+frame is 15 MB decoded and a few MB encoded. Here each job is decoded and preprocessed in a worker thread
+of its own (:meth:`Inspector.judge`), so one huge frame does not hold up the small ones around it; only
+the model forward is batched (:meth:`Inspector._forward`, a ``@serve.batch`` method): concurrent frames
+become one TTA forward over frames and their flips. A frame that fails to decode or preprocess gets its
+own :class:`JudgeFailure`; its neighbours are unaffected.
 
-``judge`` is a ``@serve.batch`` method: concurrent calls are gathered into one list, grouped by
-version, and each group is one TTA forward (frames and their flips). The forward runs in a thread
-so the replica's event loop keeps accepting frames for the next batch while the current one runs.
-A frame that fails preprocessing gets its own error; its neighbours in the batch are unaffected.
-Each result also carries what monitoring needs: the frame's image statistics and embedding, and
-whether it was the first of its batch (batch metrics are counted once per batch).
+Each job names the model that must judge it (a version and the operating point in force: the gateway
+decides, so a promotion switches every replica at the same request boundary). A replica keeps the
+versions it was asked for in memory, up to ``max_loaded_versions``; a version not yet in memory is
+loaded and warmed in a worker thread while batches of other versions keep flowing. ``prepare`` is what
+the gateway broadcasts to every replica before it switches.
+
+16-bit frames are scaled by the camera's configured bit depth, else the PNG's sBIT, else the bit depth
+the model was trained on (``imaging.decode_for_model``).
 """
 
 from __future__ import annotations
@@ -20,21 +23,92 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from ray import serve
 
 from inspectline.config import InspectorOptions
-from inspectline.errors import InspectError
+from inspectline.errors import (
+    ImageTooLargeError,
+    InspectError,
+    InvalidImageError,
+    ModelNotFoundError,
+    UnsupportedImageError,
+)
+from inspectline.imaging import DEFAULT_MAX_PIXELS, decode_for_model
 from inspectline.model import DefectClassifier, ModelCard, load_checkpoint
 from inspectline.monitoring.drift import image_statistics
-from inspectline.predictor import Prediction, Predictor
+from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
+from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, ServedModel
 from inspectline.training.loop import resolve_device
 
 log = logging.getLogger("ray.serve")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decoded, preprocessed frame waiting for its batch."""
+
+    model: ServedModel
+    tensor: torch.Tensor  # (C, H, W), normalised
+    stats: tuple[float, ...]
+
+
+def prepare_frame(predictor: Predictor, job: InspectJob, camera_bit_depth: dict[str, int]) -> Prepared | JudgeFailure:
+    """Decode (16-bit frames by their significant bits), preprocess and measure one frame; failures are values."""
+    pre = predictor.card.preprocessing
+    try:
+        frame, _ = decode_for_model(
+            job.image,
+            pre.color_mode,
+            bit_depth=camera_bit_depth.get(job.camera_id),
+            default_bit_depth=pre.bit_depth,
+            max_pixels=DEFAULT_MAX_PIXELS * 4,  # the gateway enforces max_pixels from the header
+            name=job.name,
+        )
+        tensor = predictor.preprocess(frame)
+        stats = tuple(float(v) for v in image_statistics(frame))
+    except UnsupportedImageError as exc:
+        return JudgeFailure("unsupported_image", str(exc))
+    except ImageTooLargeError as exc:
+        return JudgeFailure("image_too_large", str(exc))
+    except InvalidImageError as exc:
+        return JudgeFailure("undecodable_image", str(exc))
+    except (ValueError, RuntimeError, MemoryError) as exc:
+        return JudgeFailure("unprocessable", f"{job.name} could not be preprocessed for the model: {exc}")
+    return Prepared(model=job.model, tensor=tensor, stats=stats)
+
+
+def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgement | JudgeFailure]:
+    """One TTA forward over frames of one model: ``(B, C, H, W)`` plus flips -> a judgement per frame."""
+    started = time.perf_counter()
+    try:
+        predictions = predictor.predict_tensor(torch.stack([item.tensor for item in items]))
+    except RuntimeError as exc:  # the batch as a whole failed: say so to each of its frames
+        return [JudgeFailure("unprocessable", f"the model could not process this frame: {exc}") for _ in items]
+    seconds = time.perf_counter() - started
+    return [
+        Judgement(
+            verdict=p.verdict,
+            defect_probability=p.defect_probability,
+            confidence=p.confidence,
+            threshold=p.threshold,
+            model_version=p.model_version or item.model.version,
+            views=p.view_probabilities,
+            engine="torch",
+            embedding=tuple(float(v) for v in np.asarray(p.embedding)),
+            image_stats=item.stats,
+            inference_s=seconds,
+            batch_size=len(items),
+            first_in_batch=n == 0,
+        )
+        for n, (item, p) in enumerate(zip(items, predictions, strict=True))
+    ]
 
 
 @serve.deployment(name="Inspector", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
@@ -43,84 +117,95 @@ class Inspector:
         self.registry = ModelRegistry(Path(registry))
         self.options = InspectorOptions()
         self._models: OrderedDict[str, tuple[DefectClassifier, ModelCard]] = OrderedDict()
-        self._predictors: dict[str, Predictor] = {}
+        self._predictors: dict[ServedModel, Predictor] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply a new ``user_config`` in place: verdict rules, TTA and batching; models stay loaded."""
         self.options = InspectorOptions.model_validate(user_config or {})
-        self.judge.set_max_batch_size(self.options.max_batch_size)
-        self.judge.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
-        self._predictors = {version: self._build_predictor(*loaded) for version, loaded in self._models.items()}
+        self._forward.set_max_batch_size(self.options.max_batch_size)
+        self._forward.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
+        self._predictors.clear()  # rebuilt on the next use, with the new rules
 
-    async def prepare(self, version: str) -> dict:
-        """Load and warm ``version`` (if needed); returns its description."""
-        return self.describe_predictor(await self._predictor(version))
+    async def prepare(self, model: ServedModel) -> dict:
+        """Load and warm ``model`` (if needed); returns its description. Broadcast before every switch."""
+        return self.describe_predictor(await self._predictor(model), model)
 
-    async def describe(self, version: str) -> dict:
-        return self.describe_predictor(await self._predictor(version))
+    async def describe(self, model: ServedModel) -> dict:
+        return self.describe_predictor(await self._predictor(model), model)
 
     def loaded_versions(self) -> list[str]:
         return list(self._models)
 
+    async def judge(self, job: InspectJob) -> Judgement | JudgeFailure:
+        """Decode, preprocess and judge one encoded frame."""
+        try:
+            predictor = await self._predictor(job.model)
+        except InspectError as exc:
+            return JudgeFailure("model_unavailable", str(exc))
+        prepared = await asyncio.to_thread(prepare_frame, predictor, job, self.options.camera_bit_depth)
+        if isinstance(prepared, JudgeFailure):
+            return prepared
+        return await self._forward(prepared)
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def judge(self, frames: list[np.ndarray], versions: list[str]) -> list[dict]:
-        """Verdicts for a batch of decoded frames; each result is a dict (or has an ``error`` key)."""
-        results: list[dict] = [{} for _ in frames]
-        for version in dict.fromkeys(versions):
-            index = [i for i, v in enumerate(versions) if v == version]
-            try:
-                predictor = await self._predictor(version)
-            except InspectError as exc:
-                for i in index:
-                    results[i] = {"error": "model_unavailable", "detail": str(exc)}
-                continue
-            started = time.perf_counter()
-            outcomes = await asyncio.to_thread(_predict_isolating_failures, predictor, [frames[i] for i in index])
-            inference_ms = (time.perf_counter() - started) * 1000
-            group = [frames[i] for i in index]
-            stats = await asyncio.to_thread(lambda group=group: [image_statistics(f).tolist() for f in group])
-            for n, (i, outcome) in enumerate(zip(index, outcomes, strict=True)):
-                results[i] = _result(outcome, inference_ms, len(index), first_in_batch=n == 0, stats=stats[n])
-        return results
+    async def _forward(self, items: list[Prepared]) -> list[Judgement | JudgeFailure]:
+        """One TTA forward per model in the batch: ``(B, C, H, W)`` plus flips -> verdicts."""
+        results: list[Judgement | JudgeFailure | None] = [None] * len(items)
+        for model in dict.fromkeys(item.model for item in items):
+            index = [i for i, item in enumerate(items) if item.model == model]
+            predictor = self._predictors.get(model) or await self._predictor(model)
+            outcomes = await asyncio.to_thread(judge_prepared, predictor, [items[i] for i in index])
+            for i, outcome in zip(index, outcomes, strict=True):
+                results[i] = outcome
+        return results  # type: ignore[return-value]
 
     # --- model versions ------------------------------------------------------------------------
-    async def _predictor(self, version: str) -> Predictor:
-        if version in self._predictors:
-            self._models.move_to_end(version)
-            return self._predictors[version]
-        lock = self._locks.setdefault(version, asyncio.Lock())
+    async def _predictor(self, model: ServedModel) -> Predictor:
+        if model in self._predictors:
+            self._models.move_to_end(model.version)
+            return self._predictors[model]
+        lock = self._locks.setdefault(model.version, asyncio.Lock())
         async with lock:  # one load per version, however many batches ask for it at once
-            if version not in self._predictors:
-                model, card = await asyncio.to_thread(self._load, version)
-                self._models[version] = (model, card)
-                self._predictors[version] = self._build_predictor(model, card)
-                await asyncio.to_thread(_warm_up, self._predictors[version])
+            if model.version not in self._models:
+                loaded = await asyncio.to_thread(self._load, model.version)
+                self._models[model.version] = loaded
                 while len(self._models) > self.options.max_loaded_versions:
                     evicted, _ = self._models.popitem(last=False)
-                    self._predictors.pop(evicted, None)
+                    self._predictors = {m: p for m, p in self._predictors.items() if m.version != evicted}
                     log.info("unloaded model %s", evicted)
-                log.info("loaded model %s (%s)", version, card.arch)
-        return self._predictors[version]
+            if model not in self._predictors:
+                predictor = await asyncio.to_thread(self._build_predictor, model, *self._models[model.version])
+                await asyncio.to_thread(_warm_up, predictor)
+                self._predictors[model] = predictor
+                log.info("ready: model %s, threshold %.4f", model, predictor.threshold)
+        return self._predictors[model]
 
     def _load(self, version: str) -> tuple[DefectClassifier, ModelCard]:
-        device = resolve_device(self.options.device)
-        return load_checkpoint(self.registry.resolve(version), device=device)
+        return load_checkpoint(self.registry.resolve(version), device=resolve_device(self.options.device))
 
-    def _build_predictor(self, model: DefectClassifier, card: ModelCard) -> Predictor:
+    def _build_predictor(self, model: ServedModel, network: DefectClassifier, card: ModelCard) -> Predictor:
+        """The operating point: user_config's threshold override, else the version's in force, else its card's."""
         o = self.options
+        point = None
+        if model.operating_point_at is not None:  # exactly the one the gateway rolls out, not a newer one
+            points = self.registry.get(model.version).manifest.operating_points
+            point = next((p for p in reversed(points) if p.at == model.operating_point_at), None)
+            if point is None:
+                msg = f"model {model.version} has no operating point set at {model.operating_point_at}"
+                raise ModelNotFoundError(msg)
         return Predictor(
-            model,
+            network,
             card,
-            device=next(model.parameters()).device,
+            device=next(network.parameters()).device,
             tta_views=None if o.tta else ("identity",),
-            threshold=o.threshold,
-            unsure_band=o.unsure_band,
+            threshold=o.threshold if o.threshold is not None else (point.threshold if point else None),
+            unsure_band=point.unsure_band if point is not None and point.unsure_band is not None else o.unsure_band,
         )
 
-    @staticmethod
-    def describe_predictor(predictor: Predictor) -> dict:
+    def describe_predictor(self, predictor: Predictor, model: ServedModel) -> dict:
         card = predictor.card
+        point = self.registry.operating_point(card.version) if model.operating_point_at else None
         return {
             "version": card.version,
             "arch": card.arch,
@@ -134,40 +219,8 @@ class Inspector:
             "created_at": card.created_at,
             "parent": card.parent,
             "metrics": card.metrics,
+            "operating_point": point.model_dump(mode="json") if point is not None else None,
         }
-
-
-def _predict_isolating_failures(predictor: Predictor, frames: list[np.ndarray]) -> list[Prediction | Exception]:
-    try:
-        return list(predictor.predict(frames))
-    except Exception:  # noqa: BLE001 - find the frame that failed; judge the others
-        outcomes: list[Prediction | Exception] = []
-        for frame in frames:
-            try:
-                outcomes.append(predictor.predict([frame])[0])
-            except Exception as exc:  # noqa: BLE001 - reported to that frame's caller only
-                outcomes.append(exc)
-        return outcomes
-
-
-def _result(
-    outcome: Prediction | Exception, inference_ms: float, batch_size: int, *, first_in_batch: bool, stats: list[float]
-) -> dict:
-    if isinstance(outcome, Exception):
-        return {"error": "unprocessable_image", "detail": f"the model could not process this frame: {outcome}"}
-    return {
-        "first_in_batch": first_in_batch,
-        "stats": stats,
-        "embedding": outcome.embedding,
-        "verdict": outcome.verdict,
-        "defect_probability": outcome.defect_probability,
-        "confidence": outcome.confidence,
-        "threshold": outcome.threshold,
-        "model_version": outcome.model_version,
-        "views": outcome.view_probabilities,
-        "inference_ms": inference_ms,
-        "batch_size": batch_size,
-    }
 
 
 def _warm_up(predictor: Predictor) -> None:

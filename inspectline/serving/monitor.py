@@ -2,8 +2,10 @@
 
 Why one replica: Prometheus counters live in a process. With several inspector (or gateway)
 replicas, per-process registries would each hold a part of the count and ``GET /metrics`` would
-return whichever replica answered. Instead each gateway sends its frame records here in
-micro-batches (every ``monitor_flush_s``), and ``GET /metrics`` renders this one registry. Drift
+return whichever replica answered. Instead each gateway sends its observations here in
+micro-batches (every ``monitor_flush_s``), and ``GET /metrics`` renders this one registry. A batch is
+acknowledged once its frames are durable (in the frame store, or in the recorder's spool while the
+store is down), so until then the gateway keeps them in its journal. Drift
 windows must see every frame of a camera anyway, so they live here too. The monitor does little
 work per frame (a few counter updates and a window append), so one replica keeps up with many
 inspectors; it reserves no CPU.
@@ -27,7 +29,8 @@ from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference
 from inspectline.monitoring.metrics import LineMetrics
 from inspectline.registry import ModelRegistry
 from inspectline.serving.recorder import FrameRecorder
-from inspectline.store import FrameRecord, FrameStore, ShadowVerdict
+from inspectline.serving.records import FrameObservation, Judgement, MonitorBatch, ShadowObservation
+from inspectline.store import FrameStore
 
 log = logging.getLogger("ray.serve")
 OTHER = "other"
@@ -38,7 +41,7 @@ class LineMonitor:
     def __init__(self, registry: str, store: dict, spool_dir: str):
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
-        self.recorder = FrameRecorder(lambda: FrameStore(store_config), spool_dir=Path(spool_dir))
+        self.recorder = FrameRecorder(lambda: FrameStore(store_config), spool_dir=Path(spool_dir) / "store")
         self.metrics = LineMetrics()
         self.options = MonitorOptions()
         self.version: str | None = None
@@ -46,6 +49,7 @@ class LineMonitor:
         self._detectors: dict[tuple[str, str], DriftDetector] = {}
         self._verdicts: dict[tuple[str, str], deque[str]] = {}
         self._shadow_recent: dict[str, deque[bool]] = {}
+        self._seen_batches: deque[str] = deque(maxlen=1024)
         self.metrics.drift_alpha.set(self.options.drift_alpha)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -53,33 +57,30 @@ class LineMonitor:
         self.metrics.drift_alpha.set(self.options.drift_alpha)
         self._detectors.clear()  # new window sizes start new windows
 
-    async def observe(self, records: list[dict]) -> int:
-        """Count a micro-batch of records and hand its frames to the store writer; returns how many were taken."""
+    async def observe(self, batch: MonitorBatch) -> int:
+        """Count a batch of observations and make its frames durable; returns once they are (the gateway's ack).
+
+        A batch delivered twice (its acknowledgement was lost) is counted once; the store keeps one row per
+        frame anyway.
+        """
         frames, shadows = [], []
-        for record in records:
-            if record["type"] == "frame":
-                self._frame(record)
-                frames.append(_frame_record(record))
-            elif record["type"] == "error":
-                self.metrics.errors.labels(record["reason"]).inc()
-            elif record["type"] == "shadow":
-                self._shadow(record)
-                shadows.append(
-                    ShadowVerdict(
-                        camera_id=record["camera_id"],
-                        frame_id=record["frame_id"],
-                        model_version=record["version"],
-                        verdict=record["verdict"],
-                        defect_probability=record["defect_probability"],
-                        received_at=record["received_at"],
-                    )
-                )
-            elif record["type"] == "shadow_skipped":
-                self.metrics.shadow_skipped.inc()
-        refused = self.recorder.submit(frames, shadows)
+        counted = batch.batch_id in self._seen_batches
+        for observation in batch.observations:
+            if isinstance(observation, FrameObservation):
+                if not counted:
+                    self._frame(observation)
+                frames.append(observation.store_record())
+            elif isinstance(observation, ShadowObservation):
+                if not counted:
+                    self._shadow(observation)
+                shadows.append(observation.store_record())
+            elif not counted:
+                self.metrics.errors.labels(observation.code).inc()
+        self._seen_batches.append(batch.batch_id)
+        refused = await asyncio.to_thread(self.recorder.record, frames, shadows)
         if refused:
             self.metrics.errors.labels("store_refused_record").inc(refused)
-        return len(records)
+        return len(batch.observations)
 
     async def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric."""
@@ -87,56 +88,57 @@ class LineMonitor:
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
 
     async def flush_store(self, timeout_s: float = 30.0) -> int:
-        """Wait until the store writer has caught up (tests, orderly shutdown); returns the backlog left."""
+        """Wait until the spool has drained into the store (tests, orderly shutdown); returns the backlog left."""
         deadline = time.monotonic() + timeout_s
         while self.recorder.backlog and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         return self.recorder.backlog
 
     def __del__(self) -> None:
-        # Ray Serve calls this on a graceful shutdown: write what we can, spool the rest to disk.
         recorder = getattr(self, "recorder", None)
         if recorder is not None:
             recorder.close()
 
-    def _frame(self, r: dict) -> None:
-        if r["model_version"] != self.version:
-            self._switch_model(r["model_version"], r["threshold"])
-        line, camera = self._stream(r["line"], r["camera"])
+    def _frame(self, o: FrameObservation) -> None:
+        j = o.judgement
+        if j.model_version != self.version:
+            self._switch_model(j.model_version)
+        self.metrics.threshold.set(j.threshold)
+        line, camera = self._stream(o.meta.line_id, o.meta.camera_id)
         m = self.metrics
-        m.frames.labels(line, camera, r["verdict"]).inc()
-        m.latency.labels(line).observe(r["latency_s"])
-        if r["first_in_batch"]:  # batch metrics once per batch, not once per frame of it
-            m.inference.observe(r["inference_s"])
-            m.batch_size.observe(r["batch_size"])
-        m.probability.labels(line, camera).observe(r["defect_probability"])
-        m.confidence.labels(line, camera).observe(r["confidence"])
-        views = list(r["views"].values())
+        m.frames.labels(line, camera, j.verdict).inc()
+        m.latency.labels(line).observe(o.latency_s)
+        if j.first_in_batch:  # batch metrics once per batch, not once per frame of it
+            m.inference.observe(j.inference_s)
+            m.batch_size.observe(j.batch_size)
+        m.probability.labels(line, camera).observe(j.defect_probability)
+        m.confidence.labels(line, camera).observe(j.confidence)
+        views = list(j.views.values())
         m.disagreement.labels(line, camera).observe(max(views) - min(views))
         verdicts = self._verdicts.setdefault((line, camera), deque(maxlen=self.options.drift_window))
-        verdicts.append(r["verdict"])
+        verdicts.append(j.verdict)
         m.unsure_ratio.labels(line, camera).set(verdicts.count("UNSURE") / len(verdicts))
         m.defect_ratio.labels(line, camera).set(verdicts.count("DEFECTIVE") / len(verdicts))
         if self.reference is not None and (line, camera) != (OTHER, OTHER):
-            self._drift(line, camera, r)
+            self._drift(line, camera, j)
 
-    def _shadow(self, r: dict) -> None:
+    def _shadow(self, o: ShadowObservation) -> None:
         """A shadow verdict: counted by agreement with the production verdict it shadowed."""
-        line, camera = self._stream(r["line"], r["camera"])
-        agree = r["verdict"] == r["production_verdict"]
-        self.metrics.shadow_frames.labels(line, camera, r["version"], "agree" if agree else "disagree").inc()
-        recent = self._shadow_recent.setdefault(r["version"], deque(maxlen=self.options.drift_window))
+        line, camera = self._stream(o.meta.line_id, o.meta.camera_id)
+        agree = o.verdict == o.production_verdict
+        self.metrics.shadow_frames.labels(line, camera, o.model_version, "agree" if agree else "disagree").inc()
+        recent = self._shadow_recent.setdefault(o.model_version, deque(maxlen=self.options.drift_window))
         recent.append(agree)
-        self.metrics.shadow_agreement.labels(r["version"]).set(sum(recent) / len(recent))
+        self.metrics.shadow_agreement.labels(o.model_version).set(sum(recent) / len(recent))
 
-    def _drift(self, line: str, camera: str, r: dict) -> None:
+    def _drift(self, line: str, camera: str, j: Judgement) -> None:
         o = self.options
         detector = self._detectors.get((line, camera))
         if detector is None:
             detector = self._detectors[(line, camera)] = DriftDetector(
                 self.reference, window=o.drift_window, interval=o.drift_interval, alpha=o.drift_alpha
             )
-        report = detector.update(r["defect_probability"], np.asarray(r["stats"]), np.asarray(r["embedding"]))
+        report = detector.update(j.defect_probability, np.asarray(j.image_stats), np.asarray(j.embedding))
         self.metrics.drift_window.labels(line, camera).set(len(detector))
         if report is None:
             return
@@ -148,7 +150,7 @@ class LineMonitor:
             fired = [s for s, a in report.alarms.items() if a]
             log.warning("drift alarm on line %s camera %s: %s", line, camera, ", ".join(fired))
 
-    def _switch_model(self, version: str, threshold: float) -> None:
+    def _switch_model(self, version: str) -> None:
         m = self.metrics
         m.model_info.clear()
         try:
@@ -164,7 +166,6 @@ class LineMonitor:
         self.version = version
         m.model_info.labels(version, arch).set(1)
         m.model_version.set(int(version.removeprefix("v")) if version.removeprefix("v").isdigit() else 0)
-        m.threshold.set(threshold)
         m.reference_defect_ratio.set(self.reference.defect_rate if self.reference is not None else float("nan"))
         # Windows of another model's outputs are not comparable with the new reference.
         self._detectors.clear()
@@ -177,22 +178,3 @@ class LineMonitor:
         if key in self._verdicts or len(self._verdicts) < self.options.max_streams:
             return key
         return OTHER, OTHER
-
-
-def _frame_record(r: dict) -> FrameRecord:
-    return FrameRecord(
-        camera_id=r["camera"],
-        frame_id=r["frame_id"],
-        line_id=r["line"],
-        part_id=r["part_id"],
-        captured_at=r["captured_at"],
-        received_at=r["received_at"],
-        verdict=r["verdict"],
-        defect_probability=r["defect_probability"],
-        confidence=r["confidence"],
-        threshold=r["threshold"],
-        model_version=r["model_version"],
-        views=r["views"],
-        image=r["image"],
-        image_format=None,
-    )

@@ -1,12 +1,15 @@
-"""Writes judged frames to the frame store off the request path, and never loses one.
+"""Makes judged frames durable in the frame store, and never loses one while the store is down.
 
-The line monitor hands every micro-batch of frame records to :meth:`FrameRecorder.submit`, which only
-appends to an in-memory backlog. One writer thread drains the backlog into the store in batches.
-When the store is unavailable (database down, disk full, network storage unreachable) the writer
-keeps the batch and retries with exponential backoff, so verdicts keep flowing to the line while
-the backlog grows. Past ``max_backlog`` frames the oldest part of the backlog is spilled to a local
-spool folder (one fsynced JSON file per batch, images base64-encoded) and read back, oldest first,
-once the store accepts writes again. On shutdown the writer flushes what it can and spills the rest.
+The line monitor calls :meth:`FrameRecorder.record` with each micro-batch of frames (in a worker thread)
+and acknowledges the batch to the gateway only when it returns: by then every frame is either in the
+store or in the recorder's spool on disk. So the gateway keeps each frame in its own journal until it is
+durable here, and nothing accepted lives only in memory anywhere.
+
+While the store is healthy a batch is written directly. When a write fails (database down, disk full,
+network storage unreachable) the batch is spilled to the spool — one fsynced JSON file per batch, images
+base64-encoded — and so are the following batches, without trying the store each time: a drain thread
+retries with exponential backoff, writes the spool back oldest first, and only then lets batches go
+straight to the store again. Memory is bounded by one batch; the spool by the disk.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime
@@ -30,44 +32,31 @@ log = logging.getLogger("ray.serve")
 
 
 class FrameRecorder:
-    """A bounded, retrying, spilling writer in front of a :class:`FrameStore`."""
+    """Writes batches to a :class:`FrameStore`, spilling to ``spool_dir`` while it is unavailable."""
 
-    def __init__(
-        self,
-        open_store: Callable[[], FrameStore],
-        *,
-        spool_dir: Path,
-        max_backlog: int = 20_000,
-        batch_size: int = 256,
-        max_backoff_s: float = 30.0,
-    ):
+    def __init__(self, open_store: Callable[[], FrameStore], *, spool_dir: Path, max_backoff_s: float = 30.0):
         self._open_store = open_store
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        self.max_backlog, self.batch_size, self.max_backoff_s = max_backlog, batch_size, max_backoff_s
-        self._frames: deque[FrameRecord] = deque()
-        self._shadows: deque[ShadowVerdict] = deque()
-        self._lock = threading.Lock()
+        self.max_backoff_s = max_backoff_s
+        self._store: FrameStore | None = None
+        self._lock = threading.Lock()  # one writer at a time: the caller's thread or the drain thread
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._store: FrameStore | None = None
         self.written = 0
         self.failures = 0
-        self._thread = threading.Thread(target=self._run, name="frame-recorder", daemon=True)
+        self._thread = threading.Thread(target=self._drain_forever, name="frame-recorder", daemon=True)
         self._thread.start()
 
     @property
     def backlog(self) -> int:
-        """Frames not yet in the store: in memory plus spilled to disk."""
-        with self._lock:
-            in_memory = len(self._frames)
-        return in_memory + sum(_spooled_count(p) for p in self._spool_files())
+        """Frames waiting in the spool for the store."""
+        return sum(_spooled_count(p) for p in self._spool_files())
 
-    def submit(self, frames: Sequence[FrameRecord], shadows: Sequence[ShadowVerdict] = ()) -> int:
-        """Queue records for writing; never blocks on the store. Returns how many were refused.
+    def record(self, frames: Sequence[FrameRecord], shadows: Sequence[ShadowVerdict] = ()) -> int:
+        """Make a batch durable (stored, or spooled); returns how many records were refused as invalid.
 
-        Records are checked here, not at write time: a record the store would refuse must not
-        hold up the backlog behind it (failed writes are retried, so only outages should fail).
+        Records are checked first: a record the store would refuse must not hold up the others behind it.
         """
         valid = []
         for record in frames:
@@ -76,75 +65,28 @@ class FrameRecorder:
                 valid.append(record)
             except StoreError as exc:
                 log.error("frame record refused, not stored: %s", exc)
-        refused = len(frames) - len(valid)
-        frames = valid
+        if not valid and not shadows:
+            return len(frames) - len(valid)
         with self._lock:
-            self._frames.extend(frames)
-            self._shadows.extend(shadows)
-            spill_frames = [self._frames.popleft() for _ in range(max(0, len(self._frames) - self.max_backlog))]
-            spill_shadows = [self._shadows.popleft() for _ in range(max(0, len(self._shadows) - self.max_backlog))]
-        if spill_frames or spill_shadows:
-            self._spill(spill_frames, spill_shadows)
+            if not self._spool_files():
+                try:
+                    self._write(valid, list(shadows))
+                    return len(frames) - len(valid)
+                except Exception as exc:  # noqa: BLE001 - any store failure: spool and let the drain thread retry
+                    self._failed(exc)
+            self._spill(valid, list(shadows))
         self._wake.set()
-        return refused
+        return len(frames) - len(valid)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Flush for up to ``timeout_s``; whatever is left goes to the spool for the next start."""
+        """Stop the drain thread (the spool stays for the next start) and close the store."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout_s)
-        with self._lock:
-            frames, shadows = list(self._frames), list(self._shadows)
-            self._frames.clear()
-            self._shadows.clear()
-        if frames or shadows:
-            self._spill(frames, shadows)
         if self._store is not None:
             self._store.close()
 
-    # --- writer thread -------------------------------------------------------------------------
-    def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            self._wake.wait(timeout=1.0)
-            self._wake.clear()
-            try:
-                while self._drain_once():
-                    backoff = 0.5
-            except Exception as exc:  # noqa: BLE001 - any store failure: keep the records and retry
-                self.failures += 1
-                log.warning(
-                    "frame store unavailable (%s); %d frames waiting, retrying in %.1f s", exc, self.backlog, backoff
-                )
-                self._store = None
-                if self._stop.wait(backoff):
-                    return
-                backoff = min(backoff * 2, self.max_backoff_s)
-                continue
-            if self._stop.is_set():
-                return
-
-    def _drain_once(self) -> bool:
-        """Write one batch (spooled files first, they are older); True when something was written."""
-        spooled = self._spool_files()
-        if spooled:
-            frames, shadows = _read_spool(spooled[0])
-            self._write(frames, shadows)
-            spooled[0].unlink()
-            return True
-        with self._lock:
-            frames = [self._frames[i] for i in range(min(self.batch_size, len(self._frames)))]
-            shadows = list(self._shadows)
-        if not frames and not shadows:
-            return False
-        self._write(frames, shadows)
-        with self._lock:  # remove only after the store accepted them
-            for _ in frames:
-                self._frames.popleft()
-            for _ in shadows:
-                self._shadows.popleft()
-        return True
-
+    # --- the store ---------------------------------------------------------------------------------
     def _write(self, frames: list[FrameRecord], shadows: list[ShadowVerdict]) -> None:
         if self._store is None:
             self._store = self._open_store()
@@ -153,6 +95,32 @@ class FrameRecorder:
             self.written += len(frames)
         if shadows:
             self._store.add_shadow_verdicts(shadows)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        log.warning("frame store unavailable (%s); frames go to the spool in %s", exc, self.spool_dir)
+        if self._store is not None:
+            self._store.close()
+        self._store = None
+
+    def _drain_forever(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            self._wake.wait(timeout=1.0)
+            self._wake.clear()
+            while (spooled := self._spool_files()) and not self._stop.is_set():
+                with self._lock:
+                    try:
+                        frames, shadows = _read_spool(spooled[0])
+                        self._write(frames, shadows)
+                        spooled[0].unlink()
+                        backoff = 0.5
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - keep the spool file, retry later
+                        self._failed(exc)
+                if self._stop.wait(backoff):
+                    return
+                backoff = min(backoff * 2, self.max_backoff_s)
 
     # --- spool -----------------------------------------------------------------------------------
     def _spool_files(self) -> list[Path]:
@@ -163,7 +131,6 @@ class FrameRecorder:
         # the frame count is in the name, so the backlog gauge never has to read a spooled file
         final = self.spool_dir / f"batch-{time.time_ns():020d}-{len(frames)}.json"
         atomic_write_json(final, doc, indent=None, sync_dir=True)
-        log.error("frame store backlog over %d frames: spilled %d frames to %s", self.max_backlog, len(frames), final)
 
 
 def _encode(doc: dict) -> dict:
@@ -191,9 +158,7 @@ def _decode(doc: dict) -> dict:
 
 def _read_spool(path: Path) -> tuple[list[FrameRecord], list[ShadowVerdict]]:
     doc = json.loads(path.read_text())
-    return [FrameRecord(**_decode(d)) for d in doc["frames"]], [
-        ShadowVerdict(**_decode(d)) for d in doc.get("shadows", [])
-    ]
+    return [FrameRecord(**_decode(d)) for d in doc["frames"]], [ShadowVerdict(**_decode(d)) for d in doc["shadows"]]
 
 
 def _spooled_count(path: Path) -> int:

@@ -9,8 +9,10 @@
 Writing a batch is one database transaction. Its order is what makes the store safe to read at any
 moment: first the image files are written, atomically and once per content hash; then their ``images``
 rows; then the frame rows that point at them. A crash between the steps leaves at most an unreferenced
-complete file, which the next write of the same bytes adopts. A ``(camera_id, frame_id)`` pair already
-stored is left exactly as first written: a camera that retries a frame is counted once.
+complete file, which the next write of the same bytes adopts. A ``(line_id, camera_id, frame_id)`` key
+already stored is left exactly as first written: a camera that retries a frame is counted once. Every row
+keeps the SHA-256 of the image as sent (``content_sha256``), even when retention drops the image, so the
+service can tell a retry of the same frame from a reused id with other bytes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from inspectline.store.images import ImageStore
 from inspectline.store.records import (
     ORDERS,
     CleanupReport,
+    FrameKey,
     FrameRecord,
     LabelUpdate,
     ShadowVerdict,
@@ -43,6 +46,7 @@ from inspectline.store.records import (
 )
 from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_frames, snapshots
 
+MAX_INT64 = 2**63 - 1  # both databases' integer range: larger ids and pages cannot exist
 # Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
 _FRAME_COLUMNS = [c for c in frames.c if c.name != "uncertainty"]
@@ -77,15 +81,15 @@ class FrameStore:
         for record in records:
             check_record(record)
         batch, seen = [], set()
-        for r in records:  # within a batch too, the first of a (camera_id, frame_id) pair wins
-            if (r.camera_id, r.frame_id) not in seen:
-                seen.add((r.camera_id, r.frame_id))
+        for r in records:  # within a batch too, the first of a key wins
+            if r.key not in seen:
+                seen.add(r.key)
                 batch.append(r)
         if not batch:
             return 0
         with self._db.write(image_lock="shared") as conn:
-            known = self._existing_pairs(conn, [(r.camera_id, r.frame_id) for r in batch])
-            new = [r for r in batch if (r.camera_id, r.frame_id) not in known]
+            known = self._existing_keys(conn, [r.key for r in batch])
+            new = [r for r in batch if r.key not in known]
             rows, files = [], {}
             for r in new:
                 sha, fmt = None, None
@@ -98,7 +102,7 @@ class FrameStore:
             self._store_images(conn, files)
             if not rows:
                 return 0
-            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
+            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=["line_id", "camera_id", "frame_id"])
             return len(conn.execute(stmt.returning(frames.c.id), rows).all())
 
     def _store_images(self, conn: sa.Connection, files: dict[str, tuple[str, bytes]]) -> None:
@@ -118,22 +122,21 @@ class FrameStore:
             conn.execute(self._db.insert(images).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
     @staticmethod
-    def _existing_pairs(conn: sa.Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        found: set[tuple[str, str]] = set()
-        for i in range(0, len(pairs), _CHUNK):
-            key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
-            found.update(
-                tuple(row)
-                for row in conn.execute(
-                    sa.select(frames.c.camera_id, frames.c.frame_id).where(key.in_(pairs[i : i + _CHUNK]))
-                )
+    def _existing_keys(conn: sa.Connection, keys: list[FrameKey]) -> set[FrameKey]:
+        found: set[FrameKey] = set()
+        key = sa.tuple_(frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
+        for i in range(0, len(keys), _CHUNK):
+            query = sa.select(frames.c.line_id, frames.c.camera_id, frames.c.frame_id).where(
+                key.in_(keys[i : i + _CHUNK])
             )
+            found.update(FrameKey(*row) for row in conn.execute(query))
         return found
 
     def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
-        """Record shadow-model verdicts; one per (camera_id, frame_id, model_version), repeats ignored."""
+        """Record shadow-model verdicts; one per (line_id, camera_id, frame_id, model_version), repeats ignored."""
         values = [
             {
+                "line_id": r.line_id,
                 "camera_id": r.camera_id,
                 "frame_id": r.frame_id,
                 "model_version": r.model_version,
@@ -146,7 +149,7 @@ class FrameStore:
         if not values:
             return 0
         stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(
-            index_elements=["camera_id", "frame_id", "model_version"]
+            index_elements=["line_id", "camera_id", "frame_id", "model_version"]
         )
         with self._db.write() as conn:
             return len(conn.execute(stmt.returning(shadow_verdicts.c.id), values).all())
@@ -158,9 +161,15 @@ class FrameStore:
         with self._db.read() as conn:
             result = conn.execute(
                 sa.select(
-                    sv.camera_id, sv.frame_id, sv.model_version, sv.verdict, sv.defect_probability, sv.received_at
+                    sv.line_id,
+                    sv.camera_id,
+                    sv.frame_id,
+                    sv.model_version,
+                    sv.verdict,
+                    sv.defect_probability,
+                    sv.received_at,
                 )
-                .where(sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
+                .where(sv.line_id == frame.line_id, sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
                 .order_by(sv.received_at, sv.model_version)
             )
             return [ShadowVerdict(**row._mapping) for row in result]
@@ -177,7 +186,7 @@ class FrameStore:
 
     def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
         """Stored frames by id; unknown ids are simply absent from the result."""
-        wanted = list(dict.fromkeys(ids))
+        wanted = [i for i in dict.fromkeys(ids) if isinstance(i, int) and 0 <= i <= MAX_INT64]  # others: no such id
         out: dict[int, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
@@ -185,20 +194,28 @@ class FrameStore:
                     out[row.id] = _to_frame(row)
         return out
 
-    def find(self, camera_id: str, frame_id: str) -> StoredFrame | None:
-        """The frame a camera sent under ``frame_id``, or None."""
-        return self.find_many([(camera_id, frame_id)]).get((camera_id, frame_id))
+    def find(self, line_id: str, camera_id: str, frame_id: str) -> StoredFrame | None:
+        """The frame a line's camera sent under ``frame_id``, or None."""
+        key = FrameKey(line_id, camera_id, frame_id)
+        return self.find_many([key]).get(key)
 
-    def find_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredFrame]:
-        """Stored frames by ``(camera_id, frame_id)``; unknown pairs are absent from the result."""
-        wanted = list(dict.fromkeys(keys))
-        out: dict[tuple[str, str], StoredFrame] = {}
-        key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+    def find_many(self, keys: Iterable[tuple[str, str, str]]) -> dict[FrameKey, StoredFrame]:
+        """Stored frames by ``(line_id, camera_id, frame_id)``; unknown keys are absent from the result."""
+        wanted = [FrameKey(*k) for k in dict.fromkeys(keys)]
+        out: dict[FrameKey, StoredFrame] = {}
+        key = sa.tuple_(frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
                 for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
-                    out[(row.camera_id, row.frame_id)] = _to_frame(row)
+                    frame = _to_frame(row)
+                    out[frame.key] = frame
         return out
+
+    def find_by_camera(self, camera_id: str, frame_id: str) -> list[StoredFrame]:
+        """Frames of any line whose camera sent ``frame_id`` (for review files that name no line)."""
+        query = sa.select(*_FRAME_COLUMNS).where(frames.c.camera_id == camera_id, frames.c.frame_id == frame_id)
+        with self._db.read() as conn:
+            return [_to_frame(row) for row in conn.execute(query)]
 
     def query(
         self,
@@ -220,8 +237,10 @@ class FrameStore:
         ``order`` is ``uncertainty`` (most uncertain first: the review queue), ``newest`` or ``oldest``.
         ``has_image`` keeps only frames whose image is (True) or is not (False) stored.
         """
-        if not isinstance(limit, int) or limit < 1 or not isinstance(offset, int) or offset < 0:
-            msg = f"limit {limit!r} must be an integer >= 1 and offset {offset!r} an integer >= 0"
+        if not (
+            isinstance(limit, int) and 1 <= limit <= MAX_INT64 and isinstance(offset, int) and 0 <= offset <= MAX_INT64
+        ):
+            msg = f"limit {limit!r} must be an integer in [1, 2**63) and offset {offset!r} one in [0, 2**63)"
             raise StoreError(msg)
         where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
         stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit).offset(offset)
@@ -361,6 +380,7 @@ def _frame_row(r: FrameRecord, sha: str | None, fmt: str | None) -> dict[str, An
         "uncertainty": abs(float(r.defect_probability) - float(r.threshold)),
         "model_version": r.model_version,
         "views": {str(k): float(v) for k, v in r.views.items()},
+        "content_sha256": r.content_sha256,
         "image_sha256": sha,
         "image_format": fmt,
     }

@@ -8,25 +8,26 @@ in an aware datetime in any zone is converted to UTC and a naive one is taken to
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
-from inspectline.errors import InvalidLabelError, StoreError
+from inspectline.errors import InvalidLabelError, StoreError, UnsupportedImageError
+from inspectline.imaging import FORMAT_NAMES, format_named, sniff_format
 
 VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
 LABELS = ("ok", "defective")
-IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
+IMAGE_FORMATS = FORMAT_NAMES  # png, jpeg, bmp, tiff: the names images are stored under
 ORDERS = ("uncertainty", "newest", "oldest")
 
-_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
+
+class FrameKey(NamedTuple):
+    """What identifies a frame a camera sent: unique in the store."""
+
+    line_id: str
+    camera_id: str
+    frame_id: str
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,15 @@ class FrameRecord:
     views: dict[str, float] = field(hash=False)
     image: bytes | None = field(default=None, repr=False)
     image_format: str | None = None
+    content_sha256: str | None = None  # SHA-256 of the image as sent; computed from ``image`` when not given
+
+    def __post_init__(self) -> None:
+        if self.content_sha256 is None and self.image is not None:
+            object.__setattr__(self, "content_sha256", hashlib.sha256(self.image).hexdigest())
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
 
 @dataclass(frozen=True)
@@ -66,11 +76,16 @@ class StoredFrame:
     threshold: float
     model_version: str
     views: dict[str, float] = field(hash=False)
+    content_sha256: str | None  # None only for frames stored before content hashes were kept
     image_sha256: str | None
     image_format: str | None
     label: str | None
     labelled_by: str | None
     labelled_at: datetime | None
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
     @property
     def uncertainty(self) -> float:
@@ -92,6 +107,7 @@ class StoredFrame:
 class ShadowVerdict:
     """What a shadow (challenger) model said about a frame; never returned to the line."""
 
+    line_id: str
     camera_id: str
     frame_id: str
     model_version: str
@@ -157,24 +173,18 @@ def normalize_reviewer(value: object) -> str:
 
 def image_format_of(record: FrameRecord) -> str:
     """The record's image format, normalised (``JPG`` -> ``jpeg``), or sniffed from the bytes when not given."""
+    where = f"frame {record.camera_id}/{record.frame_id}"
     if record.image_format is not None:
-        fmt = record.image_format.strip().lower()
-        fmt = _FORMAT_ALIASES.get(fmt, fmt)
-        if fmt not in IMAGE_FORMATS:
-            msg = (
-                f"frame {record.camera_id}/{record.frame_id}: image format {record.image_format!r} is "
-                f"not one of {', '.join(IMAGE_FORMATS)}"
-            )
-            raise StoreError(msg)
-        return fmt
-    for magic, fmt in _MAGIC:
-        if record.image and record.image.startswith(magic):
-            return fmt
-    msg = (
-        f"frame {record.camera_id}/{record.frame_id}: image format not given and the bytes are not "
-        f"{', '.join(IMAGE_FORMATS)}"
-    )
-    raise StoreError(msg)
+        try:
+            return format_named(record.image_format).name
+        except UnsupportedImageError as exc:
+            msg = f"{where}: {exc}"
+            raise StoreError(msg) from None
+    found = sniff_format(record.image or b"")
+    if found is None:
+        msg = f"{where}: image format not given and the bytes are not {', '.join(IMAGE_FORMATS)}"
+        raise StoreError(msg)
+    return found.name
 
 
 def check_record(record: FrameRecord) -> None:
@@ -198,3 +208,6 @@ def check_record(record: FrameRecord) -> None:
             raise StoreError(msg)
     if record.image is not None:
         image_format_of(record)
+    if record.content_sha256 is None:
+        msg = f"{where}: neither the image nor its content_sha256 is given; repeated frame ids are checked against it"
+        raise StoreError(msg)

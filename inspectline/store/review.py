@@ -88,6 +88,7 @@ class _Entry:
     label: str
     reviewer: str | None
     at: datetime | None = None
+    line: str | None = None  # with key, names one frame; without it, the camera's frame must be unique
 
 
 def image_url(base_url: str, frame_id: int) -> str:
@@ -173,6 +174,7 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
                     (camera, frame) if camera and frame else None,
                     label,
                     reviewer,
+                    line=(row.get("line_id") or "").strip() or None,
                 )
             )
     return entries, problems, skipped
@@ -266,6 +268,7 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
                 label,
                 _author(latest.get("completed_by"), reviewer_default),
                 _annotated_at(latest),
+                line=str(data["line_id"]) if data.get("line_id") not in (None, "") else None,
             )
         )
     return _apply(store, "Label Studio export", entries, problems, skipped)
@@ -308,10 +311,11 @@ def _annotated_at(annotation: dict) -> datetime | None:
 # --- shared: check everything, then apply in one transaction -----------------------------------
 def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list[str], skipped: int) -> ImportReport:
     by_id = store.get_many(e.id for e in entries if e.id is not None)
-    by_key = store.find_many(e.key for e in entries if e.id is None and e.key is not None)
+    by_key = store.find_many((e.line, *e.key) for e in entries if e.id is None and e.key and e.line)
+    unlined = {e.key: store.find_by_camera(*e.key) for e in entries if e.id is None and e.key and not e.line}
     chosen: dict[int, tuple[_Entry, LabelUpdate]] = {}
     for e in entries:
-        frame, problem = _resolve(e, by_id, by_key)
+        frame, problem = _resolve(e, by_id, by_key, unlined)
         if problem is None and not (e.reviewer or "").strip():
             problem = (
                 "no reviewer: the file does not say who labelled this frame; fill it in or pass a default reviewer"
@@ -336,14 +340,17 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
             + "\n  ".join(listed)
         )
         raise InvalidLabelError(msg)
-    frames = {**by_id, **{f.id: f for f in by_key.values()}}
+    frames = {**by_id, **{f.id: f for f in by_key.values()}, **{f.id: f for m in unlined.values() for f in m}}
     todo = [u for _, u in chosen.values() if (frames[u.id].label, frames[u.id].labelled_by) != (u.label, u.reviewer)]
     store.set_labels(todo)
     return ImportReport(source=source, applied=len(todo), unchanged=len(chosen) - len(todo), skipped=skipped)
 
 
 def _resolve(
-    e: _Entry, by_id: dict[int, StoredFrame], by_key: dict[tuple[str, str], StoredFrame]
+    e: _Entry,
+    by_id: dict[int, StoredFrame],
+    by_key: dict[tuple[str, str, str], StoredFrame],
+    unlined: dict[tuple[str, str], list[StoredFrame]],
 ) -> tuple[StoredFrame | None, str | None]:
     """The frame an entry names; when it names both an id and camera/frame ids, they must agree."""
     if e.id is not None:
@@ -356,7 +363,16 @@ def _resolve(
                 "was the file exported from another store?"
             )
         return frame, None
-    frame = by_key.get(e.key)
-    if frame is None:
-        return None, f"no stored frame from camera {e.key[0]!r} has frame_id {e.key[1]!r}"
-    return frame, None
+    camera, frame_id = e.key
+    if e.line is not None:
+        frame = by_key.get((e.line, camera, frame_id))
+        if frame is None:
+            return None, f"no stored frame from line {e.line!r} camera {camera!r} has frame_id {frame_id!r}"
+        return frame, None
+    matches = unlined.get(e.key, [])
+    if len(matches) == 1:
+        return matches[0], None
+    if not matches:
+        return None, f"no stored frame from camera {camera!r} has frame_id {frame_id!r}"
+    lines = sorted(f.line_id for f in matches)
+    return None, f"camera {camera!r} sent frame_id {frame_id!r} on lines {lines}; add a line_id column to choose one"

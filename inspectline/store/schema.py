@@ -1,8 +1,9 @@
 """The frame store's tables, one SQLAlchemy Core schema for SQLite and PostgreSQL alike.
 
-    frames            one row per judged (camera_id, frame_id); never deleted, only its image reference
+    store_meta        one row: the schema version (see ``database.migrate``)
+    frames            one row per judged (line_id, camera_id, frame_id); never deleted, only its image reference
     images            one row per stored image file (content sha256), written before any frame points to it
-    shadow_verdicts   a shadow model's verdict per (camera_id, frame_id, model_version)
+    shadow_verdicts   a shadow model's verdict per (line_id, camera_id, frame_id, model_version)
     snapshots         named training snapshots ...
     snapshot_frames   ... and the frames each one holds, which clean-up must not touch
 
@@ -54,6 +55,14 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 metadata = sa.MetaData()
+SCHEMA_VERSION = 2  # 1: frames keyed by (camera_id, frame_id), no content hash; 2: keyed by line too, hashed
+
+store_meta = sa.Table(
+    "store_meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+)
 
 images = sa.Table(
     "images",
@@ -81,12 +90,13 @@ frames = sa.Table(
     sa.Column("uncertainty", sa.Float, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
     sa.Column("views", sa.JSON, nullable=False),
+    sa.Column("content_sha256", sa.String(64)),  # the image as sent; None only in rows older than schema 2
     sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256", name="fk_frames_image")),
     sa.Column("image_format", sa.String(8)),
     sa.Column("label", sa.String(16)),
     sa.Column("labelled_by", sa.String),
     sa.Column("labelled_at", UtcDateTime),
-    sa.UniqueConstraint("camera_id", "frame_id", name="uq_frames_camera_frame"),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", name="uq_frames_line_camera_frame"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_frames_verdict"),
     sa.CheckConstraint(f"label IS NULL OR {_in('label', LABELS)}", name="ck_frames_label"),
     sa.Index("ix_frames_received_at", "received_at"),
@@ -100,6 +110,7 @@ shadow_verdicts = sa.Table(
     "shadow_verdicts",
     metadata,
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("line_id", sa.String, nullable=False),
     sa.Column("camera_id", sa.String, nullable=False),
     sa.Column("frame_id", sa.String, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
@@ -107,7 +118,7 @@ shadow_verdicts = sa.Table(
     sa.Column("defect_probability", sa.Float, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
     # Keyed by the camera's ids, not frames.id: the shadow verdict may be written before its frame row.
-    sa.UniqueConstraint("camera_id", "frame_id", "model_version", name="uq_shadow_camera_frame_model"),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", "model_version", name="uq_shadow_line_camera_frame_model"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_shadow_verdict"),
 )
 

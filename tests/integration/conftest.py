@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import (
@@ -36,6 +37,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def store_config(registry: Path, name: str = "inspectline") -> dict:
+    data = registry.parent / f"data-{name}"
+    return {
+        "database_url": f"sqlite:///{data / 'frames.db'}",
+        "storage_url": str(data / "images"),
+        "keep_ok_images": 1.0,
+    }
+
+
+def inspect_yaml(registry: Path, name: str = "inspectline", *, tokens_file: Path | None = None) -> Path:
+    """The inspect.yaml an app of this name reads: its registry, its own store and spool."""
+    service = {"spool_dir": str(registry.parent / f"data-{name}" / "spool")}
+    if tokens_file is not None:
+        service["tokens_file"] = str(tokens_file)
+    doc = {"paths": {"registry": str(registry)}, "store": store_config(registry, name), "service": service}
+    # a file of its own per variant: Serve redeploys an app when its args change, not when a file it names does
+    path = registry.parent / f"inspect-{name}{'-auth' if tokens_file else ''}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
 def app_config(
     registry: Path,
     *,
@@ -44,23 +66,17 @@ def app_config(
     gateway: dict | None = None,
     inspector: dict | None = None,
     inspector_options: dict | None = None,
+    gateway_options: dict | None = None,
+    tokens_file: Path | None = None,
 ) -> dict:
     """The repo's application entry with test-sized settings."""
     app = copy.deepcopy(load_serve_config(REPO / "serve_config.yaml")["applications"][0])
     app["name"], app["route_prefix"] = name, route_prefix
-    data = registry.parent / f"data-{name}"
-    app["args"] = {
-        "registry": str(registry),
-        "spool_dir": str(data / "spool"),
-        "store": {
-            "database_url": f"sqlite:///{data / 'frames.db'}",
-            "storage_url": str(data / "images"),
-            "keep_ok_images": 1.0,
-        },
-    }
+    app["args"] = {"config": str(inspect_yaml(registry, name, tokens_file=tokens_file))}
     for deployment in app["deployments"]:
         if deployment["name"] == "Gateway":
             deployment["user_config"].update({"reload_interval_s": 0.3, **(gateway or {})})
+            deployment.update(gateway_options or {})
         if deployment["name"] == "Inspector":
             deployment["ray_actor_options"] = {"num_cpus": 0.5}  # two replicas on a 2-core CI machine
             deployment["user_config"].update(inspector or {})
@@ -128,3 +144,13 @@ def service(ray_address: str, trained_run, tmp_path_factory) -> Iterator[Service
     assert service_url({"http_options": {"host": "127.0.0.1", "port": port}}) == svc.url
     wait_until_ready(svc.url, timeout_s=300)
     yield svc
+
+
+@pytest.fixture(scope="session")
+def other_run(folder_dataset, tmp_path_factory):
+    """A second real model with different weights (another seed), for promotions that must be visible."""
+    from inspectline.training import run_training
+    from tests.helpers import tiny_config
+
+    workdir = tmp_path_factory.mktemp("other")
+    return run_training(tiny_config(folder_dataset, workdir, train={"seed": 7}), progress=False)

@@ -29,13 +29,14 @@ from inspectline.model import build_model, load_checkpoint, save_checkpoint
 from inspectline.retrain import retrain
 from inspectline.store import FrameStore
 from tests.helpers import make_cell
+from tests.integration.conftest import store_config as app_store_config
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def store_config(service) -> StoreConfig:
-    return StoreConfig.model_validate(service.base_app["args"]["store"])
+    return StoreConfig.model_validate(app_store_config(service.registry.root))
 
 
 def settle(service) -> None:
@@ -140,8 +141,7 @@ def test_review_export_and_import_through_the_cli(service, tmp_path):
     line = f"csv-{uuid.uuid4().hex[:6]}"
     post_cells(service, line, 4, seed=3)
     settle(service)
-    cfg = tmp_path / "inspect.yaml"
-    cfg.write_text(json.dumps({"store": service.base_app["args"]["store"]}))
+    cfg = service.base_app["args"]["config"]  # the inspect.yaml the service itself reads
     runner = CliRunner()
     out = tmp_path / "review.csv"
     result = runner.invoke(cli, ["review", "export", "--config", str(cfg), "--line", line, "--out", str(out)])
@@ -244,7 +244,7 @@ def _retrain_config(service, tmp_path: Path, **retrain_settings):
                 "snapshots": str(tmp_path / "snapshots"),
                 "reports": str(tmp_path / "reports"),
             },
-            "store": service.base_app["args"]["store"],
+            "store": app_store_config(service.registry.root),
             "retrain": {"epochs": 4, "lr": 0.003, "min_newest": 8, **retrain_settings},
             "train": {"batch_size": 8, "collapse_warmup": 10, "patience": 20},
             "readiness": {"max_latency_ms": 5000},
@@ -311,10 +311,7 @@ def test_gate_refuses_a_challenger_taught_by_a_mislabelled_batch(service, traine
 
 
 def test_nothing_to_learn_is_a_clear_message_and_exit_code(service, tmp_path):
-    cfg = tmp_path / "inspect.yaml"
-    cfg.write_text(
-        json.dumps({"paths": {"registry": str(service.registry.root)}, "store": service.base_app["args"]["store"]})
-    )
+    cfg = service.base_app["args"]["config"]  # the inspect.yaml the service itself reads
     result = CliRunner().invoke(cli, ["retrain", "--since", "2099-01-01", "--config", str(cfg)])
     assert result.exit_code == 3 and "no labelled frames" in result.output
     bad = CliRunner().invoke(cli, ["retrain", "--since", "a while ago", "--config", str(cfg)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
-import threading
 import time
 import zlib
 
@@ -18,6 +17,8 @@ from ray import serve
 
 from inspectline.imaging import encode_png
 from inspectline.registry import ModelRegistry
+from inspectline.serving.auth import add_token
+from inspectline.serving.records import InspectJob, Judgement, ServedModel
 from tests.helpers import make_cell
 from tests.integration.conftest import REPO, app_config, wait_for
 
@@ -137,7 +138,9 @@ def test_flip_tta_invariance(service):
 
 
 def test_batch_endpoint_judges_each_file_and_isolates_bad_ones(service):
-    files = [("files", (f"part-{i}.png", encode_png(cell(10 + i)), "image/png")) for i in range(3)]
+    files = [
+        ("files", ("frame.png", encode_png(cell(10 + i)), "image/png", {"X-Frame-Id": f"part-{i}"})) for i in range(3)
+    ]
     files.append(("files", ("broken.png", encode_png(cell(1))[:50], "image/png")))
     response = httpx.post(f"{service.url}/v1/frames/batch", files=files, params=IDS, timeout=60)
     assert response.status_code == 200, response.text
@@ -150,12 +153,13 @@ def test_batch_endpoint_judges_each_file_and_isolates_bad_ones(service):
 def test_replicas_form_batches_under_concurrency(service):
     handle = serve.get_deployment_handle("Inspector", app_name="inspectline")
 
-    async def burst() -> list[dict]:
-        return await asyncio.gather(*(handle.judge.remote(cell(i), "v0001") for i in range(32)))
+    async def burst() -> list:
+        jobs = [InspectJob(encode_png(cell(i)), ServedModel("v0001"), camera_id="cam-1") for i in range(32)]
+        return await asyncio.gather(*(handle.judge.remote(job) for job in jobs))
 
     results = asyncio.run(burst())
-    assert all("verdict" in r for r in results)
-    assert max(r["batch_size"] for r in results) > 1
+    assert all(isinstance(r, Judgement) and r.model_version == "v0001" for r in results)
+    assert max(r.batch_size for r in results) > 1
 
 
 def test_every_error_status_has_a_json_body(service):
@@ -216,17 +220,22 @@ def test_openapi_and_model_endpoints(service):
     assert "roc_auc" in model["metrics"]
 
 
-def test_auth_on_and_off(service):
+def test_named_tokens_with_scopes(service, tmp_path):
+    tokens = tmp_path / "tokens.yaml"
+    camera, reviewer = add_token(tokens, "cam-line1", ["frames:write"]), add_token(tokens, "ana", ["review"])
+    as_camera, as_reviewer = {"Authorization": f"Bearer {camera}"}, {"Authorization": f"Bearer {reviewer}"}
     try:
-        service.reconfigure(gateway={"api_token": "s3cret"})
-        wait_for(lambda: post(service.url, encode_png(cell())).status_code == 401, what="auth on")
+        service.reconfigure(tokens_file=tokens)
+        wait_for(lambda: post(service.url, encode_png(cell())).status_code == 401, timeout_s=120, what="auth on")
         response = post(service.url, encode_png(cell()))
         assert_error(response, 401, "unauthorized")
         assert response.headers["WWW-Authenticate"] == "Bearer"
         assert_error(post(service.url, encode_png(cell()), headers={"Authorization": "Bearer wrong"}), 403, "forbidden")
-        assert_error(httpx.get(f"{service.url}/v1/model"), 401, "unauthorized")
-        assert post(service.url, encode_png(cell()), headers={"Authorization": "Bearer s3cret"}).status_code == 200
-        assert httpx.get(f"{service.url}/healthz").status_code == 200  # health stays open
+        assert post(service.url, encode_png(cell()), headers=as_camera).status_code == 200
+        assert_error(httpx.get(f"{service.url}/v1/model", headers=as_camera), 403, "forbidden")  # cameras only post
+        assert httpx.get(f"{service.url}/v1/model", headers=as_reviewer).status_code == 200
+        assert_error(post(service.url, encode_png(cell()), headers=as_reviewer), 403, "forbidden")
+        assert httpx.get(f"{service.url}/healthz").status_code == 200  # probes stay open
         assert httpx.get(f"{service.url}/readyz").status_code == 200
     finally:
         service.restore()
@@ -264,46 +273,6 @@ def test_readiness_before_and_after_the_model_loads(service, tmp_path, trained_r
         )
     finally:
         service.restore()
-
-
-def test_promotion_under_load_has_no_failures_and_switches_once(service):
-    stop = threading.Event()
-    sequences: list[list[str]] = [[] for _ in range(3)]
-    failures: list[str] = []
-    body = encode_png(cell(7))
-
-    def client(seq: list[str]) -> None:
-        with httpx.Client(timeout=60) as http:
-            while not stop.is_set():
-                r = http.post(
-                    f"{service.url}/v1/frames", content=body, headers={"Content-Type": "image/png"}, params=IDS
-                )
-                if r.status_code == 200:
-                    seq.append(r.json()["model_version"])
-                else:
-                    failures.append(f"{r.status_code} {r.text[:200]}")
-
-    threads = [threading.Thread(target=client, args=(seq,)) for seq in sequences]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: all(len(s) >= 3 for s in sequences), what="traffic before the promotion")
-        service.registry.promote("v0002", reason="test")
-        wait_for(
-            lambda: all(s and s[-1] == "v0002" and s.count("v0002") >= 3 for s in sequences),
-            timeout_s=90,
-            what="the switch",
-        )
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        service.registry.rollback()
-        wait_for(lambda: httpx.get(f"{service.url}/readyz").json()["model_version"] == "v0001", what="rollback")
-    assert failures == []
-    for seq in sequences:
-        switch = seq.index("v0002")
-        assert set(seq[:switch]) == {"v0001"} and set(seq[switch:]) == {"v0002"}, seq
 
 
 def test_backpressure_answers_503_with_retry_after_quickly(service):

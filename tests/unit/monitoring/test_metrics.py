@@ -1,18 +1,15 @@
-import os
 import shutil
 import subprocess
 
-import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from inspectline.monitoring.metrics import CameraMetrics, LineMetrics
+from tests.system_packages import needs
 
 PROMTOOL = shutil.which("promtool")
 # CI installs Prometheus (.ci/run); on a developer machine without it these checks are skipped.
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None and not os.environ.get("CI"), reason="promtool not installed (apt-get install prometheus)"
-)
+needs_promtool = needs("prometheus")
 
 
 def _exercised() -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from inspectline.monitoring.prometheus import (
     start_prometheus,
     substitute,
 )
+from tests.system_packages import needs
 from tests.unit.monitoring.test_metrics import PROMTOOL, needs_promtool
 
 REPO = Path(__file__).resolve().parents[3]
@@ -43,10 +43,7 @@ DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "inspectline.yml
 VARIABLES = {"line": "line-1", "camera": "cam-1", **GRAFANA_BUILTINS}
 INSPECT = str(Path(sys.executable).with_name("inspect"))
 
-needs_prometheus = pytest.mark.skipif(
-    shutil.which("prometheus") is None and not os.environ.get("CI"),
-    reason="prometheus not installed (apt-get install prometheus)",
-)
+needs_prometheus = needs("prometheus")
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def record(
         "views": {"identity": p, "hflip": p},
         "image": None if shade is None else png(shade),
         "image_format": "png",
+        # a frame stored without its bytes still records what they hashed to
+        "content_sha256": hashlib.sha256(frame_id.encode()).hexdigest() if shade is None else None,
     }
     values.update(fields)
     return FrameRecord(**values)

@@ -92,7 +92,7 @@ def test_cleanup_is_off_without_max_age(make_store):
     store.add_frames([record("f1")])
     report = store.cleanup(now=T0 + timedelta(days=10_000))
     assert report.cutoff is None and report.images_deleted == 0
-    assert store.find("cam1", "f1").image_sha256 is not None
+    assert store.find("line-a", "cam1", "f1").image_sha256 is not None
 
 
 def test_snapshots_are_named_once_and_hold_only_stored_frames(aged):
