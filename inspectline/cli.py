@@ -38,9 +38,11 @@ app = typer.Typer(
 models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback, shadow.")
 review_app = typer.Typer(no_args_is_help=True, help="Review labels: export frames to label, import the labels.")
 store_app = typer.Typer(no_args_is_help=True, help="The frame store: clean-up.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens with scopes, for cameras, dashboards and reviewers.")
 app.add_typer(models_app, name="models")
 app.add_typer(review_app, name="review")
 app.add_typer(store_app, name="store")
+app.add_typer(tokens_app, name="tokens")
 app.add_typer(camera_app, name="camera", help="Camera adapters: hot folder, video/RTSP capture, dataset replay.")
 
 ConfigOpt = Annotated[
@@ -224,7 +226,7 @@ def serve(
             return
         typer.echo(f"service up at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops it")
 
-    serve_until_interrupted(config, address=address, on_ready=ready)
+    serve_until_interrupted(config, address=address, on_ready=ready, report=typer.echo)
 
 
 @app.command()
@@ -481,3 +483,23 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@tokens_app.command("add")
+def tokens_add(
+    name: Annotated[str, typer.Argument(help="Who uses the token: a camera, a dashboard, a person (the audit actor).")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", "-s", help="frames:write, read, review or admin (repeatable).")
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Create a named token in service.tokens_file and print it once (the file keeps only its hash)."""
+    from inspectline.serving.auth import add_token
+
+    cfg = resolve_config(config)
+    if cfg.service.tokens_file is None:
+        msg = "service.tokens_file is not set in inspect.yaml; set it (e.g. tokens.yaml) so the service reads it too"
+        raise ConfigError(msg)
+    secret = add_token(cfg.service.tokens_file, name, scope)
+    typer.echo(f"token for {name} ({', '.join(scope)}), shown only now:\n{secret}")
+    typer.echo("the running service reads the tokens file when it starts: redeploy it (inspect serve) to use it")

@@ -115,8 +115,9 @@ class Service:
         self.deploy(app_config(self.registry.root, **changes))
 
     def restore(self) -> None:
+        """Back to the base config, and wait until it serves: ready, and open again (no token needed)."""
         self.deploy(self.base_app)
-        wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, what="the base config")
+        wait_for(lambda: httpx.get(f"{self.url}/v1/model").status_code == 200, timeout_s=300, what="the base config")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -62,3 +64,78 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _serve_dir(trained_run, tmp_path) -> None:
+    """A folder laid out like the repository root after `make demo`: serve_config.yaml (unchanged) and models/."""
+    shutil.copyfile(REPO / "serve_config.yaml", tmp_path / "serve_config.yaml")
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register(trained_run.checkpoint)
+    registry.promote("v0001")
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    return psutil.Process(pid).children(recursive=True)
+
+
+@pytest.mark.skipif(socket.socket().connect_ex(("127.0.0.1", 8000)) == 0, reason="port 8000 is taken on this machine")
+def test_serve_run_deploys_the_repository_config_unchanged(trained_run, tmp_path):
+    _serve_dir(trained_run, tmp_path)
+    assert (tmp_path / "serve_config.yaml").read_bytes() == (REPO / "serve_config.yaml").read_bytes()
+    serve_bin = str(Path(sys.executable).with_name("serve"))
+    proc = subprocess.Popen(
+        [serve_bin, "run", "serve_config.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    try:
+        ready = wait_until_ready("http://127.0.0.1:8000", timeout_s=300)
+        assert ready["model_version"] == "v0001"
+        answer = post("http://127.0.0.1:8000", encoded(cell()), params={"frame_id": "serve-run-1"})
+        assert answer.status_code == 200, answer.text
+        # the defaults, relative to the folder `serve run` ran in: the store is where `inspect retrain` looks
+        wait_for(lambda: (tmp_path / "data" / "frames.db").is_file(), timeout_s=60, what="the frame store")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_inspect_serve_on_sigterm_stops_every_process_it_started(trained_run, tmp_path):
+    _serve_dir(trained_run, tmp_path)
+    port = free_port()
+    config = load_serve_config(tmp_path / "serve_config.yaml")
+    config["http_options"] = {"host": "0.0.0.0", "port": port}
+    (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "INSPECT_API_TOKEN"} | {"RAY_ADDRESS": ""}
+    proc = subprocess.Popen(
+        [INSPECT, "serve", "--config", "serve.yaml"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
+        started = _descendants(proc.pid)
+        assert len(started) >= 3  # Ray's GCS, raylet, agents, workers ...
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, output[-3000:]
+    survivors = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == [], [(p.pid, p.name()) for p in survivors]
+    # it said where everything lives, and warned that it listens beyond this machine without a token
+    assert "registry" in output and "default; no " in output and "WARNING: the service listens on 0.0.0.0" in output

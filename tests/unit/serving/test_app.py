@@ -1,0 +1,56 @@
+"""One configuration: the service finds its registry, store, spool and tokens in the inspect.yaml the CLI reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from inspectline.errors import ConfigError
+from inspectline.serving.app import service_locations
+from inspectline.serving.deploy import exposed_without_auth, load_serve_config, resolve_paths
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_locations_come_from_inspect_yaml_and_say_which_file_set_them(tmp_path: Path):
+    (tmp_path / "inspect.yaml").write_text(
+        yaml.safe_dump({"paths": {"registry": "line-models"}, "service": {"tokens_file": "tokens.yaml"}})
+    )
+    where = service_locations(Path("inspect.yaml"), tmp_path)
+    assert where.registry == tmp_path / "line-models"
+    assert where.store.database_url == f"sqlite:///{tmp_path / 'data' / 'frames.db'}"
+    assert where.spool_dir == tmp_path / "data" / "spool" and where.tokens_file == tmp_path / "tokens.yaml"
+    lines = "\n".join(where.describe())
+    assert f"set in {tmp_path / 'inspect.yaml'} (paths.registry)" in lines
+    assert "does not set store" in lines
+    without = service_locations(Path("inspect.yaml"), tmp_path / "elsewhere")
+    assert without.registry == tmp_path / "elsewhere" / "models" and "default; no " in without.describe()[0]
+
+
+def test_the_cli_and_the_service_agree_on_the_store(tmp_path: Path, monkeypatch):
+    from inspectline.cli import resolve_config
+
+    (tmp_path / "inspect.yaml").write_text(yaml.safe_dump({"store": {"database_url": "sqlite:///plant/frames.db"}}))
+    monkeypatch.chdir(tmp_path)
+    cli = resolve_config().store.resolved(tmp_path)
+    assert service_locations(Path("inspect.yaml"), tmp_path).store == cli
+
+
+def test_the_repository_serve_config_is_valid_and_locations_moved_out_of_it_are_refused(tmp_path: Path):
+    config = load_serve_config(REPO / "serve_config.yaml")
+    resolved = resolve_paths(config, tmp_path)
+    assert resolved["applications"][0]["args"] == {"config": str(tmp_path / "inspect.yaml"), "base": str(tmp_path)}
+    config["applications"][0]["args"] = {"registry": "models", "store": {}}
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"registry -> paths.registry, store -> store"):
+        load_serve_config(tmp_path / "old.yaml")
+
+
+def test_binding_beyond_loopback_without_a_token_is_flagged(tmp_path: Path):
+    config = resolve_paths(load_serve_config(REPO / "serve_config.yaml"), tmp_path)  # host 0.0.0.0
+    assert exposed_without_auth(config, {})
+    assert not exposed_without_auth(config, {"INSPECT_API_TOKEN": "x"})
+    config["http_options"]["host"] = "127.0.0.1"
+    assert not exposed_without_auth(config, {})
