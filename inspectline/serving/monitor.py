@@ -66,6 +66,7 @@ class LineMonitor:
                 self._shadow(record)
                 shadows.append(
                     ShadowVerdict(
+                        line_id=record["line"],
                         camera_id=record["camera_id"],
                         frame_id=record["frame_id"],
                         model_version=record["version"],

@@ -13,6 +13,9 @@ cannot share one transaction. The *image lock* closes the remaining race, clean-
 moment a new frame reuses it: frame writers hold it shared and clean-up holds it exclusive. On SQLite
 every write transaction is already exclusive; on PostgreSQL it is a transaction-scoped advisory lock.
 
+Opening a database creates a new store's tables, or migrates an older store to the current schema
+(``migrations``), in one exclusive transaction.
+
 Database failures surface as :class:`StoreError` naming the database (password hidden), so the service
 can tell "store unavailable, keep the backlog" from a programming error.
 """
@@ -32,7 +35,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from inspectline.errors import StoreError
-from inspectline.store.schema import metadata
+from inspectline.store import migrations
 
 SUPPORTED = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -66,9 +69,24 @@ class Database:
                 "needs `pip install inspectline[postgres]`"
             )
             raise StoreError(msg) from None
-        # Exclusive, so two processes opening a new database at once do not both create the tables.
-        with self.write(image_lock="exclusive") as conn:
-            metadata.create_all(conn)
+        self._open_schema()
+
+    def _open_schema(self) -> None:
+        """Create or migrate the tables; exclusive, so two processes opening at once never both do it."""
+        with self.translate_errors("open"), self.engine.connect() as conn:
+            # A SQLite table rebuild must not trip the foreign keys that point at the table; SQLite only
+            # honours this pragma outside a transaction, hence on the driver's connection, before BEGIN.
+            driver = conn.connection.driver_connection if self.dialect == "sqlite" else None
+            if driver is not None:
+                driver.execute("PRAGMA foreign_keys=OFF")
+            try:
+                conn.execution_options(sqlite_begin="IMMEDIATE")
+                with conn.begin():
+                    self._lock_images(conn, "exclusive")
+                    migrations.bring_up_to_date(conn, self.dialect, self.url)
+            finally:
+                if driver is not None:
+                    driver.execute("PRAGMA foreign_keys=ON")
 
     def insert(self, table: sa.Table):
         """A dialect INSERT, so callers can add ``on_conflict_do_nothing()``."""
@@ -86,10 +104,14 @@ class Database:
         with self.translate_errors("write to"), self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
-                if image_lock is not None and self.dialect == "postgresql":
-                    fn = "pg_advisory_xact_lock_shared" if image_lock == "shared" else "pg_advisory_xact_lock"
-                    conn.execute(sa.text(f"SELECT {fn}(:key)"), {"key": _IMAGE_LOCK_KEY})
+                self._lock_images(conn, image_lock)
                 yield conn
+
+    def _lock_images(self, conn: Connection, image_lock: ImageLock) -> None:
+        """Take the image lock for this transaction (on SQLite every write transaction is already exclusive)."""
+        if image_lock is not None and self.dialect == "postgresql":
+            fn = "pg_advisory_xact_lock_shared" if image_lock == "shared" else "pg_advisory_xact_lock"
+            conn.execute(sa.text(f"SELECT {fn}(:key)"), {"key": _IMAGE_LOCK_KEY})
 
     @contextlib.contextmanager
     def translate_errors(self, doing: str) -> Iterator[None]:

@@ -9,8 +9,15 @@
 Writing a batch is one database transaction. Its order is what makes the store safe to read at any
 moment: first the image files are written, atomically and once per content hash; then their ``images``
 rows; then the frame rows that point at them. A crash between the steps leaves at most an unreferenced
-complete file, which the next write of the same bytes adopts. A ``(camera_id, frame_id)`` pair already
-stored is left exactly as first written: a camera that retries a frame is counted once.
+complete file, which the next write of the same bytes adopts.
+
+A frame is named by its :class:`FrameKey` ``(line_id, camera_id, frame_id)``; a key already stored is
+left exactly as first written, so a camera that retries a frame is counted once. Every row keeps the
+SHA-256 of the image bytes as sent (``content_sha256``), also when retention drops the image, so the
+service can ask :meth:`FrameStore.find` whether a repeated key is a retry (same hash) or a reused id.
+
+Ids, limits and offsets beyond the databases' 64-bit integers are answered as "not found" or a
+:class:`StoreError` naming the bound, never an ``OverflowError`` from the driver.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from inspectline.store.images import ImageStore
 from inspectline.store.records import (
     ORDERS,
     CleanupReport,
+    FrameKey,
     FrameRecord,
     LabelUpdate,
     ShadowVerdict,
@@ -43,6 +51,7 @@ from inspectline.store.records import (
 )
 from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_frames, snapshots
 
+MAX_INT64 = 2**63 - 1  # both databases' largest integer: no id, limit or offset can be larger
 # Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
 _FRAME_COLUMNS = [c for c in frames.c if c.name != "uncertainty"]
@@ -76,30 +85,40 @@ class FrameStore:
         """Record judged frames in one transaction; returns how many were new (repeats are ignored)."""
         for record in records:
             check_record(record)
-        batch, seen = [], set()
-        for r in records:  # within a batch too, the first of a (camera_id, frame_id) pair wins
-            if (r.camera_id, r.frame_id) not in seen:
-                seen.add((r.camera_id, r.frame_id))
-                batch.append(r)
+        batch: dict[FrameKey, FrameRecord] = {}
+        for r in records:  # within a batch too, the first of a key wins
+            batch.setdefault(r.key, r)
+        kept = {key: self._kept_image(r) for key, r in batch.items()}  # checked before anything is written
         if not batch:
             return 0
         with self._db.write(image_lock="shared") as conn:
-            known = self._existing_pairs(conn, [(r.camera_id, r.frame_id) for r in batch])
-            new = [r for r in batch if (r.camera_id, r.frame_id) not in known]
+            known = self._existing_keys(conn, list(batch))
             rows, files = [], {}
-            for r in new:
-                sha, fmt = None, None
-                if r.image is not None and retention.keeps_image(
-                    r.camera_id, r.frame_id, r.verdict, self.config.keep_ok_images
-                ):
-                    sha, fmt = hashlib.sha256(r.image).hexdigest(), image_format_of(r)
+            for key, r in batch.items():
+                if key in known:
+                    continue
+                sha, fmt = kept[key] or (None, None)
+                if sha is not None:
                     files.setdefault(sha, (fmt, r.image))
                 rows.append(_frame_row(r, sha, fmt))
             self._store_images(conn, files)
             if not rows:
                 return 0
-            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=["camera_id", "frame_id"])
+            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=list(FrameKey._fields))
             return len(conn.execute(stmt.returning(frames.c.id), rows).all())
+
+    def _kept_image(self, r: FrameRecord) -> tuple[str, str] | None:
+        """(sha256, format) of the image retention keeps for this frame, or None; refuses a wrong content hash."""
+        if r.image is None or not retention.keeps_image(*r.key, r.verdict, self.config.keep_ok_images):
+            return None
+        sha = hashlib.sha256(r.image).hexdigest()
+        if sha != r.content_sha256:
+            msg = (
+                f"frame {r.key}: content_sha256 {r.content_sha256} is not the hash of its image ({sha}); "
+                "pass the hash of the bytes the camera sent, or leave it out to have it computed"
+            )
+            raise StoreError(msg)
+        return sha, image_format_of(r)
 
     def _store_images(self, conn: sa.Connection, files: dict[str, tuple[str, bytes]]) -> None:
         """Write the files not yet recorded, then record them: files strictly before rows."""
@@ -118,22 +137,24 @@ class FrameStore:
             conn.execute(self._db.insert(images).on_conflict_do_nothing(index_elements=["sha256"]), rows)
 
     @staticmethod
-    def _existing_pairs(conn: sa.Connection, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-        found: set[tuple[str, str]] = set()
-        for i in range(0, len(pairs), _CHUNK):
-            key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
-            found.update(
-                tuple(row)
-                for row in conn.execute(
-                    sa.select(frames.c.camera_id, frames.c.frame_id).where(key.in_(pairs[i : i + _CHUNK]))
-                )
-            )
+    def _existing_keys(conn: sa.Connection, keys: list[FrameKey]) -> set[FrameKey]:
+        columns = (frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
+        found: set[FrameKey] = set()
+        for i in range(0, len(keys), _CHUNK):
+            stmt = sa.select(*columns).where(sa.tuple_(*columns).in_(keys[i : i + _CHUNK]))
+            found.update(FrameKey(*row) for row in conn.execute(stmt))
         return found
 
     def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
-        """Record shadow-model verdicts; one per (camera_id, frame_id, model_version), repeats ignored."""
+        """Record shadow-model verdicts; one per (line_id, camera_id, frame_id, model_version), repeats ignored."""
+        for r in rows:
+            for name in ("line_id", "camera_id", "frame_id", "model_version"):
+                if not isinstance(getattr(r, name), str) or not getattr(r, name):
+                    msg = f"shadow verdict on frame {r.key}: {name} {getattr(r, name)!r} must be a non-empty string"
+                    raise StoreError(msg)
         values = [
             {
+                "line_id": r.line_id,
                 "camera_id": r.camera_id,
                 "frame_id": r.frame_id,
                 "model_version": r.model_version,
@@ -146,7 +167,7 @@ class FrameStore:
         if not values:
             return 0
         stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(
-            index_elements=["camera_id", "frame_id", "model_version"]
+            index_elements=[*FrameKey._fields, "model_version"]
         )
         with self._db.write() as conn:
             return len(conn.execute(stmt.returning(shadow_verdicts.c.id), values).all())
@@ -158,9 +179,15 @@ class FrameStore:
         with self._db.read() as conn:
             result = conn.execute(
                 sa.select(
-                    sv.camera_id, sv.frame_id, sv.model_version, sv.verdict, sv.defect_probability, sv.received_at
+                    sv.line_id,
+                    sv.camera_id,
+                    sv.frame_id,
+                    sv.model_version,
+                    sv.verdict,
+                    sv.defect_probability,
+                    sv.received_at,
                 )
-                .where(sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
+                .where(sv.line_id == frame.line_id, sv.camera_id == frame.camera_id, sv.frame_id == frame.frame_id)
                 .order_by(sv.received_at, sv.model_version)
             )
             return [ShadowVerdict(**row._mapping) for row in result]
@@ -176,8 +203,8 @@ class FrameStore:
         return found[id]
 
     def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
-        """Stored frames by id; unknown ids are simply absent from the result."""
-        wanted = list(dict.fromkeys(ids))
+        """Stored frames by id; unknown ids (also any outside the 64-bit range) are simply absent from the result."""
+        wanted = [i for i in dict.fromkeys(ids) if _is_int64(i)]
         out: dict[int, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
@@ -185,19 +212,36 @@ class FrameStore:
                     out[row.id] = _to_frame(row)
         return out
 
-    def find(self, camera_id: str, frame_id: str) -> StoredFrame | None:
-        """The frame a camera sent under ``frame_id``, or None."""
-        return self.find_many([(camera_id, frame_id)]).get((camera_id, frame_id))
+    def find(self, line_id: str, camera_id: str, frame_id: str) -> StoredFrame | None:
+        """The frame a line's camera sent under ``frame_id``, or None; its ``content_sha256`` tells a retry."""
+        key = FrameKey(line_id, camera_id, frame_id)
+        return self.find_many([key]).get(key)
 
-    def find_many(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], StoredFrame]:
-        """Stored frames by ``(camera_id, frame_id)``; unknown pairs are absent from the result."""
-        wanted = list(dict.fromkeys(keys))
-        out: dict[tuple[str, str], StoredFrame] = {}
-        key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+    def find_many(self, keys: Iterable[tuple[str, str, str]]) -> dict[FrameKey, StoredFrame]:
+        """Stored frames by ``(line_id, camera_id, frame_id)``; unknown keys are absent from the result."""
+        wanted = [FrameKey(*k) for k in dict.fromkeys(keys)]
+        key = sa.tuple_(frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
+        out: dict[FrameKey, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
                 for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
-                    out[(row.camera_id, row.frame_id)] = _to_frame(row)
+                    frame = _to_frame(row)
+                    out[frame.key] = frame
+        return out
+
+    def find_by_camera(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[StoredFrame]]:
+        """Frames by ``(camera_id, frame_id)`` on any line, for review files that name no line.
+
+        A pair maps to every line's frame under it (ordered by line); unknown pairs are absent.
+        """
+        wanted = list(dict.fromkeys(tuple(p) for p in pairs))
+        key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+        out: dict[tuple[str, str], list[StoredFrame]] = {}
+        with self._db.read() as conn:
+            for i in range(0, len(wanted), _CHUNK):
+                stmt = sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK])).order_by(frames.c.line_id)
+                for row in conn.execute(stmt):
+                    out.setdefault((row.camera_id, row.frame_id), []).append(_to_frame(row))
         return out
 
     def query(
@@ -220,9 +264,7 @@ class FrameStore:
         ``order`` is ``uncertainty`` (most uncertain first: the review queue), ``newest`` or ``oldest``.
         ``has_image`` keeps only frames whose image is (True) or is not (False) stored.
         """
-        if not isinstance(limit, int) or limit < 1 or not isinstance(offset, int) or offset < 0:
-            msg = f"limit {limit!r} must be an integer >= 1 and offset {offset!r} an integer >= 0"
-            raise StoreError(msg)
+        _check_page(limit, offset)
         where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
         stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit).offset(offset)
         with self._db.read() as conn:
@@ -232,6 +274,8 @@ class FrameStore:
         self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any
     ) -> Iterator[StoredFrame]:
         """Like :meth:`query` without a page size (``limit`` None = all), streamed from one consistent read."""
+        if limit is not None:
+            _check_page(limit, 0)
         where = _conditions(**{k: filters.pop(k, None) for k in _FILTERS})
         if filters:
             msg = f"unknown frame filters {sorted(filters)}; accepted: {', '.join(_FILTERS)}"
@@ -327,8 +371,9 @@ class FrameStore:
             if conn.scalar(sa.select(snapshots.c.id).where(snapshots.c.name == name)) is not None:
                 raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, choose a new name")
             known: set[int] = set()
-            for i in range(0, len(ids), _CHUNK):
-                known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(ids[i : i + _CHUNK]))))
+            valid = [i for i in ids if _is_int64(i)]
+            for i in range(0, len(valid), _CHUNK):
+                known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(valid[i : i + _CHUNK]))))
             missing = [i for i in ids if i not in known]
             if missing:
                 raise FrameNotFoundError(
@@ -361,6 +406,7 @@ def _frame_row(r: FrameRecord, sha: str | None, fmt: str | None) -> dict[str, An
         "uncertainty": abs(float(r.defect_probability) - float(r.threshold)),
         "model_version": r.model_version,
         "views": {str(k): float(v) for k, v in r.views.items()},
+        "content_sha256": r.content_sha256,
         "image_sha256": sha,
         "image_format": fmt,
     }
@@ -368,6 +414,19 @@ def _frame_row(r: FrameRecord, sha: str | None, fmt: str | None) -> dict[str, An
 
 def _to_frame(row: sa.Row) -> StoredFrame:
     return StoredFrame(**row._mapping)
+
+
+def _is_int64(value: object) -> bool:
+    """Whether ``value`` can be a row id: an int (not a bool) the databases' 64-bit integers hold."""
+    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT64 - 1 <= value <= MAX_INT64
+
+
+def _check_page(limit: object, offset: object) -> None:
+    """StoreError naming the bounds unless ``1 <= limit`` and ``0 <= offset``, both at most 2**63 - 1."""
+    for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_INT64:
+            msg = f"{name} {value!r} must be a whole number from {low} to {MAX_INT64} (2**63 - 1)"
+            raise StoreError(msg)
 
 
 def _order(order: str) -> tuple:
@@ -403,7 +462,7 @@ def _conditions(
 
 def _not_kept(frame: StoredFrame, config: StoreConfig) -> str:
     return (
-        f"frame {frame.id} ({frame.camera_id}/{frame.frame_id}, {frame.verdict}) has no stored image: OK frames keep "
+        f"frame {frame.id} ({frame.key}, {frame.verdict}) has no stored image: OK frames keep "
         f"a sample of keep_ok_images={config.keep_ok_images}, and clean-up removes images older than "
         f"max_age_days={config.max_age_days} unless labelled"
     )

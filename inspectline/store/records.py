@@ -8,30 +8,43 @@ in an aware datetime in any zone is converted to UTC and a naive one is taken to
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
-from inspectline.errors import InvalidLabelError, StoreError
+from inspectline.errors import InvalidLabelError, StoreError, UnsupportedImageError
+from inspectline.imaging import FORMAT_NAMES, format_named, sniff_format
 
 VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
 LABELS = ("ok", "defective")
-IMAGE_FORMATS = ("png", "jpeg", "bmp", "tiff")
+IMAGE_FORMATS = FORMAT_NAMES  # the names images are stored under; the full table is imaging.IMAGE_FORMATS
 ORDERS = ("uncertainty", "newest", "oldest")
 
-_FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
-_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "png"),
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"BM", "bmp"),
-    (b"II*\x00", "tiff"),
-    (b"MM\x00*", "tiff"),
-)
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class FrameKey(NamedTuple):
+    """What names one frame a camera sent: unique in the store (a camera's ids are only unique on its line)."""
+
+    line_id: str
+    camera_id: str
+    frame_id: str
+
+    def __str__(self) -> str:
+        return f"{self.line_id}/{self.camera_id}/{self.frame_id}"
 
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One judged frame as the service hands it over; ``image`` may be None (not sent or not kept)."""
+    """One judged frame as the service hands it over.
+
+    ``image`` is the bytes the camera sent, or None when the service does not pass them on.
+    ``content_sha256`` is the SHA-256 (hex) of those bytes: computed from ``image`` when not given, and
+    required when ``image`` is None, because a repeated frame id is told apart from a retry by it. When
+    both are given they must agree; the store checks that for every image it keeps.
+    """
 
     camera_id: str
     frame_id: str
@@ -47,6 +60,15 @@ class FrameRecord:
     views: dict[str, float] = field(hash=False)
     image: bytes | None = field(default=None, repr=False)
     image_format: str | None = None
+    content_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.content_sha256 is None and isinstance(self.image, bytes):
+            object.__setattr__(self, "content_sha256", hashlib.sha256(self.image).hexdigest())
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
 
 @dataclass(frozen=True)
@@ -66,11 +88,16 @@ class StoredFrame:
     threshold: float
     model_version: str
     views: dict[str, float] = field(hash=False)
-    image_sha256: str | None
+    content_sha256: str | None  # of the image as sent; None only for frames stored before schema version 2
+    image_sha256: str | None  # the kept image file (the same hash), None when retention did not keep it
     image_format: str | None
     label: str | None
     labelled_by: str | None
     labelled_at: datetime | None
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
     @property
     def uncertainty(self) -> float:
@@ -92,12 +119,17 @@ class StoredFrame:
 class ShadowVerdict:
     """What a shadow (challenger) model said about a frame; never returned to the line."""
 
+    line_id: str
     camera_id: str
     frame_id: str
     model_version: str
     verdict: str
     defect_probability: float
     received_at: datetime
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
 
 @dataclass(frozen=True)
@@ -157,29 +189,23 @@ def normalize_reviewer(value: object) -> str:
 
 def image_format_of(record: FrameRecord) -> str:
     """The record's image format, normalised (``JPG`` -> ``jpeg``), or sniffed from the bytes when not given."""
+    where = f"frame {record.key}"
     if record.image_format is not None:
-        fmt = record.image_format.strip().lower()
-        fmt = _FORMAT_ALIASES.get(fmt, fmt)
-        if fmt not in IMAGE_FORMATS:
-            msg = (
-                f"frame {record.camera_id}/{record.frame_id}: image format {record.image_format!r} is "
-                f"not one of {', '.join(IMAGE_FORMATS)}"
-            )
-            raise StoreError(msg)
-        return fmt
-    for magic, fmt in _MAGIC:
-        if record.image and record.image.startswith(magic):
-            return fmt
-    msg = (
-        f"frame {record.camera_id}/{record.frame_id}: image format not given and the bytes are not "
-        f"{', '.join(IMAGE_FORMATS)}"
-    )
-    raise StoreError(msg)
+        try:
+            return format_named(str(record.image_format)).name
+        except UnsupportedImageError as exc:
+            msg = f"{where}: {exc}"
+            raise StoreError(msg) from None
+    found = sniff_format(record.image or b"")
+    if found is None:
+        msg = f"{where}: image format not given and the bytes are not {', '.join(IMAGE_FORMATS)}"
+        raise StoreError(msg)
+    return found.name
 
 
 def check_record(record: FrameRecord) -> None:
     """Refuse a record the database would store wrongly; the message names the frame and the bad field."""
-    where = f"frame {record.camera_id!r}/{record.frame_id!r}"
+    where = f"frame {record.line_id!r}/{record.camera_id!r}/{record.frame_id!r}"
     for name in ("camera_id", "frame_id", "line_id", "model_version"):
         value = getattr(record, name)
         if not isinstance(value, str) or not value:
@@ -196,5 +222,17 @@ def check_record(record: FrameRecord) -> None:
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             msg = f"{where}: {name} {value!r} must be a number in [0, 1]"
             raise StoreError(msg)
+    if record.image is not None and not isinstance(record.image, bytes):
+        msg = f"{where}: image must be bytes or None, not {type(record.image).__name__}"
+        raise StoreError(msg)
+    if record.content_sha256 is None:
+        msg = (
+            f"{where}: neither the image nor its content_sha256 is given; every frame records the hash of "
+            "the bytes the camera sent, so a reused frame id can be told from a retry"
+        )
+        raise StoreError(msg)
+    if not isinstance(record.content_sha256, str) or not _SHA256_HEX.fullmatch(record.content_sha256):
+        msg = f"{where}: content_sha256 {record.content_sha256!r} is not a SHA-256 hex digest (64 of 0-9, a-f)"
+        raise StoreError(msg)
     if record.image is not None:
         image_format_of(record)

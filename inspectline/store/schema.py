@@ -1,15 +1,19 @@
 """The frame store's tables, one SQLAlchemy Core schema for SQLite and PostgreSQL alike.
 
-    frames            one row per judged (camera_id, frame_id); never deleted, only its image reference
+    store_meta        one row: the schema version (older stores are migrated on open, see ``migrations``)
+    frames            one row per judged (line_id, camera_id, frame_id); never deleted, only its image reference
     images            one row per stored image file (content sha256), written before any frame points to it
-    shadow_verdicts   a shadow model's verdict per (camera_id, frame_id, model_version)
+    shadow_verdicts   a shadow model's verdict per (line_id, camera_id, frame_id, model_version)
     snapshots         named training snapshots ...
     snapshot_frames   ... and the frames each one holds, which clean-up must not touch
 
 ``frames.image_sha256`` is a foreign key into ``images``, so the database itself refuses a frame row
 pointing at an image the store has not recorded as completely written, and refuses to forget an image a
-frame still uses. ``frames.uncertainty`` (``|defect_probability - threshold|``) is stored rather than
-computed so the review queue ("unlabelled, most uncertain first") is an index scan on both databases.
+frame still uses. ``frames.content_sha256`` is the hash of the image as the camera sent it, kept for
+every frame (also when retention drops the image), so a reused frame id can be told from a retry of the
+same frame; where the image is kept, ``image_sha256`` is the same hash. ``frames.uncertainty``
+(``|defect_probability - threshold|``) is stored rather than computed so the review queue ("unlabelled,
+most uncertain first") is an index scan on both databases.
 """
 
 from __future__ import annotations
@@ -53,7 +57,18 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# 1: frames keyed by (camera_id, frame_id), no content hash (stores made before versions were recorded).
+# 2: frames and shadow verdicts keyed by line too; frames.content_sha256; indexes for the review page.
+SCHEMA_VERSION = 2
+
 metadata = sa.MetaData()
+
+store_meta = sa.Table(
+    "store_meta",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: one row
+    sa.Column("schema_version", sa.Integer, nullable=False),
+)
 
 images = sa.Table(
     "images",
@@ -81,12 +96,13 @@ frames = sa.Table(
     sa.Column("uncertainty", sa.Float, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
     sa.Column("views", sa.JSON, nullable=False),
+    sa.Column("content_sha256", sa.String(64)),  # NULL only in rows migrated from schema version 1
     sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256", name="fk_frames_image")),
     sa.Column("image_format", sa.String(8)),
     sa.Column("label", sa.String(16)),
     sa.Column("labelled_by", sa.String),
     sa.Column("labelled_at", UtcDateTime),
-    sa.UniqueConstraint("camera_id", "frame_id", name="uq_frames_camera_frame"),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", name="uq_frames_line_camera_frame"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_frames_verdict"),
     sa.CheckConstraint(f"label IS NULL OR {_in('label', LABELS)}", name="ck_frames_label"),
     sa.Index("ix_frames_received_at", "received_at"),
@@ -100,6 +116,7 @@ shadow_verdicts = sa.Table(
     "shadow_verdicts",
     metadata,
     sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("line_id", sa.String, nullable=False),
     sa.Column("camera_id", sa.String, nullable=False),
     sa.Column("frame_id", sa.String, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
@@ -107,7 +124,7 @@ shadow_verdicts = sa.Table(
     sa.Column("defect_probability", sa.Float, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
     # Keyed by the camera's ids, not frames.id: the shadow verdict may be written before its frame row.
-    sa.UniqueConstraint("camera_id", "frame_id", "model_version", name="uq_shadow_camera_frame_model"),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", "model_version", name="uq_shadow_line_camera_frame_model"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_shadow_verdict"),
 )
 

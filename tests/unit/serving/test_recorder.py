@@ -102,7 +102,7 @@ def test_past_the_bound_the_backlog_spills_to_disk_and_survives_a_restart(config
     store = Switchable(config)
     spool = tmp_path / "spool"
     recorder = FrameRecorder(store.open, spool_dir=spool, max_backlog=4, max_backoff_s=0.2)
-    recorder.submit([record(i) for i in range(10)], [ShadowVerdict("cam-1", "f0000", "v0002", "OK", 0.2, T0)])
+    recorder.submit([record(i) for i in range(10)], [ShadowVerdict("line-1", "cam-1", "f0000", "v0002", "OK", 0.2, T0)])
     assert len(list(spool.glob("batch-*.json"))) == 1 and recorder.backlog == 10
     recorder.close(timeout_s=1)  # store still down: the in-memory rest is spooled too
     assert recorder.backlog == 10 and len(list(spool.glob("batch-*.json"))) == 2
@@ -112,7 +112,8 @@ def test_past_the_bound_the_backlog_spills_to_disk_and_survives_a_restart(config
         wait(lambda: again.backlog == 0)
         reopened = FrameStore(config)
         assert reopened.count() == 10
-        assert [v.model_version for v in reopened.shadow_verdicts(reopened.find("cam-1", "f0000").id)] == ["v0002"]
+        shadows = reopened.shadow_verdicts(reopened.find("line-1", "cam-1", "f0000").id)
+        assert [(v.line_id, v.model_version) for v in shadows] == [("line-1", "v0002")]
         assert not list(spool.iterdir())
     finally:
         again.close()

@@ -20,7 +20,7 @@ def test_round_trip_keeps_every_field(store):
     sent = record("f1", verdict="UNSURE", p=0.55, part_id=None, views={"identity": 0.5, "hflip": 0.6})
     assert store.add_frames([sent]) == 1
 
-    got = store.find("cam1", "f1")
+    got = store.find("line-a", "cam1", "f1")
     assert got == store.get(got.id)
     for name in (
         "camera_id",
@@ -50,7 +50,7 @@ def test_round_trip_keeps_every_field(store):
 def test_other_time_zones_are_stored_as_the_same_instant(store):
     cet = timezone(timedelta(hours=1))
     store.add_frames([record("f1", received_at=datetime(2025, 3, 3, 9, 0, tzinfo=cet))])
-    assert store.find("cam1", "f1").received_at == T0
+    assert store.find("line-a", "cam1", "f1").received_at == T0
     assert store.count(since=datetime(2025, 3, 3, 8, 0)) == 1  # a naive bound is read as UTC
 
 
@@ -59,16 +59,16 @@ def test_a_repeated_camera_frame_pair_is_counted_once_and_the_first_is_kept(stor
     # The camera retries f1 (judged differently this time) in a batch with a new frame and a repeat of it.
     again = [record("f1", verdict="OK", p=0.1), record("f2", p=0.7), record("f2", verdict="OK", p=0.2)]
     assert store.add_frames(again) == 1
-    assert store.find("cam1", "f1").verdict == "DEFECTIVE"
-    assert store.find("cam1", "f2").defect_probability == 0.7
+    assert store.find("line-a", "cam1", "f1").verdict == "DEFECTIVE"
+    assert store.find("line-a", "cam1", "f2").defect_probability == 0.7
     assert store.count() == 2
     assert store.add_frames(again) == 0
 
 
 def test_the_same_frame_id_from_two_cameras_is_two_frames(store):
     assert store.add_frames([record("f1", camera_id="cam1"), record("f1", camera_id="cam2")]) == 2
-    assert store.find("cam2", "f1").camera_id == "cam2"
-    assert store.find("cam3", "f1") is None
+    assert store.find("line-a", "cam2", "f1").camera_id == "cam2"
+    assert store.find("line-a", "cam3", "f1") is None
 
 
 def test_an_invalid_record_refuses_the_batch_before_anything_is_written(store):
@@ -81,7 +81,7 @@ def test_an_invalid_record_refuses_the_batch_before_anything_is_written(store):
 
 def test_frames_survive_reopening_the_store(make_store):
     make_store().add_frames([record("f1")])
-    assert make_store().find("cam1", "f1") is not None  # tables exist: opened, not recreated
+    assert make_store().find("line-a", "cam1", "f1") is not None  # tables exist: opened, not recreated
 
 
 def _queue_fixture(store):
@@ -169,14 +169,14 @@ def test_labelled_lists_the_labelled_frames_of_a_window_oldest_first(store):
 def test_shadow_verdicts_are_kept_once_per_model_and_listed_per_frame(store):
     store.add_frames([record("f1"), record("f2")])
     shadow = [
-        ShadowVerdict("cam1", "f1", "v0002", "OK", 0.3, T0),
-        ShadowVerdict("cam1", "f1", "v0003", "DEFECTIVE", 0.7, T0),
-        ShadowVerdict("cam1", "f2", "v0002", "DEFECTIVE", 0.8, T0),
+        ShadowVerdict("line-a", "cam1", "f1", "v0002", "OK", 0.3, T0),
+        ShadowVerdict("line-a", "cam1", "f1", "v0003", "DEFECTIVE", 0.7, T0),
+        ShadowVerdict("line-a", "cam1", "f2", "v0002", "DEFECTIVE", 0.8, T0),
     ]
     assert store.add_shadow_verdicts(shadow) == 3
-    assert store.add_shadow_verdicts([ShadowVerdict("cam1", "f1", "v0002", "DEFECTIVE", 0.9, T0)]) == 0
+    assert store.add_shadow_verdicts([ShadowVerdict("line-a", "cam1", "f1", "v0002", "DEFECTIVE", 0.9, T0)]) == 0
 
-    listed = store.shadow_verdicts(store.find("cam1", "f1").id)
+    listed = store.shadow_verdicts(store.find("line-a", "cam1", "f1").id)
     assert [(s.model_version, s.verdict, s.defect_probability) for s in listed] == [
         ("v0002", "OK", 0.3),
         ("v0003", "DEFECTIVE", 0.7),

@@ -51,7 +51,7 @@ def test_csv_export_lists_the_queue_with_image_links(reviewed, tmp_path):
     rows = _read(out)
     assert tuple(rows[0]) == CSV_COLUMNS
     assert [r["frame_id"] for r in rows] == ["f1", "f4", "f3", "f2"]  # most uncertain first
-    first = reviewed.find("cam1", "f1")
+    first = reviewed.find("line-a", "cam1", "f1")
     assert rows[0]["image_url"] == f"http://inspect:8000/v1/frames/{first.id}/image"
     assert rows[1]["image_url"] == ""  # f4's image was never sent
     assert rows[0]["received_at"] == first.received_at.isoformat() and rows[0]["label"] == ""
@@ -69,7 +69,7 @@ def test_csv_round_trip_applies_filled_labels_and_leaves_empty_rows_alone(review
 
     report = import_csv(reviewed, out, reviewer_default="ana@plant")
     assert (report.applied, report.unchanged, report.skipped) == (2, 0, 2)
-    f1, f2, f3 = reviewed.find("cam1", "f1"), reviewed.find("cam2", "f2"), reviewed.find("cam1", "f3")
+    f1, f2, f3 = (reviewed.find("line-a", *pair) for pair in (("cam1", "f1"), ("cam2", "f2"), ("cam1", "f3")))
     assert (f1.label, f1.labelled_by) == ("defective", "ana@plant")
     assert (f2.label, f2.labelled_by) == ("ok", "ben@plant")
     assert f3.label is None
@@ -87,11 +87,11 @@ def test_csv_rows_can_name_frames_by_camera_and_frame_id(reviewed, tmp_path):
         columns=("camera_id", "frame_id", "label", "labelled_by"),
     )
     assert import_csv(reviewed, path).applied == 1
-    assert reviewed.find("cam2", "f2").label == "defective"
+    assert reviewed.find("line-a", "cam2", "f2").label == "defective"
 
 
 def test_a_csv_with_any_bad_row_applies_nothing_and_names_every_problem(reviewed, tmp_path):
-    f1, f3 = reviewed.find("cam1", "f1"), reviewed.find("cam1", "f3")
+    f1, f3 = reviewed.find("line-a", "cam1", "f1"), reviewed.find("line-a", "cam1", "f3")
     path = tmp_path / "labels.csv"
     _write(
         path,
@@ -137,7 +137,7 @@ def test_a_csv_without_label_or_frame_columns_is_refused(reviewed, tmp_path):
 def test_label_studio_tasks_carry_the_image_and_the_model_verdict(reviewed):
     tasks = export_label_studio(reviewed, "http://inspect:8000")
     assert [t["data"]["frame_id"] for t in tasks] == ["f1", "f3", "f2"]  # f4 has no image to look at
-    f1 = reviewed.find("cam1", "f1")
+    f1 = reviewed.find("line-a", "cam1", "f1")
     task = tasks[0]
     assert task["id"] == task["data"]["store_id"] == f1.id
     assert task["data"]["image"] == f"http://inspect:8000/v1/frames/{f1.id}/image"
@@ -197,17 +197,17 @@ def test_label_studio_round_trip_takes_the_latest_uncancelled_annotation(reviewe
 
     report = import_label_studio(reviewed, exported)
     assert (report.applied, report.unchanged, report.skipped) == (2, 0, 1)
-    f1, f2 = reviewed.find("cam1", "f1"), reviewed.find("cam2", "f2")
+    f1, f2 = reviewed.find("line-a", "cam1", "f1"), reviewed.find("line-a", "cam2", "f2")
     assert (f1.label, f1.labelled_by, f1.labelled_at) == (
         "defective",
         "ana@plant",
         datetime(2025, 3, 4, 11, tzinfo=timezone.utc),
     )
     assert (f2.label, f2.labelled_by) == ("ok", "label-studio-user-7")
-    assert reviewed.find("cam1", "f3").label is None
+    assert reviewed.find("line-a", "cam1", "f3").label is None
 
     assert import_label_studio(reviewed, exported, reviewer_default="ben").applied == 1  # f2's author becomes ben
-    assert reviewed.find("cam2", "f2").labelled_by == "ben"
+    assert reviewed.find("line-a", "cam2", "f2").labelled_by == "ben"
 
 
 def test_a_label_studio_export_with_any_bad_task_applies_nothing(reviewed):
