@@ -114,7 +114,11 @@ def _v1_to_v2(conn: Connection, dialect: str) -> tuple[int, ...]:
 
 def _rebuild_sqlite_table(conn: Connection, table: sa.Table, copy_sql: str) -> None:
     """Replace ``table`` with one built from the current schema, its rows copied by ``copy_sql``."""
-    new = table.to_metadata(sa.MetaData(), name=f"{table.name}_v2")
+    staging = sa.MetaData()
+    for other in metadata.sorted_tables:  # what the new table's foreign keys refer to
+        if other is not table:
+            other.to_metadata(staging)
+    new = table.to_metadata(staging, name=f"{table.name}_v2")
     conn.execute(CreateTable(new))  # the table alone: its indexes keep their names and are made after the rename
     conn.exec_driver_sql(copy_sql.format(new=new.name))
     conn.exec_driver_sql(f"DROP TABLE {table.name}")  # drops the old indexes with it
