@@ -32,11 +32,11 @@ import sqlalchemy as sa
 
 from inspectline.config import StoreConfig
 from inspectline.errors import FrameNotFoundError, StoreError
-from inspectline.store import retention
+from inspectline.store import queries, retention
 from inspectline.store.database import Database
 from inspectline.store.images import ImageStore
+from inspectline.store.queries import FRAME_COLUMNS
 from inspectline.store.records import (
-    ORDERS,
     CleanupReport,
     FrameKey,
     FrameRecord,
@@ -51,16 +51,8 @@ from inspectline.store.records import (
 )
 from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_frames, snapshots
 
-MAX_INT64 = 2**63 - 1  # both databases' largest integer: no id, limit or offset can be larger
 # Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
-_FRAME_COLUMNS = [c for c in frames.c if c.name != "uncertainty"]
-_FILTERS = ("since", "until", "line", "camera", "verdict", "labelled", "model_version", "has_image")
-_ORDER_BY = {
-    "uncertainty": (frames.c.uncertainty.asc(), frames.c.received_at.desc(), frames.c.id.desc()),
-    "newest": (frames.c.received_at.desc(), frames.c.id.desc()),
-    "oldest": (frames.c.received_at.asc(), frames.c.id.asc()),
-}
 
 
 class FrameStore:
@@ -204,11 +196,11 @@ class FrameStore:
 
     def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
         """Stored frames by id; unknown ids (also any outside the 64-bit range) are simply absent from the result."""
-        wanted = [i for i in dict.fromkeys(ids) if _is_int64(i)]
+        wanted = [i for i in dict.fromkeys(ids) if queries.is_int64(i)]
         out: dict[int, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
-                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(frames.c.id.in_(wanted[i : i + _CHUNK]))):
+                for row in conn.execute(sa.select(*FRAME_COLUMNS).where(frames.c.id.in_(wanted[i : i + _CHUNK]))):
                     out[row.id] = _to_frame(row)
         return out
 
@@ -224,7 +216,7 @@ class FrameStore:
         out: dict[FrameKey, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
-                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
+                for row in conn.execute(sa.select(*FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
                     frame = _to_frame(row)
                     out[frame.key] = frame
         return out
@@ -239,7 +231,7 @@ class FrameStore:
         out: dict[tuple[str, str], list[StoredFrame]] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
-                stmt = sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK])).order_by(frames.c.line_id)
+                stmt = sa.select(*FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK])).order_by(frames.c.line_id)
                 for row in conn.execute(stmt):
                     out.setdefault((row.camera_id, row.frame_id), []).append(_to_frame(row))
         return out
@@ -264,9 +256,12 @@ class FrameStore:
         ``order`` is ``uncertainty`` (most uncertain first: the review queue), ``newest`` or ``oldest``.
         ``has_image`` keeps only frames whose image is (True) or is not (False) stored.
         """
-        _check_page(limit, offset)
-        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
-        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit).offset(offset)
+        stmt = queries.select_frames(
+            **_filters(since, until, line, camera, verdict, labelled, model_version, has_image),
+            order=order,
+            limit=limit,
+            offset=offset,
+        )
         with self._db.read() as conn:
             return [_to_frame(row) for row in conn.execute(stmt)]
 
@@ -274,13 +269,8 @@ class FrameStore:
         self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any
     ) -> Iterator[StoredFrame]:
         """Like :meth:`query` without a page size (``limit`` None = all), streamed from one consistent read."""
-        if limit is not None:
-            _check_page(limit, 0)
-        where = _conditions(**{k: filters.pop(k, None) for k in _FILTERS})
-        if filters:
-            msg = f"unknown frame filters {sorted(filters)}; accepted: {', '.join(_FILTERS)}"
-            raise StoreError(msg)
-        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit)
+        queries.check_filters(filters)
+        stmt = queries.select_frames(order=order, limit=limit, **filters)
         with self._db.read() as conn:
             for row in conn.execution_options(yield_per=batch_size).execute(stmt):
                 yield _to_frame(row)
@@ -298,9 +288,9 @@ class FrameStore:
         has_image: bool | None = None,
     ) -> int:
         """How many frames :meth:`query` would find with these filters, ignoring pages."""
-        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
+        stmt = queries.count_frames(**_filters(since, until, line, camera, verdict, labelled, model_version, has_image))
         with self._db.read() as conn:
-            return conn.scalar(sa.select(sa.func.count()).select_from(frames).where(*where))
+            return conn.scalar(stmt)
 
     def recent(self, limit: int) -> list[StoredFrame]:
         """The ``limit`` most recently received frames, newest first."""
@@ -371,7 +361,7 @@ class FrameStore:
             if conn.scalar(sa.select(snapshots.c.id).where(snapshots.c.name == name)) is not None:
                 raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, choose a new name")
             known: set[int] = set()
-            valid = [i for i in ids if _is_int64(i)]
+            valid = [i for i in ids if queries.is_int64(i)]
             for i in range(0, len(valid), _CHUNK):
                 known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(valid[i : i + _CHUNK]))))
             missing = [i for i in ids if i not in known]
@@ -416,48 +406,9 @@ def _to_frame(row: sa.Row) -> StoredFrame:
     return StoredFrame(**row._mapping)
 
 
-def _is_int64(value: object) -> bool:
-    """Whether ``value`` can be a row id: an int (not a bool) the databases' 64-bit integers hold."""
-    return isinstance(value, int) and not isinstance(value, bool) and -MAX_INT64 - 1 <= value <= MAX_INT64
-
-
-def _check_page(limit: object, offset: object) -> None:
-    """StoreError naming the bounds unless ``1 <= limit`` and ``0 <= offset``, both at most 2**63 - 1."""
-    for name, value, low in (("limit", limit, 1), ("offset", offset, 0)):
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= MAX_INT64:
-            msg = f"{name} {value!r} must be a whole number from {low} to {MAX_INT64} (2**63 - 1)"
-            raise StoreError(msg)
-
-
-def _order(order: str) -> tuple:
-    if order not in _ORDER_BY:
-        msg = f"order {order!r} is not one of {', '.join(ORDERS)}"
-        raise StoreError(msg)
-    return _ORDER_BY[order]
-
-
-def _conditions(
-    since=None, until=None, line=None, camera=None, verdict=None, labelled=None, model_version=None, has_image=None
-) -> list:
-    """WHERE clauses for the shared filters; ``since`` is inclusive and ``until`` exclusive."""
-    where = []
-    if since is not None:
-        where.append(frames.c.received_at >= since)
-    if until is not None:
-        where.append(frames.c.received_at < until)
-    if line is not None:
-        where.append(frames.c.line_id == line)
-    if camera is not None:
-        where.append(frames.c.camera_id == camera)
-    if verdict is not None:
-        where.append(frames.c.verdict == normalize_verdict(verdict))
-    if labelled is not None:
-        where.append(frames.c.label.is_not(None) if labelled else frames.c.label.is_(None))
-    if model_version is not None:
-        where.append(frames.c.model_version == model_version)
-    if has_image is not None:
-        where.append(frames.c.image_sha256.is_not(None) if has_image else frames.c.image_sha256.is_(None))
-    return where
+def _filters(*values: object) -> dict[str, Any]:
+    """:meth:`FrameStore.query`'s filter arguments, in :data:`queries.FILTERS` order, as keywords."""
+    return dict(zip(queries.FILTERS, values, strict=True))
 
 
 def _not_kept(frame: StoredFrame, config: StoreConfig) -> str:

@@ -105,10 +105,15 @@ frames = sa.Table(
     sa.UniqueConstraint("line_id", "camera_id", "frame_id", name="uq_frames_line_camera_frame"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_frames_verdict"),
     sa.CheckConstraint(f"label IS NULL OR {_in('label', LABELS)}", name="ck_frames_label"),
+    # The review page's questions (queries.py): equality filters lead, the order follows.
     sa.Index("ix_frames_received_at", "received_at"),
     sa.Index("ix_frames_line_received", "line_id", "received_at"),
     sa.Index("ix_frames_camera_received", "camera_id", "received_at"),
+    sa.Index("ix_frames_verdict_received", "verdict", "received_at"),
+    sa.Index("ix_frames_line_verdict_received", "line_id", "verdict", "received_at"),
+    sa.Index("ix_frames_uncertainty", "uncertainty"),
     sa.Index("ix_frames_label_uncertainty", "label", "uncertainty"),
+    sa.Index("ix_frames_line_label_uncertainty", "line_id", "label", "uncertainty"),
     sa.Index("ix_frames_image_sha256", "image_sha256"),
 )
 
