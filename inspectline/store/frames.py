@@ -1,6 +1,6 @@
 """The frame store: every judged frame recorded, its image kept by the retention policy, labels added by review.
 
-    store = FrameStore(cfg.store)                  # creates the tables if missing
+    store = FrameStore(cfg.store)                  # creates (or migrates) the tables
     store.add_frames(records)                      # from the service's background recorder
     queue = store.query(labelled=False, limit=50)  # the review queue, most uncertain first
     store.set_label(queue[0].id, "defective", reviewer="ana@plant")
@@ -16,8 +16,7 @@ left exactly as first written, so a camera that retries a frame is counted once.
 SHA-256 of the image bytes as sent (``content_sha256``), also when retention drops the image, so the
 service can ask :meth:`FrameStore.find` whether a repeated key is a retry (same hash) or a reused id.
 
-Ids, limits and offsets beyond the databases' 64-bit integers are answered as "not found" or a
-:class:`StoreError` naming the bound, never an ``OverflowError`` from the driver.
+Ids, limits and offsets beyond 64 bits are "not found" or a StoreError naming the bound (``queries``).
 """
 
 from __future__ import annotations
@@ -44,6 +43,7 @@ from inspectline.store.records import (
     ShadowVerdict,
     StoredFrame,
     check_record,
+    check_shadow_verdict,
     image_format_of,
     normalize_label,
     normalize_reviewer,
@@ -140,10 +140,7 @@ class FrameStore:
     def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
         """Record shadow-model verdicts; one per (line_id, camera_id, frame_id, model_version), repeats ignored."""
         for r in rows:
-            for name in ("line_id", "camera_id", "frame_id", "model_version"):
-                if not isinstance(getattr(r, name), str) or not getattr(r, name):
-                    msg = f"shadow verdict on frame {r.key}: {name} {getattr(r, name)!r} must be a non-empty string"
-                    raise StoreError(msg)
+            check_shadow_verdict(r)
         values = [
             {
                 "line_id": r.line_id,

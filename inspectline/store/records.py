@@ -203,6 +203,15 @@ def image_format_of(record: FrameRecord) -> str:
     return found.name
 
 
+def check_shadow_verdict(verdict: ShadowVerdict) -> None:
+    """Refuse a shadow verdict whose ids or model version are not non-empty strings."""
+    for name in ("line_id", "camera_id", "frame_id", "model_version"):
+        value = getattr(verdict, name)
+        if not isinstance(value, str) or not value:
+            msg = f"shadow verdict on frame {verdict.key}: {name} {value!r} must be a non-empty string"
+            raise StoreError(msg)
+
+
 def check_record(record: FrameRecord) -> None:
     """Refuse a record the database would store wrongly; the message names the frame and the bad field."""
     where = f"frame {record.line_id!r}/{record.camera_id!r}/{record.frame_id!r}"
