@@ -10,6 +10,7 @@ from PIL import Image
 
 from inspectline.imaging import encode_png
 from inspectline.serving.http import ERRORS
+from inspectline.serving.routes import router
 from tests.helpers import make_cell
 from tests.unit.serving.conftest import build_gateway
 
@@ -166,7 +167,7 @@ WHO_MAY = {"camera": {"camera", "admin"}, "viewer": {"viewer", "reviewer", "admi
 
 
 def test_every_v1_route_is_in_the_scope_table(gateway):
-    routes = {(m, r.path) for r in gateway.app.routes if r.path.startswith("/v1") for m in r.methods}
+    routes = {(m, r.path) for r in router.routes if r.path.startswith("/v1") for m in r.methods}
     assert routes == set(ROUTE_SCOPES)
 
 
