@@ -103,6 +103,8 @@ class ConflictBody(ErrorBody):
 
 def error_response(exc: Exception) -> JSONResponse:
     spec = error_spec(exc)
+    if isinstance(exc, RequestValidationError) and all(e["loc"][-1] == "label" for e in exc.errors()):
+        spec = ERRORS[InvalidLabelError]  # a label outside ok/defective is a labelling mistake, whatever caught it
     if spec is None:
         log.error("unexpected error in the gateway", exc_info=exc)
         return JSONResponse({"error": "internal", "detail": f"unexpected error: {type(exc).__name__}"}, 500)

@@ -86,7 +86,7 @@ class FrameList(BaseModel):
 
 
 class LabelRequest(BaseModel):
-    label: Literal["ok", "defective"]
+    label: Literal["ok", "defective", "OK", "DEFECTIVE", "Ok", "Defective"] = Field(description="ok or defective")
     reviewer: str = Field(min_length=1, max_length=200, pattern=r"\S", description="who labelled it (name or e-mail)")
 
 
