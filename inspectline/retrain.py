@@ -366,12 +366,14 @@ def _write_snapshot(
     def frame_entry(f: StoredFrame, role: str) -> dict:
         return {
             "store_id": f.id,
+            "line_id": f.line_id,
             "camera_id": f.camera_id,
             "frame_id": f.frame_id,
             "part_id": f.part_id,
             "label": f.label,
             "labelled_by": f.labelled_by,
             "image_sha256": f.image_sha256,
+            "content_sha256": f.content_sha256,
             "received_at": f.received_at.isoformat(),
             "role": role,
         }

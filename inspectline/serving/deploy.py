@@ -219,9 +219,12 @@ def serve_until_interrupted(
             on_ready(url, {"deployed_to": address})
         return
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        deploy(config, start_local_ray())
+        address = start_local_ray()
+        # after ray.init, which installs a SIGTERM handler of its own that aborts the process and leaves
+        # Ray's agents running: ours stops the service and every process Ray started
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        deploy(config, address)
         health = wait_until_ready(url, path="/healthz", timeout_s=ready_timeout_s)
         if on_ready is not None:
             on_ready(url, health)

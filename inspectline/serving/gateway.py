@@ -30,6 +30,7 @@ from inspectline.audit import AUDIT_NAME, AuditLog
 from inspectline.config import GatewayOptions, StoreConfig
 from inspectline.errors import OverloadedError
 from inspectline.registry import ModelRegistry
+from inspectline.serving import routes
 from inspectline.serving.auth import TokenTable
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
@@ -91,7 +92,8 @@ class Gateway:
                 audit=AuditLog(self.registry.root / AUDIT_NAME),
                 describe_model=lambda model: self.inspector.describe.remote(model),
                 render_metrics=lambda: self.monitor.render.remote(),
-            )
+            ),
+            routes.router,
         )
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:

@@ -41,7 +41,9 @@ class LineMonitor:
     def __init__(self, registry: str, store: dict, spool_dir: str):
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
-        self.recorder = FrameRecorder(lambda: FrameStore(store_config), spool_dir=Path(spool_dir) / "store")
+        self.recorder = FrameRecorder(
+            lambda: FrameStore(store_config), spool_dir=Path(spool_dir) / "store", legacy_spool_dir=Path(spool_dir)
+        )
         self.metrics = LineMetrics()
         self.options = MonitorOptions()
         self.version: str | None = None

@@ -34,10 +34,20 @@ log = logging.getLogger("ray.serve")
 class FrameRecorder:
     """Writes batches to a :class:`FrameStore`, spilling to ``spool_dir`` while it is unavailable."""
 
-    def __init__(self, open_store: Callable[[], FrameStore], *, spool_dir: Path, max_backoff_s: float = 30.0):
+    def __init__(
+        self,
+        open_store: Callable[[], FrameStore],
+        *,
+        spool_dir: Path,
+        max_backoff_s: float = 30.0,
+        legacy_spool_dir: Path | None = None,
+    ):
         self._open_store = open_store
         self.spool_dir = Path(spool_dir)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
+        if legacy_spool_dir is not None:  # batches an earlier version spooled one folder up
+            for path in Path(legacy_spool_dir).glob("batch-*.json"):
+                path.rename(self.spool_dir / path.name)
         self.max_backoff_s = max_backoff_s
         self._store: FrameStore | None = None
         self._lock = threading.Lock()  # one writer at a time: the caller's thread or the drain thread
@@ -158,7 +168,11 @@ def _decode(doc: dict) -> dict:
 
 def _read_spool(path: Path) -> tuple[list[FrameRecord], list[ShadowVerdict]]:
     doc = json.loads(path.read_text())
-    return [FrameRecord(**_decode(d)) for d in doc["frames"]], [ShadowVerdict(**_decode(d)) for d in doc["shadows"]]
+    frames = [FrameRecord(**_decode(d)) for d in doc["frames"]]
+    # shadow verdicts spooled before frames were keyed by line carry none: the line of their frame, if known
+    lines = {(f.camera_id, f.frame_id): f.line_id for f in frames}
+    shadows = [_decode(d) for d in doc.get("shadows", [])]
+    return frames, [ShadowVerdict(**({"line_id": lines.get((d["camera_id"], d["frame_id"]), "")} | d)) for d in shadows]
 
 
 def _spooled_count(path: Path) -> int:

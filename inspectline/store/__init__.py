@@ -4,7 +4,8 @@ A library with no Ray and no HTTP in it; the service's recorder writes to it, th
 ``inspect review`` read and label through it, and ``inspect retrain`` learns from it.
 
     records.py    the value types (FrameRecord in, StoredFrame out) and their checks
-    schema.py     the tables (SQLAlchemy Core, SQLite and PostgreSQL)
+    schema.py     the tables (SQLAlchemy Core, SQLite and PostgreSQL) and the schema version
+    migrations.py bringing a store made by an older version up to the current schema, on open
     database.py   engine set-up, transactions, locks, errors
     images.py     content-addressed, atomically written image files on fsspec storage
     retention.py  which images are kept at write time, and age-based clean-up

@@ -13,6 +13,9 @@ cannot share one transaction. The *image lock* closes the remaining race, clean-
 moment a new frame reuses it: frame writers hold it shared and clean-up holds it exclusive. On SQLite
 every write transaction is already exclusive; on PostgreSQL it is a transaction-scoped advisory lock.
 
+Opening a database creates a new store's tables, or migrates an older store to the current schema
+(``migrations``), in one exclusive transaction.
+
 Database failures surface as :class:`StoreError` naming the database (password hidden), so the service
 can tell "store unavailable, keep the backlog" from a programming error.
 """
@@ -20,7 +23,6 @@ can tell "store unavailable, keep the backlog" from a programming error.
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -33,9 +35,8 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 from sqlalchemy.pool import StaticPool
 
 from inspectline.errors import StoreError
-from inspectline.store.schema import SCHEMA_VERSION, frames, images, metadata, shadow_verdicts, store_meta
+from inspectline.store import migrations
 
-log = logging.getLogger(__name__)
 SUPPORTED = ("sqlite", "postgresql")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # An arbitrary fixed 64-bit key ("inspimg"): every process of one plant uses the same lock.
@@ -68,32 +69,24 @@ class Database:
                 "needs `pip install inspectline[postgres]`"
             )
             raise StoreError(msg) from None
-        self._migrate()
+        self._open_schema()
 
-    def _migrate(self) -> None:
-        """Create the tables, or bring an older store up to :data:`SCHEMA_VERSION` in one transaction.
-
-        Exclusive, so two processes opening the store at once neither create nor migrate it twice.
-        """
+    def _open_schema(self) -> None:
+        """Create or migrate the tables; exclusive, so two processes opening at once never both do it."""
         with self.translate_errors("open"), self.engine.connect() as conn:
-            if self.dialect == "sqlite":  # a table rebuild must not trip the foreign keys pointing at it
-                conn.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+            # A SQLite table rebuild must not trip the foreign keys that point at the table; SQLite only
+            # honours this pragma outside a transaction, hence on the driver's connection, before BEGIN.
+            driver = conn.connection.driver_connection if self.dialect == "sqlite" else None
+            if driver is not None:
+                driver.execute("PRAGMA foreign_keys=OFF")
             try:
                 conn.execution_options(sqlite_begin="IMMEDIATE")
                 with conn.begin():
-                    if self.dialect == "postgresql":
-                        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _IMAGE_LOCK_KEY})
-                    version = _schema_version(conn)
-                    if version == 1:
-                        migrate_v1_to_v2(conn, self.dialect)
-                        log.warning("frame store %s migrated from schema version 1 to 2", self.url)
-                    metadata.create_all(conn)
-                    if version != SCHEMA_VERSION:
-                        conn.execute(sa.delete(store_meta))
-                        conn.execute(sa.insert(store_meta).values(id=1, schema_version=SCHEMA_VERSION))
+                    self._lock_images(conn, "exclusive")
+                    migrations.bring_up_to_date(conn, self.dialect, self.url)
             finally:
-                if self.dialect == "sqlite":
-                    conn.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+                if driver is not None:
+                    driver.execute("PRAGMA foreign_keys=ON")
 
     def insert(self, table: sa.Table):
         """A dialect INSERT, so callers can add ``on_conflict_do_nothing()``."""
@@ -111,10 +104,14 @@ class Database:
         with self.translate_errors("write to"), self.engine.connect() as conn:
             conn.execution_options(sqlite_begin="IMMEDIATE")
             with conn.begin():
-                if image_lock is not None and self.dialect == "postgresql":
-                    fn = "pg_advisory_xact_lock_shared" if image_lock == "shared" else "pg_advisory_xact_lock"
-                    conn.execute(sa.text(f"SELECT {fn}(:key)"), {"key": _IMAGE_LOCK_KEY})
+                self._lock_images(conn, image_lock)
                 yield conn
+
+    def _lock_images(self, conn: Connection, image_lock: ImageLock) -> None:
+        """Take the image lock for this transaction (on SQLite every write transaction is already exclusive)."""
+        if image_lock is not None and self.dialect == "postgresql":
+            fn = "pg_advisory_xact_lock_shared" if image_lock == "shared" else "pg_advisory_xact_lock"
+            conn.execute(sa.text(f"SELECT {fn}(:key)"), {"key": _IMAGE_LOCK_KEY})
 
     @contextlib.contextmanager
     def translate_errors(self, doing: str) -> Iterator[None]:
@@ -156,67 +153,3 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         conn.exec_driver_sql(f"BEGIN {conn.get_execution_options().get('sqlite_begin', 'DEFERRED')}")
 
     return engine
-
-
-def _schema_version(conn: Connection) -> int | None:
-    """The stored schema version; 1 for stores made before versions were recorded; None for a new store."""
-    tables = set(sa.inspect(conn).get_table_names())
-    if "frames" not in tables:
-        return None
-    if "store_meta" not in tables:
-        return 1
-    return conn.scalar(sa.select(store_meta.c.schema_version)) or 1
-
-
-_V1_FRAME_INDEXES = (
-    "ix_frames_received_at",
-    "ix_frames_line_received",
-    "ix_frames_camera_received",
-    "ix_frames_label_uncertainty",
-    "ix_frames_image_sha256",
-)
-
-
-def migrate_v1_to_v2(conn: Connection, dialect: str) -> None:
-    """Key frames and shadow verdicts by line too; add ``frames.content_sha256`` (unknown for old rows)."""
-    shadow_lines = (
-        "COALESCE((SELECT f.line_id FROM frames f WHERE f.camera_id = s.camera_id AND f.frame_id = s.frame_id), '')"
-    )
-    if dialect == "postgresql":
-        for statement in (
-            "ALTER TABLE frames ADD COLUMN content_sha256 VARCHAR(64)",
-            "ALTER TABLE frames DROP CONSTRAINT uq_frames_camera_frame",
-            "ALTER TABLE frames ADD CONSTRAINT uq_frames_line_camera_frame UNIQUE (line_id, camera_id, frame_id)",
-            "ALTER TABLE shadow_verdicts ADD COLUMN line_id VARCHAR",
-            f"UPDATE shadow_verdicts s SET line_id = {shadow_lines}",
-            "ALTER TABLE shadow_verdicts ALTER COLUMN line_id SET NOT NULL",
-            "ALTER TABLE shadow_verdicts DROP CONSTRAINT uq_shadow_camera_frame_model",
-            "ALTER TABLE shadow_verdicts ADD CONSTRAINT uq_shadow_line_camera_frame_model "
-            "UNIQUE (line_id, camera_id, frame_id, model_version)",
-        ):
-            conn.exec_driver_sql(statement)
-        return
-    # SQLite cannot change a table's constraints: build each table anew, copy, drop the old one and rename
-    # the new one into its place (the order SQLite documents: references to the old name stay valid).
-    staging = sa.MetaData()
-    images.to_metadata(staging)
-    new_frames = frames.to_metadata(staging, name="frames_v2")
-    new_shadows = shadow_verdicts.to_metadata(staging, name="shadow_verdicts_v2")
-    for index in _V1_FRAME_INDEXES:
-        conn.exec_driver_sql(f"DROP INDEX IF EXISTS {index}")
-    new_frames.create(conn)
-    new_shadows.create(conn)
-    listed = ", ".join(c.name for c in frames.c if c.name != "content_sha256")
-    conn.exec_driver_sql(f"INSERT INTO frames_v2 ({listed}) SELECT {listed} FROM frames")
-    listed = ", ".join(c.name for c in shadow_verdicts.c if c.name != "line_id")
-    conn.exec_driver_sql(
-        f"INSERT INTO shadow_verdicts_v2 (line_id, {listed}) SELECT {shadow_lines}, {listed} FROM shadow_verdicts s"
-    )
-    conn.exec_driver_sql("DROP TABLE shadow_verdicts")
-    conn.exec_driver_sql("DROP TABLE frames")
-    conn.exec_driver_sql("ALTER TABLE frames_v2 RENAME TO frames")
-    conn.exec_driver_sql("ALTER TABLE shadow_verdicts_v2 RENAME TO shadow_verdicts")
-    problems = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
-    if problems:
-        msg = f"the migrated frame store fails its foreign-key check: {problems[:5]}"
-        raise StoreError(msg)

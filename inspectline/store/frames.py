@@ -1,6 +1,6 @@
 """The frame store: every judged frame recorded, its image kept by the retention policy, labels added by review.
 
-    store = FrameStore(cfg.store)                  # creates the tables if missing
+    store = FrameStore(cfg.store)                  # creates (or migrates) the tables
     store.add_frames(records)                      # from the service's background recorder
     queue = store.query(labelled=False, limit=50)  # the review queue, most uncertain first
     store.set_label(queue[0].id, "defective", reviewer="ana@plant")
@@ -9,10 +9,14 @@
 Writing a batch is one database transaction. Its order is what makes the store safe to read at any
 moment: first the image files are written, atomically and once per content hash; then their ``images``
 rows; then the frame rows that point at them. A crash between the steps leaves at most an unreferenced
-complete file, which the next write of the same bytes adopts. A ``(line_id, camera_id, frame_id)`` key
-already stored is left exactly as first written: a camera that retries a frame is counted once. Every row
-keeps the SHA-256 of the image as sent (``content_sha256``), even when retention drops the image, so the
-service can tell a retry of the same frame from a reused id with other bytes.
+complete file, which the next write of the same bytes adopts.
+
+A frame is named by its :class:`FrameKey` ``(line_id, camera_id, frame_id)``; a key already stored is
+left exactly as first written, so a camera that retries a frame is counted once. Every row keeps the
+SHA-256 of the image bytes as sent (``content_sha256``), also when retention drops the image, so the
+service can ask :meth:`FrameStore.find` whether a repeated key is a retry (same hash) or a reused id.
+
+Ids, limits and offsets beyond 64 bits are "not found" or a StoreError naming the bound (``queries``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ import sqlalchemy as sa
 
 from inspectline.config import StoreConfig
 from inspectline.errors import FrameNotFoundError, StoreError
-from inspectline.store import retention
+from inspectline.store import queries, retention
 from inspectline.store.database import Database
 from inspectline.store.images import ImageStore
+from inspectline.store.queries import FRAME_COLUMNS
 from inspectline.store.records import (
-    ORDERS,
     CleanupReport,
     FrameKey,
     FrameRecord,
@@ -39,6 +43,7 @@ from inspectline.store.records import (
     ShadowVerdict,
     StoredFrame,
     check_record,
+    check_shadow_verdict,
     image_format_of,
     normalize_label,
     normalize_reviewer,
@@ -46,16 +51,8 @@ from inspectline.store.records import (
 )
 from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_frames, snapshots
 
-MAX_INT64 = 2**63 - 1  # both databases' integer range: larger ids and pages cannot exist
 # Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
-_FRAME_COLUMNS = [c for c in frames.c if c.name != "uncertainty"]
-_FILTERS = ("since", "until", "line", "camera", "verdict", "labelled", "model_version", "has_image")
-_ORDER_BY = {
-    "uncertainty": (frames.c.uncertainty.asc(), frames.c.received_at.desc(), frames.c.id.desc()),
-    "newest": (frames.c.received_at.desc(), frames.c.id.desc()),
-    "oldest": (frames.c.received_at.asc(), frames.c.id.asc()),
-}
 
 
 class FrameStore:
@@ -80,30 +77,40 @@ class FrameStore:
         """Record judged frames in one transaction; returns how many were new (repeats are ignored)."""
         for record in records:
             check_record(record)
-        batch, seen = [], set()
+        batch: dict[FrameKey, FrameRecord] = {}
         for r in records:  # within a batch too, the first of a key wins
-            if r.key not in seen:
-                seen.add(r.key)
-                batch.append(r)
+            batch.setdefault(r.key, r)
+        kept = {key: self._kept_image(r) for key, r in batch.items()}  # checked before anything is written
         if not batch:
             return 0
         with self._db.write(image_lock="shared") as conn:
-            known = self._existing_keys(conn, [r.key for r in batch])
-            new = [r for r in batch if r.key not in known]
+            known = self._existing_keys(conn, list(batch))
             rows, files = [], {}
-            for r in new:
-                sha, fmt = None, None
-                if r.image is not None and retention.keeps_image(
-                    r.camera_id, r.frame_id, r.verdict, self.config.keep_ok_images
-                ):
-                    sha, fmt = hashlib.sha256(r.image).hexdigest(), image_format_of(r)
+            for key, r in batch.items():
+                if key in known:
+                    continue
+                sha, fmt = kept[key] or (None, None)
+                if sha is not None:
                     files.setdefault(sha, (fmt, r.image))
                 rows.append(_frame_row(r, sha, fmt))
             self._store_images(conn, files)
             if not rows:
                 return 0
-            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=["line_id", "camera_id", "frame_id"])
+            stmt = self._db.insert(frames).on_conflict_do_nothing(index_elements=list(FrameKey._fields))
             return len(conn.execute(stmt.returning(frames.c.id), rows).all())
+
+    def _kept_image(self, r: FrameRecord) -> tuple[str, str] | None:
+        """(sha256, format) of the image retention keeps for this frame, or None; refuses a wrong content hash."""
+        if r.image is None or not retention.keeps_image(*r.key, r.verdict, self.config.keep_ok_images):
+            return None
+        sha = hashlib.sha256(r.image).hexdigest()
+        if sha != r.content_sha256:
+            msg = (
+                f"frame {r.key}: content_sha256 {r.content_sha256} is not the hash of its image ({sha}); "
+                "pass the hash of the bytes the camera sent, or leave it out to have it computed"
+            )
+            raise StoreError(msg)
+        return sha, image_format_of(r)
 
     def _store_images(self, conn: sa.Connection, files: dict[str, tuple[str, bytes]]) -> None:
         """Write the files not yet recorded, then record them: files strictly before rows."""
@@ -123,17 +130,17 @@ class FrameStore:
 
     @staticmethod
     def _existing_keys(conn: sa.Connection, keys: list[FrameKey]) -> set[FrameKey]:
+        columns = (frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
         found: set[FrameKey] = set()
-        key = sa.tuple_(frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
         for i in range(0, len(keys), _CHUNK):
-            query = sa.select(frames.c.line_id, frames.c.camera_id, frames.c.frame_id).where(
-                key.in_(keys[i : i + _CHUNK])
-            )
-            found.update(FrameKey(*row) for row in conn.execute(query))
+            stmt = sa.select(*columns).where(sa.tuple_(*columns).in_(keys[i : i + _CHUNK]))
+            found.update(FrameKey(*row) for row in conn.execute(stmt))
         return found
 
     def add_shadow_verdicts(self, rows: Sequence[ShadowVerdict]) -> int:
         """Record shadow-model verdicts; one per (line_id, camera_id, frame_id, model_version), repeats ignored."""
+        for r in rows:
+            check_shadow_verdict(r)
         values = [
             {
                 "line_id": r.line_id,
@@ -149,7 +156,7 @@ class FrameStore:
         if not values:
             return 0
         stmt = self._db.insert(shadow_verdicts).on_conflict_do_nothing(
-            index_elements=["line_id", "camera_id", "frame_id", "model_version"]
+            index_elements=[*FrameKey._fields, "model_version"]
         )
         with self._db.write() as conn:
             return len(conn.execute(stmt.returning(shadow_verdicts.c.id), values).all())
@@ -185,37 +192,46 @@ class FrameStore:
         return found[id]
 
     def get_many(self, ids: Iterable[int]) -> dict[int, StoredFrame]:
-        """Stored frames by id; unknown ids are simply absent from the result."""
-        wanted = [i for i in dict.fromkeys(ids) if isinstance(i, int) and 0 <= i <= MAX_INT64]  # others: no such id
+        """Stored frames by id; unknown ids (also any outside the 64-bit range) are simply absent from the result."""
+        wanted = [i for i in dict.fromkeys(ids) if queries.is_int64(i)]
         out: dict[int, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
-                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(frames.c.id.in_(wanted[i : i + _CHUNK]))):
+                for row in conn.execute(sa.select(*FRAME_COLUMNS).where(frames.c.id.in_(wanted[i : i + _CHUNK]))):
                     out[row.id] = _to_frame(row)
         return out
 
     def find(self, line_id: str, camera_id: str, frame_id: str) -> StoredFrame | None:
-        """The frame a line's camera sent under ``frame_id``, or None."""
+        """The frame a line's camera sent under ``frame_id``, or None; its ``content_sha256`` tells a retry."""
         key = FrameKey(line_id, camera_id, frame_id)
         return self.find_many([key]).get(key)
 
     def find_many(self, keys: Iterable[tuple[str, str, str]]) -> dict[FrameKey, StoredFrame]:
         """Stored frames by ``(line_id, camera_id, frame_id)``; unknown keys are absent from the result."""
         wanted = [FrameKey(*k) for k in dict.fromkeys(keys)]
-        out: dict[FrameKey, StoredFrame] = {}
         key = sa.tuple_(frames.c.line_id, frames.c.camera_id, frames.c.frame_id)
+        out: dict[FrameKey, StoredFrame] = {}
         with self._db.read() as conn:
             for i in range(0, len(wanted), _CHUNK):
-                for row in conn.execute(sa.select(*_FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
+                for row in conn.execute(sa.select(*FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK]))):
                     frame = _to_frame(row)
                     out[frame.key] = frame
         return out
 
-    def find_by_camera(self, camera_id: str, frame_id: str) -> list[StoredFrame]:
-        """Frames of any line whose camera sent ``frame_id`` (for review files that name no line)."""
-        query = sa.select(*_FRAME_COLUMNS).where(frames.c.camera_id == camera_id, frames.c.frame_id == frame_id)
+    def find_by_camera(self, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[StoredFrame]]:
+        """Frames by ``(camera_id, frame_id)`` on any line, for review files that name no line.
+
+        A pair maps to every line's frame under it (ordered by line); unknown pairs are absent.
+        """
+        wanted = list(dict.fromkeys(tuple(p) for p in pairs))
+        key = sa.tuple_(frames.c.camera_id, frames.c.frame_id)
+        out: dict[tuple[str, str], list[StoredFrame]] = {}
         with self._db.read() as conn:
-            return [_to_frame(row) for row in conn.execute(query)]
+            for i in range(0, len(wanted), _CHUNK):
+                stmt = sa.select(*FRAME_COLUMNS).where(key.in_(wanted[i : i + _CHUNK])).order_by(frames.c.line_id)
+                for row in conn.execute(stmt):
+                    out.setdefault((row.camera_id, row.frame_id), []).append(_to_frame(row))
+        return out
 
     def query(
         self,
@@ -237,13 +253,12 @@ class FrameStore:
         ``order`` is ``uncertainty`` (most uncertain first: the review queue), ``newest`` or ``oldest``.
         ``has_image`` keeps only frames whose image is (True) or is not (False) stored.
         """
-        if not (
-            isinstance(limit, int) and 1 <= limit <= MAX_INT64 and isinstance(offset, int) and 0 <= offset <= MAX_INT64
-        ):
-            msg = f"limit {limit!r} must be an integer in [1, 2**63) and offset {offset!r} one in [0, 2**63)"
-            raise StoreError(msg)
-        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
-        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit).offset(offset)
+        stmt = queries.select_frames(
+            **_filters(since, until, line, camera, verdict, labelled, model_version, has_image),
+            order=order,
+            limit=limit,
+            offset=offset,
+        )
         with self._db.read() as conn:
             return [_to_frame(row) for row in conn.execute(stmt)]
 
@@ -251,11 +266,8 @@ class FrameStore:
         self, *, order: str = "uncertainty", limit: int | None = None, batch_size: int = 500, **filters: Any
     ) -> Iterator[StoredFrame]:
         """Like :meth:`query` without a page size (``limit`` None = all), streamed from one consistent read."""
-        where = _conditions(**{k: filters.pop(k, None) for k in _FILTERS})
-        if filters:
-            msg = f"unknown frame filters {sorted(filters)}; accepted: {', '.join(_FILTERS)}"
-            raise StoreError(msg)
-        stmt = sa.select(*_FRAME_COLUMNS).where(*where).order_by(*_order(order)).limit(limit)
+        queries.check_filters(filters)
+        stmt = queries.select_frames(order=order, limit=limit, **filters)
         with self._db.read() as conn:
             for row in conn.execution_options(yield_per=batch_size).execute(stmt):
                 yield _to_frame(row)
@@ -273,9 +285,9 @@ class FrameStore:
         has_image: bool | None = None,
     ) -> int:
         """How many frames :meth:`query` would find with these filters, ignoring pages."""
-        where = _conditions(since, until, line, camera, verdict, labelled, model_version, has_image)
+        stmt = queries.count_frames(**_filters(since, until, line, camera, verdict, labelled, model_version, has_image))
         with self._db.read() as conn:
-            return conn.scalar(sa.select(sa.func.count()).select_from(frames).where(*where))
+            return conn.scalar(stmt)
 
     def recent(self, limit: int) -> list[StoredFrame]:
         """The ``limit`` most recently received frames, newest first."""
@@ -346,8 +358,9 @@ class FrameStore:
             if conn.scalar(sa.select(snapshots.c.id).where(snapshots.c.name == name)) is not None:
                 raise StoreError(f"snapshot {name!r} already exists; snapshots are immutable, choose a new name")
             known: set[int] = set()
-            for i in range(0, len(ids), _CHUNK):
-                known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(ids[i : i + _CHUNK]))))
+            valid = [i for i in ids if queries.is_int64(i)]
+            for i in range(0, len(valid), _CHUNK):
+                known.update(conn.scalars(sa.select(frames.c.id).where(frames.c.id.in_(valid[i : i + _CHUNK]))))
             missing = [i for i in ids if i not in known]
             if missing:
                 raise FrameNotFoundError(
@@ -390,40 +403,14 @@ def _to_frame(row: sa.Row) -> StoredFrame:
     return StoredFrame(**row._mapping)
 
 
-def _order(order: str) -> tuple:
-    if order not in _ORDER_BY:
-        msg = f"order {order!r} is not one of {', '.join(ORDERS)}"
-        raise StoreError(msg)
-    return _ORDER_BY[order]
-
-
-def _conditions(
-    since=None, until=None, line=None, camera=None, verdict=None, labelled=None, model_version=None, has_image=None
-) -> list:
-    """WHERE clauses for the shared filters; ``since`` is inclusive and ``until`` exclusive."""
-    where = []
-    if since is not None:
-        where.append(frames.c.received_at >= since)
-    if until is not None:
-        where.append(frames.c.received_at < until)
-    if line is not None:
-        where.append(frames.c.line_id == line)
-    if camera is not None:
-        where.append(frames.c.camera_id == camera)
-    if verdict is not None:
-        where.append(frames.c.verdict == normalize_verdict(verdict))
-    if labelled is not None:
-        where.append(frames.c.label.is_not(None) if labelled else frames.c.label.is_(None))
-    if model_version is not None:
-        where.append(frames.c.model_version == model_version)
-    if has_image is not None:
-        where.append(frames.c.image_sha256.is_not(None) if has_image else frames.c.image_sha256.is_(None))
-    return where
+def _filters(*values: object) -> dict[str, Any]:
+    """:meth:`FrameStore.query`'s filter arguments, in :data:`queries.FILTERS` order, as keywords."""
+    return dict(zip(queries.FILTERS, values, strict=True))
 
 
 def _not_kept(frame: StoredFrame, config: StoreConfig) -> str:
     return (
-        f"frame {frame.id} ({frame.camera_id}/{frame.frame_id}, {frame.verdict}) has no stored image: OK frames keep "
+        f"frame {frame.id} ({frame.key}, {frame.verdict}) has no stored image: OK frames keep "
         f"a sample of keep_ok_images={config.keep_ok_images}, and clean-up removes images older than "
         f"max_age_days={config.max_age_days} unless labelled"
     )

@@ -9,6 +9,7 @@ in an aware datetime in any zone is converted to UTC and a naive one is taken to
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
@@ -18,21 +19,32 @@ from inspectline.imaging import FORMAT_NAMES, format_named, sniff_format
 
 VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
 LABELS = ("ok", "defective")
-IMAGE_FORMATS = FORMAT_NAMES  # png, jpeg, bmp, tiff: the names images are stored under
+IMAGE_FORMATS = FORMAT_NAMES  # the names images are stored under; the full table is imaging.IMAGE_FORMATS
 ORDERS = ("uncertainty", "newest", "oldest")
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class FrameKey(NamedTuple):
-    """What identifies a frame a camera sent: unique in the store."""
+    """What names one frame a camera sent: unique in the store (a camera's ids are only unique on its line)."""
 
     line_id: str
     camera_id: str
     frame_id: str
 
+    def __str__(self) -> str:
+        return f"{self.line_id}/{self.camera_id}/{self.frame_id}"
+
 
 @dataclass(frozen=True)
 class FrameRecord:
-    """One judged frame as the service hands it over; ``image`` may be None (not sent or not kept)."""
+    """One judged frame as the service hands it over.
+
+    ``image`` is the bytes the camera sent, or None when the service does not pass them on.
+    ``content_sha256`` is the SHA-256 (hex) of those bytes: computed from ``image`` when not given, and
+    required when ``image`` is None, because a repeated frame id is told apart from a retry by it. When
+    both are given they must agree; the store checks that for every image it keeps.
+    """
 
     camera_id: str
     frame_id: str
@@ -48,10 +60,10 @@ class FrameRecord:
     views: dict[str, float] = field(hash=False)
     image: bytes | None = field(default=None, repr=False)
     image_format: str | None = None
-    content_sha256: str | None = None  # SHA-256 of the image as sent; computed from ``image`` when not given
+    content_sha256: str | None = None
 
     def __post_init__(self) -> None:
-        if self.content_sha256 is None and self.image is not None:
+        if self.content_sha256 is None and isinstance(self.image, bytes):
             object.__setattr__(self, "content_sha256", hashlib.sha256(self.image).hexdigest())
 
     @property
@@ -76,8 +88,8 @@ class StoredFrame:
     threshold: float
     model_version: str
     views: dict[str, float] = field(hash=False)
-    content_sha256: str | None  # None only for frames stored before content hashes were kept
-    image_sha256: str | None
+    content_sha256: str | None  # of the image as sent; None only for frames stored before schema version 2
+    image_sha256: str | None  # the kept image file (the same hash), None when retention did not keep it
     image_format: str | None
     label: str | None
     labelled_by: str | None
@@ -114,6 +126,10 @@ class ShadowVerdict:
     verdict: str
     defect_probability: float
     received_at: datetime
+
+    @property
+    def key(self) -> FrameKey:
+        return FrameKey(self.line_id, self.camera_id, self.frame_id)
 
 
 @dataclass(frozen=True)
@@ -173,10 +189,10 @@ def normalize_reviewer(value: object) -> str:
 
 def image_format_of(record: FrameRecord) -> str:
     """The record's image format, normalised (``JPG`` -> ``jpeg``), or sniffed from the bytes when not given."""
-    where = f"frame {record.camera_id}/{record.frame_id}"
+    where = f"frame {record.key}"
     if record.image_format is not None:
         try:
-            return format_named(record.image_format).name
+            return format_named(str(record.image_format)).name
         except UnsupportedImageError as exc:
             msg = f"{where}: {exc}"
             raise StoreError(msg) from None
@@ -187,9 +203,18 @@ def image_format_of(record: FrameRecord) -> str:
     return found.name
 
 
+def check_shadow_verdict(verdict: ShadowVerdict) -> None:
+    """Refuse a shadow verdict whose ids or model version are not non-empty strings."""
+    for name in ("line_id", "camera_id", "frame_id", "model_version"):
+        value = getattr(verdict, name)
+        if not isinstance(value, str) or not value:
+            msg = f"shadow verdict on frame {verdict.key}: {name} {value!r} must be a non-empty string"
+            raise StoreError(msg)
+
+
 def check_record(record: FrameRecord) -> None:
     """Refuse a record the database would store wrongly; the message names the frame and the bad field."""
-    where = f"frame {record.camera_id!r}/{record.frame_id!r}"
+    where = f"frame {record.line_id!r}/{record.camera_id!r}/{record.frame_id!r}"
     for name in ("camera_id", "frame_id", "line_id", "model_version"):
         value = getattr(record, name)
         if not isinstance(value, str) or not value:
@@ -206,8 +231,17 @@ def check_record(record: FrameRecord) -> None:
         if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
             msg = f"{where}: {name} {value!r} must be a number in [0, 1]"
             raise StoreError(msg)
+    if record.image is not None and not isinstance(record.image, bytes):
+        msg = f"{where}: image must be bytes or None, not {type(record.image).__name__}"
+        raise StoreError(msg)
+    if record.content_sha256 is None:
+        msg = (
+            f"{where}: neither the image nor its content_sha256 is given; every frame records the hash of "
+            "the bytes the camera sent, so a reused frame id can be told from a retry"
+        )
+        raise StoreError(msg)
+    if not isinstance(record.content_sha256, str) or not _SHA256_HEX.fullmatch(record.content_sha256):
+        msg = f"{where}: content_sha256 {record.content_sha256!r} is not a SHA-256 hex digest (64 of 0-9, a-f)"
+        raise StoreError(msg)
     if record.image is not None:
         image_format_of(record)
-    if record.content_sha256 is None:
-        msg = f"{where}: neither the image nor its content_sha256 is given; repeated frame ids are checked against it"
-        raise StoreError(msg)

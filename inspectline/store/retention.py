@@ -1,9 +1,10 @@
 """Retention: which images are kept when a frame is written, and which are removed as they age.
 
 At write time every row is kept, but image bytes only for DEFECTIVE and UNSURE frames and for a
-``keep_ok_images`` share of OK ones. The OK sample is decided by a hash of ``camera_id`` and
-``frame_id``, not by chance, so a frame sent twice (a camera retrying) is decided the same way, and the
-share holds per camera and over any time window.
+``keep_ok_images`` share of OK ones. The OK sample is decided by a hash of the frame's key (``line_id``,
+``camera_id``, ``frame_id``), not by chance, so a frame sent twice (a camera retrying) is decided the
+same way, two lines' ``cam-1/f1`` are sampled independently, and the share holds per camera and over any
+time window.
 
 Clean-up removes the images, never the rows, of frames received more than ``max_age_days`` ago, except
 frames that carry a review label or belong to a training snapshot: those are what the next model learns
@@ -30,14 +31,14 @@ log = logging.getLogger(__name__)
 CLEANUP_CHUNK = 500
 
 
-def keeps_image(camera_id: str, frame_id: str, verdict: str, keep_ok_images: float) -> bool:
+def keeps_image(line_id: str, camera_id: str, frame_id: str, verdict: str, keep_ok_images: float) -> bool:
     """Whether a frame's image is stored: always for DEFECTIVE/UNSURE, a stable sample of OK frames."""
     if verdict != "OK" or keep_ok_images >= 1.0:
         return True
     if keep_ok_images <= 0.0:
         return False
-    # NUL separator: ("ab", "c") and ("a", "bc") must not share a decision.
-    digest = hashlib.sha256(f"{camera_id}\x00{frame_id}".encode()).digest()
+    # NUL separators: ("ab", "c") and ("a", "bc") must not share a decision.
+    digest = hashlib.sha256(f"{line_id}\x00{camera_id}\x00{frame_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < keep_ok_images
 
 

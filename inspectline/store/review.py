@@ -11,6 +11,10 @@ Two formats, both behind ``inspect review export|import``:
   fetched by the browser from ``{base_url}/v1/frames/{id}/image``, so Label Studio users must be able to
   reach the inspection service.
 
+Rows and tasks name their frame by store ``id``, or by ``line_id`` + ``camera_id`` + ``frame_id`` (a
+camera's frame ids are only unique on its line). A row that names camera and frame but no line is taken
+when exactly one stored frame matches, and is a problem otherwise.
+
 Imports are all or nothing: every row or task is checked first (known frame, valid label, a reviewer),
 and if any is wrong nothing is applied and the :class:`InvalidLabelError` lists every problem with its
 row or task number, so a file can be fixed in one pass.
@@ -27,7 +31,14 @@ from typing import Any
 
 from inspectline.errors import InvalidLabelError
 from inspectline.store.frames import FrameStore
-from inspectline.store.records import LABELS, LabelUpdate, StoredFrame, normalize_label, normalize_reviewer
+from inspectline.store.records import (
+    LABELS,
+    FrameKey,
+    LabelUpdate,
+    StoredFrame,
+    normalize_label,
+    normalize_reviewer,
+)
 
 DEFAULT_BASE_URL = "http://localhost:8000"
 CSV_COLUMNS = (
@@ -84,11 +95,11 @@ class _Entry:
 
     where: str  # "row 7" / "task 3 (Label Studio id 41)", for error messages
     id: int | None
-    key: tuple[str, str] | None  # (camera_id, frame_id)
+    pair: tuple[str, str] | None  # (camera_id, frame_id)
+    line: str | None  # with ``pair``, names one frame; without it, the pair must be unique in the store
     label: str
     reviewer: str | None
     at: datetime | None = None
-    line: str | None = None  # with key, names one frame; without it, the camera's frame must be unique
 
 
 def image_url(base_url: str, frame_id: int) -> str:
@@ -128,7 +139,7 @@ def export_csv(store: FrameStore, out: Path, *, base_url: str = DEFAULT_BASE_URL
 
 
 def import_csv(store: FrameStore, path: Path, reviewer_default: str | None = None) -> ImportReport:
-    """Apply the labels of a review CSV; rows are found by ``id`` or by ``camera_id`` + ``frame_id``.
+    """Apply the labels of a review CSV; rows are found by ``id`` or by [``line_id`` +] ``camera_id`` + ``frame_id``.
 
     Row numbers in errors count the header as row 1, as a spreadsheet shows them.
     """
@@ -148,7 +159,8 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
         if "label" not in columns or not ("id" in columns or {"camera_id", "frame_id"} <= columns):
             msg = (
                 f"{path}: columns {sorted(columns)} do not identify frames and labels; a review CSV needs 'label' and "
-                f"either 'id' or both 'camera_id' and 'frame_id' (as written by `inspect review export`)"
+                "either 'id' or both 'camera_id' and 'frame_id', best with 'line_id' (as written by "
+                "`inspect review export`)"
             )
             raise InvalidLabelError(msg)
         entries, problems, skipped = [], [], 0
@@ -160,6 +172,7 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
             where = f"row {number}"
             raw_id = (row.get("id") or "").strip()
             camera, frame = (row.get("camera_id") or "").strip(), (row.get("frame_id") or "").strip()
+            line = (row.get("line_id") or "").strip() or None
             if raw_id and not (raw_id.isascii() and raw_id.isdigit()):
                 problems.append(f"{where}: id {raw_id!r} is not a frame id (a whole number)")
                 continue
@@ -172,9 +185,9 @@ def _read_csv(path: Path, reviewer_default: str | None) -> tuple[list[_Entry], l
                     where,
                     int(raw_id) if raw_id else None,
                     (camera, frame) if camera and frame else None,
+                    line,
                     label,
                     reviewer,
-                    line=(row.get("line_id") or "").strip() or None,
                 )
             )
     return entries, problems, skipped
@@ -225,7 +238,8 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
 
     Per task, cancelled (skipped) annotations are ignored and the latest remaining one wins. Its author is
     ``completed_by``'s e-mail when the export expands users, else ``reviewer_default``, else
-    ``label-studio-user-<id>``. Tasks are found by ``data.store_id`` or ``data.camera_id`` + ``data.frame_id``.
+    ``label-studio-user-<id>``. Tasks are found by ``data.store_id`` or [``data.line_id`` +] ``data.camera_id``
+    + ``data.frame_id``.
     """
     if not isinstance(tasks, (list, tuple)):
         msg = f"a Label Studio export is a JSON list of tasks, not {type(tasks).__name__}; export the project as JSON"
@@ -255,20 +269,20 @@ def import_label_studio(store: FrameStore, tasks: Sequence[dict], reviewer_defau
         if store_id is not None and not (str(store_id).isascii() and str(store_id).isdigit()):
             problems.append(f"{where}: data.store_id {store_id!r} is not a frame id (a whole number)")
             continue
-        camera, frame = data.get("camera_id"), data.get("frame_id")
-        key = (str(camera), str(frame)) if camera not in (None, "") and frame not in (None, "") else None
-        if store_id is None and key is None:
+        camera, frame, line = data.get("camera_id"), data.get("frame_id"), data.get("line_id")
+        pair = (str(camera), str(frame)) if camera not in (None, "") and frame not in (None, "") else None
+        if store_id is None and pair is None:
             problems.append(f"{where}: data has neither store_id nor both camera_id and frame_id")
             continue
         entries.append(
             _Entry(
                 where,
                 int(store_id) if store_id is not None else None,
-                key,
+                pair,
+                str(line) if line not in (None, "") else None,
                 label,
                 _author(latest.get("completed_by"), reviewer_default),
                 _annotated_at(latest),
-                line=str(data["line_id"]) if data.get("line_id") not in (None, "") else None,
             )
         )
     return _apply(store, "Label Studio export", entries, problems, skipped)
@@ -311,11 +325,11 @@ def _annotated_at(annotation: dict) -> datetime | None:
 # --- shared: check everything, then apply in one transaction -----------------------------------
 def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list[str], skipped: int) -> ImportReport:
     by_id = store.get_many(e.id for e in entries if e.id is not None)
-    by_key = store.find_many((e.line, *e.key) for e in entries if e.id is None and e.key and e.line)
-    unlined = {e.key: store.find_by_camera(*e.key) for e in entries if e.id is None and e.key and not e.line}
+    by_key = store.find_many((e.line, *e.pair) for e in entries if e.id is None and e.pair and e.line)
+    by_pair = store.find_by_camera(e.pair for e in entries if e.id is None and e.pair and not e.line)
     chosen: dict[int, tuple[_Entry, LabelUpdate]] = {}
     for e in entries:
-        frame, problem = _resolve(e, by_id, by_key, unlined)
+        frame, problem = _resolve(e, by_id, by_key, by_pair)
         if problem is None and not (e.reviewer or "").strip():
             problem = (
                 "no reviewer: the file does not say who labelled this frame; fill it in or pass a default reviewer"
@@ -340,7 +354,7 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
             + "\n  ".join(listed)
         )
         raise InvalidLabelError(msg)
-    frames = {**by_id, **{f.id: f for f in by_key.values()}, **{f.id: f for m in unlined.values() for f in m}}
+    frames = {f.id: f for f in (*by_id.values(), *by_key.values(), *(f for m in by_pair.values() for f in m))}
     todo = [u for _, u in chosen.values() if (frames[u.id].label, frames[u.id].labelled_by) != (u.label, u.reviewer)]
     store.set_labels(todo)
     return ImportReport(source=source, applied=len(todo), unchanged=len(chosen) - len(todo), skipped=skipped)
@@ -349,30 +363,33 @@ def _apply(store: FrameStore, source: str, entries: list[_Entry], problems: list
 def _resolve(
     e: _Entry,
     by_id: dict[int, StoredFrame],
-    by_key: dict[tuple[str, str, str], StoredFrame],
-    unlined: dict[tuple[str, str], list[StoredFrame]],
+    by_key: dict[FrameKey, StoredFrame],
+    by_pair: dict[tuple[str, str], list[StoredFrame]],
 ) -> tuple[StoredFrame | None, str | None]:
-    """The frame an entry names; when it names both an id and camera/frame ids, they must agree."""
+    """The frame an entry names; when it names both an id and line/camera/frame ids, they must agree."""
     if e.id is not None:
         frame = by_id.get(e.id)
         if frame is None:
             return None, f"no stored frame has id {e.id}"
-        if e.key is not None and e.key != (frame.camera_id, frame.frame_id):
+        named = FrameKey(e.line or frame.line_id, *(e.pair or (frame.camera_id, frame.frame_id)))
+        if named != frame.key:
             return None, (
-                f"id {e.id} is frame {frame.camera_id}/{frame.frame_id} in this store, not {e.key[0]}/{e.key[1]}; "
-                "was the file exported from another store?"
+                f"id {e.id} is frame {frame.key} in this store, not {named}; was the file exported from another store?"
             )
         return frame, None
-    camera, frame_id = e.key
+    camera, frame_id = e.pair
     if e.line is not None:
-        frame = by_key.get((e.line, camera, frame_id))
+        frame = by_key.get(FrameKey(e.line, camera, frame_id))
         if frame is None:
-            return None, f"no stored frame from line {e.line!r} camera {camera!r} has frame_id {frame_id!r}"
+            return None, f"no stored frame from line {e.line!r}, camera {camera!r} has frame_id {frame_id!r}"
         return frame, None
-    matches = unlined.get(e.key, [])
+    matches = by_pair.get(e.pair, [])
     if len(matches) == 1:
         return matches[0], None
     if not matches:
         return None, f"no stored frame from camera {camera!r} has frame_id {frame_id!r}"
-    lines = sorted(f.line_id for f in matches)
-    return None, f"camera {camera!r} sent frame_id {frame_id!r} on lines {lines}; add a line_id column to choose one"
+    lines = ", ".join(repr(f.line_id) for f in matches)
+    return None, (
+        f"camera {camera!r} sent frame_id {frame_id!r} on {len(matches)} lines ({lines}); "
+        "add a line_id column (or data.line_id) to say which one"
+    )

@@ -1,6 +1,6 @@
 """The frame store's tables, one SQLAlchemy Core schema for SQLite and PostgreSQL alike.
 
-    store_meta        one row: the schema version (see ``database.migrate``)
+    store_meta        one row: the schema version (older stores are migrated on open, see ``migrations``)
     frames            one row per judged (line_id, camera_id, frame_id); never deleted, only its image reference
     images            one row per stored image file (content sha256), written before any frame points to it
     shadow_verdicts   a shadow model's verdict per (line_id, camera_id, frame_id, model_version)
@@ -9,8 +9,11 @@
 
 ``frames.image_sha256`` is a foreign key into ``images``, so the database itself refuses a frame row
 pointing at an image the store has not recorded as completely written, and refuses to forget an image a
-frame still uses. ``frames.uncertainty`` (``|defect_probability - threshold|``) is stored rather than
-computed so the review queue ("unlabelled, most uncertain first") is an index scan on both databases.
+frame still uses. ``frames.content_sha256`` is the hash of the image as the camera sent it, kept for
+every frame (also when retention drops the image), so a reused frame id can be told from a retry of the
+same frame; where the image is kept, ``image_sha256`` is the same hash. ``frames.uncertainty``
+(``|defect_probability - threshold|``) is stored rather than computed so the review queue ("unlabelled,
+most uncertain first") is an index scan on both databases.
 """
 
 from __future__ import annotations
@@ -54,13 +57,16 @@ def _in(column: str, values: tuple[str, ...]) -> str:
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
+# 1: frames keyed by (camera_id, frame_id), no content hash (stores made before versions were recorded).
+# 2: frames and shadow verdicts keyed by line too; frames.content_sha256; indexes for the review page.
+SCHEMA_VERSION = 2
+
 metadata = sa.MetaData()
-SCHEMA_VERSION = 2  # 1: frames keyed by (camera_id, frame_id), no content hash; 2: keyed by line too, hashed
 
 store_meta = sa.Table(
     "store_meta",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("id", sa.Integer, primary_key=True),  # always 1: one row
     sa.Column("schema_version", sa.Integer, nullable=False),
 )
 
@@ -90,7 +96,7 @@ frames = sa.Table(
     sa.Column("uncertainty", sa.Float, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
     sa.Column("views", sa.JSON, nullable=False),
-    sa.Column("content_sha256", sa.String(64)),  # the image as sent; None only in rows older than schema 2
+    sa.Column("content_sha256", sa.String(64)),  # NULL only in rows migrated from schema version 1
     sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256", name="fk_frames_image")),
     sa.Column("image_format", sa.String(8)),
     sa.Column("label", sa.String(16)),
@@ -99,10 +105,15 @@ frames = sa.Table(
     sa.UniqueConstraint("line_id", "camera_id", "frame_id", name="uq_frames_line_camera_frame"),
     sa.CheckConstraint(_in("verdict", VERDICTS), name="ck_frames_verdict"),
     sa.CheckConstraint(f"label IS NULL OR {_in('label', LABELS)}", name="ck_frames_label"),
+    # The review page's questions (queries.py): equality filters lead, the order follows.
     sa.Index("ix_frames_received_at", "received_at"),
     sa.Index("ix_frames_line_received", "line_id", "received_at"),
     sa.Index("ix_frames_camera_received", "camera_id", "received_at"),
+    sa.Index("ix_frames_verdict_received", "verdict", "received_at"),
+    sa.Index("ix_frames_line_verdict_received", "line_id", "verdict", "received_at"),
+    sa.Index("ix_frames_uncertainty", "uncertainty"),
     sa.Index("ix_frames_label_uncertainty", "label", "uncertainty"),
+    sa.Index("ix_frames_line_label_uncertainty", "line_id", "label", "uncertainty"),
     sa.Index("ix_frames_image_sha256", "image_sha256"),
 )
 

@@ -15,6 +15,7 @@ import psutil
 import pytest
 import yaml
 
+from inspectline.errors import InspectError
 from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import load_serve_config, wait_until_ready
 from tests.integration.conftest import REPO, free_port, wait_for
@@ -42,7 +43,7 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env=_own_ray_env(),
     )
     try:
         ready = wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
@@ -64,6 +65,11 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _own_ray_env() -> dict[str, str]:
+    """The environment without the test session's Ray address: the command starts a Ray of its own."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
 
 
 def _serve_dir(trained_run, tmp_path) -> None:
@@ -90,10 +96,14 @@ def test_serve_run_deploys_the_repository_config_unchanged(trained_run, tmp_path
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": ""},
+        env=_own_ray_env(),
     )
     try:
-        ready = wait_until_ready("http://127.0.0.1:8000", timeout_s=300)
+        try:
+            ready = wait_until_ready("http://127.0.0.1:8000", timeout_s=300)
+        except InspectError:
+            os.killpg(proc.pid, signal.SIGINT)
+            raise AssertionError(proc.communicate(timeout=120)[0][-4000:]) from None
         assert ready["model_version"] == "v0001"
         answer = post("http://127.0.0.1:8000", encoded(cell()), params={"frame_id": "serve-run-1"})
         assert answer.status_code == 200, answer.text
@@ -114,7 +124,7 @@ def test_inspect_serve_on_sigterm_stops_every_process_it_started(trained_run, tm
     config = load_serve_config(tmp_path / "serve_config.yaml")
     config["http_options"] = {"host": "0.0.0.0", "port": port}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "INSPECT_API_TOKEN"} | {"RAY_ADDRESS": ""}
+    env = {k: v for k, v in _own_ray_env().items() if k != "INSPECT_API_TOKEN"}
     proc = subprocess.Popen(
         [INSPECT, "serve", "--config", "serve.yaml"],
         cwd=tmp_path,

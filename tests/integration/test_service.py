@@ -319,14 +319,14 @@ def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
     assert details.status == "HEALTHY"
 
 
-def test_a_repeated_frame_id_returns_the_first_verdict(service):
+def test_a_repeated_frame_id_returns_the_first_verdict_only_for_the_same_bytes(service):
     params = {"frame_id": "dup-0001", "camera_id": "cam-dup"}
     first = post(service.url, encode_png(cell(20)), params=params).json()
-    again = post(
-        service.url, encode_png(cell(21)), params=params
-    ).json()  # other bytes, same id: still the first verdict
+    again = post(service.url, encode_png(cell(20)), params=params).json()  # a retry
     assert first["duplicate"] is False and again["duplicate"] is True
     assert again["defect_probability"] == first["defect_probability"] and again["received_at"] == first["received_at"]
+    conflict = assert_error(post(service.url, encode_png(cell(21)), params=params), 409, "frame_id_conflict")
+    assert conflict["first_sha256"] == first["content_sha256"]
     other_camera = post(service.url, encode_png(cell(21)), params={**params, "camera_id": "cam-other"}).json()
     assert other_camera["duplicate"] is False
 

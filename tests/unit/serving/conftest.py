@@ -22,6 +22,7 @@ from inspectline.data import Preprocessing
 from inspectline.model import ModelCard, build_model, save_checkpoint
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
+from inspectline.serving import routes
 from inspectline.serving.auth import TokenEntry, TokenTable
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.inspector import judge_prepared, prepare_frame
@@ -199,7 +200,7 @@ def build_gateway(
         describe_model=inspector.describe,
         render_metrics=render,
     )
-    return Gateway(create_app(services), services, inspector, monitor, store_config, registry)
+    return Gateway(create_app(services, routes.router), services, inspector, monitor, store_config, registry)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from PIL import Image
 
 from inspectline.imaging import encode_png
 from inspectline.serving.http import ERRORS
+from inspectline.serving.routes import router
 from tests.helpers import make_cell
 from tests.unit.serving.conftest import build_gateway
 
@@ -131,7 +132,7 @@ def test_hostile_ids_and_paths_are_4xx(gateway):
     error_of(client.get("/v1/frames/-3"), 404, "not_found")
     error_of(client.get("/v1/frames/123456"), 404, "frame_not_found")
     error_of(client.put("/v1/frames/1/label", json={"label": "ok", "reviewer": "   "}), 400, "invalid_request")
-    error_of(client.put("/v1/frames/1/label", json={"label": "maybe", "reviewer": "ana"}), 400, "invalid_request")
+    error_of(client.put("/v1/frames/1/label", json={"label": "maybe", "reviewer": "ana"}), 400, "invalid_label")
     error_of(post(client, png(), line_id="../../etc"), 400, "invalid_request")
     error_of(post(client, png(), captured_at="yesterday-ish"), 400, "invalid_request")
     error_of(post(client, b""), 400, "invalid_request")
@@ -166,7 +167,7 @@ WHO_MAY = {"camera": {"camera", "admin"}, "viewer": {"viewer", "reviewer", "admi
 
 
 def test_every_v1_route_is_in_the_scope_table(gateway):
-    routes = {(m, r.path) for r in gateway.app.routes if r.path.startswith("/v1") for m in r.methods}
+    routes = {(m, r.path) for r in router.routes if r.path.startswith("/v1") for m in r.methods}
     assert routes == set(ROUTE_SCOPES)
 
 
@@ -249,3 +250,18 @@ def test_the_openapi_document_lists_every_error_with_its_body_and_no_default_422
                 assert {"401", "403"} <= set(operation["responses"]), (method, path)
                 assert operation.get("security"), (method, path)
     assert {spec.status for spec in ERRORS.values()} == {400, 401, 403, 404, 409, 413, 415, 422, 503}
+
+
+def test_labels_in_any_usual_case_and_a_wrong_label_says_which_are_accepted(gateway):
+    post(gateway.client("camera"), png(6), frame_id="f-6")
+    gateway.flush()
+    stored = gateway.store().find("line-1", "cam-1", "f-6")
+    reviewer = gateway.client("reviewer")
+    ok = reviewer.put(f"/v1/frames/{stored.id}/label", json={"label": "Defective", "reviewer": "ana"})
+    assert ok.status_code == 200 and ok.json()["label"] == "defective"
+    bad = error_of(
+        reviewer.put(f"/v1/frames/{stored.id}/label", json={"label": "scratched", "reviewer": "ana"}),
+        400,
+        "invalid_label",
+    )
+    assert "'ok'" in bad["detail"] and "'defective'" in bad["detail"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -129,3 +130,33 @@ def test_a_record_the_store_would_refuse_is_dropped_at_once_not_retried(config, 
         assert [r.frame_id for r in FrameStore(config).query(order="oldest")] == ["f0000", "f0002"]
     finally:
         recorder.close()
+
+
+def test_batches_spooled_by_the_previous_version_are_written_too(config, tmp_path):
+    """Before frames were keyed by line, the recorder spooled one folder up, and shadows carried no line."""
+    old = FrameRecorder(Switchable(config).open, spool_dir=tmp_path / "spool", max_backoff_s=0.2)
+    old.record([record(0)])
+    old.close(timeout_s=1)
+    [batch] = (tmp_path / "spool").glob("batch-*.json")
+    doc = json.loads(batch.read_text())
+    doc["shadows"] = [
+        {
+            "camera_id": "cam-1",
+            "frame_id": "f0000",
+            "model_version": "v0002",
+            "verdict": "OK",
+            "defect_probability": 0.2,
+            "received_at": {"$datetime": T0.isoformat()},
+        }
+    ]
+    batch.write_text(json.dumps(doc))
+    store = Switchable(config)
+    store.up = True
+    new = FrameRecorder(store.open, spool_dir=tmp_path / "spool" / "store", legacy_spool_dir=tmp_path / "spool")
+    try:
+        wait(lambda: new.backlog == 0)
+        reopened = FrameStore(config)
+        frame = reopened.find("line-1", "cam-1", "f0000")
+        assert [v.line_id for v in reopened.shadow_verdicts(frame.id)] == ["line-1"]
+    finally:
+        new.close()

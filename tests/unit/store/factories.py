@@ -28,7 +28,10 @@ def record(
     shade: int | None = 0,
     **fields,
 ) -> FrameRecord:
-    """A judged frame received ``minutes`` after :data:`T0` carrying ``png(shade)`` (no image if ``shade`` is None)."""
+    """A judged frame of line-a received ``minutes`` after :data:`T0` carrying ``png(shade)``.
+
+    With ``shade`` None no image is passed on, only the hash of (stand-in) bytes the camera sent.
+    """
     values = {
         "camera_id": camera_id,
         "frame_id": frame_id,
@@ -44,8 +47,7 @@ def record(
         "views": {"identity": p, "hflip": p},
         "image": None if shade is None else png(shade),
         "image_format": "png",
-        # a frame stored without its bytes still records what they hashed to
-        "content_sha256": hashlib.sha256(frame_id.encode()).hexdigest() if shade is None else None,
+        "content_sha256": None if shade is not None else hashlib.sha256(f"sent {frame_id}".encode()).hexdigest(),
     }
     values.update(fields)
     return FrameRecord(**values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from datetime import datetime, timedelta, timezone
@@ -11,9 +12,9 @@ import sqlalchemy as sa
 
 from inspectline.config import StoreConfig
 from inspectline.errors import FrameNotFoundError, InvalidLabelError, StoreError
-from inspectline.store import FrameStore, ShadowVerdict
+from inspectline.store import FrameKey, FrameStore, ShadowVerdict, check_record
 from inspectline.store.schema import frames
-from tests.unit.store.factories import T0, record
+from tests.unit.store.factories import T0, png, record
 
 
 def test_round_trip_keeps_every_field(store):
@@ -239,3 +240,91 @@ def test_the_database_enforces_that_rows_only_name_recorded_images(store):
         with store._db.read() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() > 0
+
+
+# --- the natural key and the content hash ----------------------------------------------------------
+def test_the_same_camera_and_frame_id_on_two_lines_are_two_frames(store):
+    sent = [record("f1", line_id="line-a", shade=1), record("f1", line_id="line-b", shade=2)]
+    assert store.add_frames(sent) == 2
+    a, b = store.find("line-a", "cam1", "f1"), store.find("line-b", "cam1", "f1")
+    assert a.id != b.id and (a.key, b.key) == (FrameKey("line-a", "cam1", "f1"), FrameKey("line-b", "cam1", "f1"))
+    assert store.find("line-c", "cam1", "f1") is None
+    found = store.find_many([("line-b", "cam1", "f1"), FrameKey("line-a", "cam1", "f1"), ("line-a", "cam9", "f1")])
+    assert found == {a.key: a, b.key: b}
+    assert store.find_by_camera([("cam1", "f1"), ("cam9", "f1")]) == {("cam1", "f1"): [a, b]}
+    assert store.add_frames(sent) == 0  # each line's retry is recognised by its own key
+
+
+def test_every_frame_records_the_hash_of_the_bytes_the_camera_sent(make_store):
+    store = make_store(keep_ok_images=0.0)
+    sent = [record("kept", verdict="DEFECTIVE", shade=1), record("dropped", verdict="OK", p=0.1, shade=2)]
+    assert [r.content_sha256 for r in sent] == [hashlib.sha256(png(s)).hexdigest() for s in (1, 2)]
+    store.add_frames(sent)
+    kept, dropped = store.find("line-a", "cam1", "kept"), store.find("line-a", "cam1", "dropped")
+    assert kept.content_sha256 == kept.image_sha256 == sent[0].content_sha256
+    assert dropped.image_sha256 is None and dropped.content_sha256 == sent[1].content_sha256  # image not kept
+    assert store.get(kept.id).to_dict()["content_sha256"] == kept.content_sha256
+
+    # A service that does not pass the bytes on still passes their hash; a retry keeps the first frame's.
+    known = hashlib.sha256(b"camera bytes").hexdigest()
+    store.add_frames([record("hash-only", shade=None, image_format=None, content_sha256=known)])
+    store.add_frames([record("hash-only", shade=7)])  # the same ids with other bytes: the first row stays
+    assert store.find("line-a", "cam1", "hash-only").content_sha256 == known
+
+
+def test_a_record_without_a_usable_content_hash_is_refused_before_anything_is_written(store):
+    with pytest.raises(StoreError, match=r"'line-a'/'cam1'/'f1': neither the image nor its content_sha256"):
+        store.add_frames([record("f1", shade=None, content_sha256=None)])
+    with pytest.raises(StoreError, match=r"content_sha256 'ABC' is not a SHA-256 hex digest"):
+        check_record(record("f2", content_sha256="ABC"))
+    wrong = hashlib.sha256(b"other bytes").hexdigest()
+    with pytest.raises(StoreError, match=rf"line-a/cam1/f3: content_sha256 {wrong} is not the hash of its image"):
+        store.add_frames([record("f4"), record("f3", content_sha256=wrong)])
+    assert store.count() == 0
+
+
+def test_shadow_verdicts_are_kept_per_line(store):
+    store.add_frames([record("f1", line_id="line-a"), record("f1", line_id="line-b")])
+    shadows = [
+        ShadowVerdict(line, "cam1", "f1", "v0002", v, 0.3, T0) for line, v in [("line-a", "OK"), ("line-b", "UNSURE")]
+    ]
+    assert store.add_shadow_verdicts(shadows) == 2
+    on_b = store.shadow_verdicts(store.find("line-b", "cam1", "f1").id)
+    assert [(s.key, s.verdict) for s in on_b] == [(FrameKey("line-b", "cam1", "f1"), "UNSURE")]
+    with pytest.raises(StoreError, match="line_id '' must be a non-empty string"):
+        store.add_shadow_verdicts([ShadowVerdict("", "cam1", "f1", "v0002", "OK", 0.3, T0)])
+
+
+# --- hostile values ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad_id", [2**63, 2**64 + 5, -(2**63) - 1, 10**30])
+def test_ids_beyond_64_bits_are_not_found_rather_than_an_overflow(store, bad_id):
+    store.add_frames([record("f1")])
+    known = store.find("line-a", "cam1", "f1").id
+    with pytest.raises(FrameNotFoundError, match=str(bad_id)):
+        store.get(bad_id)
+    assert store.get_many([bad_id, known]).keys() == {known}
+    with pytest.raises(FrameNotFoundError, match=str(bad_id)):
+        store.set_label(bad_id, "ok", "ana")
+    with pytest.raises(FrameNotFoundError, match=str(bad_id)):
+        store.create_snapshot("s", [bad_id])
+    with pytest.raises(FrameNotFoundError):
+        store.image(bad_id)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"limit": 2**63}, r"limit 9223372036854775808 must be a whole number from 1 to 9223372036854775807"),
+        ({"offset": 2**64}, r"offset 18446744073709551616 must be a whole number from 0 to 9223372036854775807"),
+        ({"offset": -1}, r"offset -1 must be a whole number from 0"),
+        ({"limit": 10.5}, r"limit 10.5 must be a whole number"),
+        ({"limit": True}, r"limit True must be a whole number"),
+    ],
+)
+def test_pages_beyond_64_bits_are_a_store_error_naming_the_bound(store, arguments, named):
+    with pytest.raises(StoreError, match=named):
+        store.query(**arguments)
+    if "limit" in arguments:
+        with pytest.raises(StoreError, match=named):
+            list(store.iter_query(limit=arguments["limit"]))
+    assert store.query(limit=2**63 - 1, offset=2**63 - 1) == []  # the largest values are fine

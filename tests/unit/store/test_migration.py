@@ -1,21 +1,32 @@
-"""A store created by the version-1 schema (frames keyed by camera and frame id, no content hash) opens
-with the current code: every row, label, image, shadow verdict and snapshot link survives, and the new
-key and column work. The version-1 tables are frozen here as they were shipped."""
+"""Opening a store made by the previous version migrates it in place, keeping every row, label, image and link.
+
+``V1`` below is the schema as inspectline wrote it before schema versions were recorded, frozen here on
+purpose: it must never follow ``inspectline/store/schema.py``, or these tests would stop testing the
+migration of real plant databases.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime, timezone
+import logging
+import threading
+from datetime import timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from inspectline.config import StoreConfig
-from inspectline.store import FrameStore
-from inspectline.store.schema import SCHEMA_VERSION, UtcDateTime
-from tests.unit.store.factories import png, record
+from inspectline.errors import StoreError
+from inspectline.store import FrameStore, ShadowVerdict, migrations
+from inspectline.store.images import ImageStore
+from inspectline.store.schema import SCHEMA_VERSION, UtcDateTime, metadata, store_meta
+from tests.unit.store.factories import T0, png, record
 
-_Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# --- the frozen version 1 schema -----------------------------------------------------------------
 V1 = sa.MetaData()
+_V1_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+_VERDICTS = "verdict IN ('OK', 'DEFECTIVE', 'UNSURE')"
+
 sa.Table(
     "images",
     V1,
@@ -27,7 +38,7 @@ sa.Table(
 V1_FRAMES = sa.Table(
     "frames",
     V1,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
     sa.Column("camera_id", sa.String, nullable=False),
     sa.Column("frame_id", sa.String, nullable=False),
     sa.Column("line_id", sa.String, nullable=False),
@@ -47,16 +58,18 @@ V1_FRAMES = sa.Table(
     sa.Column("labelled_by", sa.String),
     sa.Column("labelled_at", UtcDateTime),
     sa.UniqueConstraint("camera_id", "frame_id", name="uq_frames_camera_frame"),
+    sa.CheckConstraint(_VERDICTS, name="ck_frames_verdict"),
+    sa.CheckConstraint("label IS NULL OR label IN ('ok', 'defective')", name="ck_frames_label"),
     sa.Index("ix_frames_received_at", "received_at"),
     sa.Index("ix_frames_line_received", "line_id", "received_at"),
     sa.Index("ix_frames_camera_received", "camera_id", "received_at"),
     sa.Index("ix_frames_label_uncertainty", "label", "uncertainty"),
     sa.Index("ix_frames_image_sha256", "image_sha256"),
 )
-V1_SHADOWS = sa.Table(
+sa.Table(
     "shadow_verdicts",
     V1,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
     sa.Column("camera_id", sa.String, nullable=False),
     sa.Column("frame_id", sa.String, nullable=False),
     sa.Column("model_version", sa.String, nullable=False),
@@ -64,109 +77,201 @@ V1_SHADOWS = sa.Table(
     sa.Column("defect_probability", sa.Float, nullable=False),
     sa.Column("received_at", UtcDateTime, nullable=False),
     sa.UniqueConstraint("camera_id", "frame_id", "model_version", name="uq_shadow_camera_frame_model"),
+    sa.CheckConstraint(_VERDICTS, name="ck_shadow_verdict"),
 )
 sa.Table(
     "snapshots",
     V1,
-    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
     sa.Column("name", sa.String, nullable=False, unique=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
 )
-V1_LINKS = sa.Table(
+sa.Table(
     "snapshot_frames",
     V1,
-    sa.Column("snapshot_id", _Id, sa.ForeignKey("snapshots.id", name="fk_snapshot_frames_snapshot"), primary_key=True),
-    sa.Column("frame_id", _Id, sa.ForeignKey("frames.id", name="fk_snapshot_frames_frame"), primary_key=True),
+    sa.Column(
+        "snapshot_id", _V1_ID, sa.ForeignKey("snapshots.id", name="fk_snapshot_frames_snapshot"), primary_key=True
+    ),
+    sa.Column("frame_id", _V1_ID, sa.ForeignKey("frames.id", name="fk_snapshot_frames_frame"), primary_key=True),
     sa.Index("ix_snapshot_frames_frame_id", "frame_id"),
 )
-T0 = datetime(2026, 1, 5, 8, tzinfo=timezone.utc)
 
 
-def _fill_v1(url: str, images_dir) -> None:
-    """A version-1 store with three frames, one image, a label, a shadow verdict and a snapshot."""
-    engine = sa.create_engine(url)
-    row = {
-        "line_id": "line-a",
-        "part_id": None,
+# --- a version 1 store with something of everything ---------------------------------------------
+def _frame_row(frame_id: str, *, camera: str = "cam1", line: str = "line-a", p: float = 0.8, image: str | None = None):
+    return {
+        "camera_id": camera,
+        "frame_id": frame_id,
+        "line_id": line,
+        "part_id": f"part-{frame_id}",
         "captured_at": None,
         "received_at": T0,
-        "verdict": "DEFECTIVE",
-        "defect_probability": 0.9,
-        "confidence": 0.9,
+        "verdict": "DEFECTIVE" if p >= 0.5 else "OK",
+        "defect_probability": p,
+        "confidence": max(p, 1 - p),
         "threshold": 0.5,
-        "uncertainty": 0.4,
+        "uncertainty": abs(p - 0.5),
         "model_version": "v0001",
-        "views": {"identity": 0.9},
-        "image_sha256": None,
-        "image_format": None,
-        "label": None,
-        "labelled_by": None,
-        "labelled_at": None,
+        "views": {"identity": p},
+        "image_sha256": image,
+        "image_format": "png" if image else None,
     }
+
+
+@pytest.fixture
+def v1_store(database_url, tmp_path):
+    """``(database_url, storage_url)`` of a version 1 store: 4 frames, 2 labelled, 2 images, a snapshot, shadows."""
+    storage = str(tmp_path / "images")
+    sha = {shade: hashlib.sha256(png(shade)).hexdigest() for shade in (1, 2)}
+    for shade, digest in sha.items():
+        ImageStore(storage).write(digest, "png", png(shade))
+    engine = sa.create_engine(database_url)
+    t = V1.tables
     with engine.begin() as conn:
         V1.create_all(conn)
-        conn.execute(sa.insert(V1.tables["images"]).values(sha256="a" * 64, format="png", size_bytes=70, stored_at=T0))
         conn.execute(
-            sa.insert(V1_FRAMES),
+            sa.insert(t["images"]),
+            [{"sha256": d, "format": "png", "size_bytes": len(png(s)), "stored_at": T0} for s, d in sha.items()],
+        )
+        conn.execute(
+            sa.insert(t["frames"]),
             [
-                row
-                | {
-                    "camera_id": "cam1",
-                    "frame_id": "f1",
-                    "image_sha256": "a" * 64,
-                    "image_format": "png",
-                    "label": "defective",
-                    "labelled_by": "ana",
-                    "labelled_at": T0,
-                },
-                row | {"camera_id": "cam1", "frame_id": "f2"},
-                row | {"camera_id": "cam2", "frame_id": "f1", "line_id": "line-b"},
+                _frame_row("f1", image=sha[1]),
+                _frame_row("f2", image=sha[2], camera="cam2"),
+                _frame_row("f3", p=0.1),
+                _frame_row("f4", line="line-b", p=0.3),
             ],
         )
+        ids = {r.frame_id: r.id for r in conn.execute(sa.select(t["frames"].c.frame_id, t["frames"].c.id))}
         conn.execute(
-            sa.insert(V1_SHADOWS).values(
-                camera_id="cam2",
-                frame_id="f1",
-                model_version="v0002",
-                verdict="OK",
-                defect_probability=0.2,
-                received_at=T0,
-            )
+            sa.update(t["frames"]).where(t["frames"].c.frame_id.in_(["f1", "f3"])),
+            {"label": "defective", "labelled_by": "ana", "labelled_at": T0 + timedelta(hours=1)},
         )
-        conn.execute(sa.insert(V1.tables["snapshots"]).values(id=1, name="retrain-1", created_at=T0))
-        conn.execute(sa.insert(V1_LINKS).values(snapshot_id=1, frame_id=1))
+        snapshot = conn.execute(
+            sa.insert(t["snapshots"]).values(name="retrain-v0002", created_at=T0).returning(t["snapshots"].c.id)
+        ).scalar_one()
+        conn.execute(sa.insert(t["snapshot_frames"]), [{"snapshot_id": snapshot, "frame_id": ids["f2"]}])
+        shadow = {"model_version": "v0002", "verdict": "OK", "defect_probability": 0.2, "received_at": T0}
+        conn.execute(
+            sa.insert(t["shadow_verdicts"]),
+            [
+                {"camera_id": "cam1", "frame_id": "f1", **shadow},
+                {"camera_id": "cam1", "frame_id": "f4-never-stored", **shadow},
+            ],
+        )
     engine.dispose()
-    images_dir.mkdir(parents=True, exist_ok=True)
-    (images_dir / "aa").mkdir(exist_ok=True)
+    return database_url, storage, ids
 
 
-def test_a_version_1_store_is_migrated_in_place_keeping_everything(database_url, tmp_path):
-    _fill_v1(database_url, tmp_path / "images")
-    store = FrameStore(StoreConfig(database_url=database_url, storage_url=str(tmp_path / "images")))
-    f1 = store.find("line-a", "cam1", "f1")
-    assert (f1.label, f1.labelled_by, f1.image_sha256, f1.content_sha256) == ("defective", "ana", "a" * 64, None)
-    assert store.find("line-a", "cam1", "f2") is not None and store.find("line-b", "cam2", "f1") is not None
-    assert store.count() == 3
-    [shadow] = store.shadow_verdicts(store.find("line-b", "cam2", "f1").id)
-    assert (shadow.line_id, shadow.model_version) == ("line-b", "v0002")
-    # the new key: the same camera and frame id on another line is another frame
-    assert store.add_frames([record("f1", camera_id="cam1", line_id="line-c", shade=3)]) == 1
-    assert store.add_frames([record("f1", camera_id="cam1", line_id="line-a", shade=3)]) == 0  # still unique
-    assert store.find("line-c", "cam1", "f1").content_sha256 is not None
-    # snapshot links still protect the frame from clean-up, and the version is recorded once
+def _open(database_url: str, storage: str, **settings) -> FrameStore:
+    return FrameStore(StoreConfig(database_url=database_url, storage_url=storage, keep_ok_images=1.0, **settings))
+
+
+def test_a_version_1_store_is_migrated_keeping_every_row_label_image_and_link(v1_store, caplog):
+    database_url, storage, ids = v1_store
+    with caplog.at_level(logging.INFO, logger="inspectline.store"), _open(database_url, storage) as store:
+        assert "from schema version 1 to 2" in caplog.text
+        assert "4 frames, 2 labelled, 2 with images, 1 in snapshots, 2 shadow verdicts (1 of them" in caplog.text
+        frames = {f.frame_id: f for f in store.query(order="oldest", limit=10)}
+        assert {name: f.id for name, f in frames.items()} == ids  # ids kept: labels and snapshots still point right
+        assert [(f.line_id, f.camera_id) for f in frames.values()] == [
+            ("line-a", "cam1"),
+            ("line-a", "cam2"),
+            ("line-a", "cam1"),
+            ("line-b", "cam1"),
+        ]
+        assert {n: (f.label, f.labelled_by) for n, f in frames.items() if f.label} == {
+            "f1": ("defective", "ana"),
+            "f3": ("defective", "ana"),
+        }
+        assert frames["f1"].labelled_at == T0 + timedelta(hours=1)
+        assert store.image(ids["f1"]) == (png(1), "png") and store.image(ids["f2"]) == (png(2), "png")
+        assert all(f.content_sha256 is None for f in frames.values())  # never hashed when they arrived
+
+        # The snapshot link survived: clean-up keeps f2's image although it is old and unlabelled.
+        with _open(database_url, storage, max_age_days=1) as cleaner:
+            report = cleaner.cleanup(now=T0 + timedelta(days=30))
+        assert (report.images_deleted, report.kept_labelled, report.kept_in_snapshot) == (0, 1, 1)
+        assert store.image(ids["f2"])[0] == png(2)
+
+        # Shadow verdicts took their frame's line; the one whose frame never arrived has an unknown line.
+        assert [(s.line_id, s.model_version) for s in store.shadow_verdicts(ids["f1"])] == [("line-a", "v0002")]
+        with store._db.read() as conn:
+            lines = dict(conn.execute(sa.text("SELECT frame_id, line_id FROM shadow_verdicts")).all())
+        assert lines == {"f1": "line-a", "f4-never-stored": ""}
+
+        # The new key works: the same camera and frame id on another line is another frame, with its hash.
+        assert store.add_frames([record("f1", line_id="line-b", shade=5)]) == 1
+        assert store.find("line-b", "cam1", "f1").content_sha256 == hashlib.sha256(png(5)).hexdigest()
+        assert store.find("line-a", "cam1", "f1").id == ids["f1"]
+        assert store.add_frames([record("f1", line_id="line-a", shade=5)]) == 0  # the old row still holds its key
+        shadow = ShadowVerdict("line-b", "cam1", "f1", "v0002", "DEFECTIVE", 0.9, T0)
+        assert store.add_shadow_verdicts([shadow]) == 1
+
+        with store._db.read() as conn:
+            assert conn.scalar(sa.select(store_meta.c.schema_version)) == SCHEMA_VERSION
+            inspector = sa.inspect(conn)
+            for table in metadata.sorted_tables:  # every index of the current schema, on both databases
+                assert {i.name for i in table.indexes} <= {i["name"] for i in inspector.get_indexes(table.name)}
+
+
+def test_reopening_a_migrated_store_does_not_migrate_it_again(v1_store, caplog):
+    database_url, storage, _ = v1_store
+    _open(database_url, storage).close()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inspectline.store"), _open(database_url, storage) as store:
+        assert store.count() == 4
+    assert "migrated" not in caplog.text
+
+
+def test_two_processes_opening_a_version_1_store_at_once_migrate_it_once(v1_store, caplog):
+    database_url, storage, _ = v1_store
+    opened, errors = [], []
+
+    def open_store():
+        try:
+            opened.append(_open(database_url, storage))
+        except Exception as exc:  # noqa: BLE001 - surfaced below; a thread's exception would otherwise be lost
+            errors.append(exc)
+
+    with caplog.at_level(logging.WARNING, logger="inspectline.store"):
+        threads = [threading.Thread(target=open_store) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+    assert caplog.text.count("from schema version 1 to 2") == 1
+    assert [s.count() for s in opened] == [4, 4, 4]
+    for store in opened:
+        store.close()
+
+
+def test_a_failed_migration_leaves_the_version_1_store_as_it_was(v1_store, monkeypatch):
+    database_url, storage, _ = v1_store
+    counts = iter([(4, 2, 2, 1, 2, 1), (3, 2, 2, 1, 2, 1)])  # as if a frame had been lost on the way
+    monkeypatch.setattr(migrations, "_counts", lambda _conn: next(counts))
+    with pytest.raises(StoreError, match=r"changed its row counts.*nothing was changed"):
+        _open(database_url, storage)
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        assert migrations.stored_version(conn) == 1
+        assert "store_meta" not in sa.inspect(conn).get_table_names()
+        assert conn.scalar(sa.select(sa.func.count()).select_from(V1_FRAMES)) == 4
+    engine.dispose()
+    monkeypatch.undo()
+    with _open(database_url, storage) as store:  # and the next open migrates it for real
+        assert store.count() == 4
+
+
+def test_a_store_from_a_newer_version_is_refused_not_downgraded(make_store):
+    store = make_store()
+    with store._db.write() as conn:
+        conn.execute(sa.update(store_meta).values(schema_version=SCHEMA_VERSION + 1))
+    with pytest.raises(StoreError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than .* \({SCHEMA_VERSION}\)"):
+        make_store()
+
+
+def test_a_new_store_records_the_current_schema_version(store):
     with store._db.read() as conn:
-        assert conn.scalar(sa.text("SELECT frame_id FROM snapshot_frames")) == f1.id
-        assert conn.scalar(sa.text("SELECT schema_version FROM store_meta")) == SCHEMA_VERSION
-    store.close()
-    again = FrameStore(StoreConfig(database_url=database_url, storage_url=str(tmp_path / "images")))
-    assert again.count() == 4
-    again.close()
-
-
-def test_a_new_store_starts_at_the_current_version(database_url, tmp_path):
-    store = FrameStore(StoreConfig(database_url=database_url, storage_url=str(tmp_path / "images")))
-    with store._db.read() as conn:
-        assert conn.scalar(sa.text("SELECT schema_version FROM store_meta")) == SCHEMA_VERSION
-    assert store.add_frames([record("f1", shade=1)]) == 1
-    assert store.find("line-a", "cam1", "f1").content_sha256 == hashlib.sha256(png(1)).hexdigest()
-    store.close()
+        assert conn.execute(sa.select(store_meta)).all() == [(1, SCHEMA_VERSION)]

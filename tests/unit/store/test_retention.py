@@ -12,13 +12,23 @@ from tests.unit.store.factories import T0, files_under, png, record
 
 
 def test_ok_images_are_sampled_by_frame_identity_at_the_configured_share():
-    keys = [(f"cam{c}", f"frame-{i}") for c in range(4) for i in range(2500)]
+    keys = [(f"line-{n}", f"cam{c}", f"frame-{i}") for n in "ab" for c in range(2) for i in range(2500)]
     kept = [k for k in keys if keeps_image(*k, "OK", 0.1)]
     assert 0.09 < len(kept) / len(keys) < 0.11
     assert kept == [k for k in keys if keeps_image(*k, "OK", 0.1)]  # the same frame is always decided the same way
     assert all(keeps_image(*k, v, 0.0) for k in keys[:100] for v in ("DEFECTIVE", "UNSURE"))
     assert not any(keeps_image(*k, "OK", 0.0) for k in keys[:100])
     assert all(keeps_image(*k, "OK", 1.0) for k in keys[:100])
+
+
+def test_two_lines_same_camera_and_frame_ids_are_sampled_independently():
+    pairs = [("cam-1", f"f{i}") for i in range(4000)]
+    line_a = [keeps_image("line-a", *p, "OK", 0.5) for p in pairs]
+    line_b = [keeps_image("line-b", *p, "OK", 0.5) for p in pairs]
+    # Independent fair coins agree about half the time; one decision per (camera, frame) would agree always.
+    assert 0.45 < sum(a == b for a, b in zip(line_a, line_b, strict=True)) / len(pairs) < 0.55
+    # And the line is its own field: ("line-a", "cam-1", ...) and ("line-", "acam-1", ...) are not the same key.
+    assert [keeps_image("line-", "acam-1", f, "OK", 0.5) for _, f in pairs] != line_a
 
 
 def test_the_store_keeps_every_row_but_only_sampled_ok_images(make_store):
@@ -34,7 +44,7 @@ def test_the_store_keeps_every_row_but_only_sampled_ok_images(make_store):
     )
     kept = {f.frame_id for f in store.query(verdict="OK", has_image=True, limit=500)}
     assert 30 <= len(kept) <= 70  # 25% of 200, sampling noise allowed
-    assert kept == {r.frame_id for r in ok if keeps_image(r.camera_id, r.frame_id, "OK", 0.25)}
+    assert kept == {r.frame_id for r in ok if keeps_image(*r.key, "OK", 0.25)}
 
     # A camera re-sending its frames changes nothing; a second store with the same setting decides the same.
     assert store.add_frames(ok) == 0

@@ -69,11 +69,7 @@ def test_csv_round_trip_applies_filled_labels_and_leaves_empty_rows_alone(review
 
     report = import_csv(reviewed, out, reviewer_default="ana@plant")
     assert (report.applied, report.unchanged, report.skipped) == (2, 0, 2)
-    f1, f2, f3 = (
-        reviewed.find("line-a", "cam1", "f1"),
-        reviewed.find("line-a", "cam2", "f2"),
-        reviewed.find("line-a", "cam1", "f3"),
-    )
+    f1, f2, f3 = (reviewed.find("line-a", *pair) for pair in (("cam1", "f1"), ("cam2", "f2"), ("cam1", "f3")))
     assert (f1.label, f1.labelled_by) == ("defective", "ana@plant")
     assert (f2.label, f2.labelled_by) == ("ok", "ben@plant")
     assert f3.label is None
@@ -145,7 +141,7 @@ def test_label_studio_tasks_carry_the_image_and_the_model_verdict(reviewed):
     task = tasks[0]
     assert task["id"] == task["data"]["store_id"] == f1.id
     assert task["data"]["image"] == f"http://inspect:8000/v1/frames/{f1.id}/image"
-    assert task["data"]["camera_id"] == "cam1"
+    assert (task["data"]["line_id"], task["data"]["camera_id"], task["data"]["frame_id"]) == ("line-a", "cam1", "f1")
     (prediction,) = task["predictions"]
     assert prediction["model_version"] == "v0001" and prediction["score"] == f1.confidence
     assert prediction["result"] == [
@@ -227,3 +223,60 @@ def test_a_label_studio_export_with_any_bad_task_applies_nothing(reviewed):
     assert "task 3 (Label Studio id 102): no stored frame has id 9999" in message
     assert "task 1" not in message
     assert reviewed.count(labelled=True) == 0
+
+
+@pytest.fixture
+def two_lines(store):
+    """cam1/f1 on line-a and on line-b (a camera id reused across lines), and cam2/f2 on line-a only."""
+    store.add_frames([record("f1", line_id="line-a"), record("f1", line_id="line-b"), record("f2", camera_id="cam2")])
+    return store
+
+
+def test_csv_rows_name_frames_by_line_camera_and_frame_id(two_lines, tmp_path):
+    path = tmp_path / "labels.csv"
+    rows = [
+        {"line_id": "line-b", "camera_id": "cam1", "frame_id": "f1", "label": "ok", "labelled_by": "ana"},
+        {"line_id": "", "camera_id": "cam2", "frame_id": "f2", "label": "defective", "labelled_by": "ana"},  # unique
+    ]
+    _write(path, rows, columns=("line_id", "camera_id", "frame_id", "label", "labelled_by"))
+    assert import_csv(two_lines, path).applied == 2
+    assert two_lines.find("line-b", "cam1", "f1").label == "ok"
+    assert two_lines.find("line-a", "cam1", "f1").label is None
+    assert two_lines.find("line-a", "cam2", "f2").label == "defective"
+
+
+def test_a_row_without_line_matching_frames_on_two_lines_is_a_problem_not_a_guess(two_lines, tmp_path):
+    path = tmp_path / "labels.csv"
+    b = two_lines.find("line-b", "cam1", "f1")
+    rows = [
+        {"camera_id": "cam1", "frame_id": "f1", "label": "ok", "labelled_by": "ana"},  # row 2: which line?
+        {"line_id": "line-c", "camera_id": "cam1", "frame_id": "f1", "label": "ok", "labelled_by": "ana"},  # row 3
+        {"id": b.id, "line_id": "line-a", "label": "ok", "labelled_by": "ana"},  # row 4: id and line disagree
+    ]
+    _write(path, rows, columns=("id", "line_id", "camera_id", "frame_id", "label", "labelled_by"))
+    with pytest.raises(InvalidLabelError) as caught:
+        import_csv(two_lines, path)
+    message = str(caught.value)
+    assert "3 problem(s), nothing was imported" in message
+    assert "row 2: camera 'cam1' sent frame_id 'f1' on 2 lines ('line-a', 'line-b'); add a line_id column" in message
+    assert "row 3: no stored frame from line 'line-c', camera 'cam1' has frame_id 'f1'" in message
+    assert f"row 4: id {b.id} is frame line-b/cam1/f1 in this store, not line-a/cam1/f1" in message
+    assert two_lines.count(labelled=True) == 0
+
+
+def test_label_studio_tasks_without_a_store_id_are_found_by_their_line(two_lines):
+    tasks = export_label_studio(two_lines)
+    exported = _as_exported_by_label_studio(tasks, {"f1": [_annotation("Defective")]})
+    for task in exported:
+        del task["data"]["store_id"]
+    report = import_label_studio(two_lines, exported, reviewer_default="ana")
+    assert report.applied == 2  # both lines' f1, each by its own line_id
+    assert {two_lines.find(line, "cam1", "f1").label for line in ("line-a", "line-b")} == {"defective"}
+
+    for task in exported:
+        del task["data"]["line_id"]
+    with pytest.raises(
+        InvalidLabelError,
+        match=r"2 problem\(s\)(?s:.*)task 2 \(Label Studio id 101\): camera 'cam1' sent frame_id 'f1' on 2",
+    ):
+        import_label_studio(two_lines, exported, reviewer_default="ana")

@@ -1,0 +1,141 @@
+"""The response models of the service's API (what ``/openapi.json`` promises every answer looks like)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from inspectline.serving.judging import Answer
+from inspectline.store import StoredFrame
+
+
+class Verdict(BaseModel):
+    """The answer to one frame."""
+
+    frame_id: str
+    line_id: str
+    camera_id: str
+    part_id: str | None
+    verdict: Literal["OK", "DEFECTIVE", "UNSURE"] = Field(description="UNSURE within the band around the threshold")
+    defect_probability: float = Field(ge=0, le=1, description="calibrated probability that the part is defective")
+    confidence: float = Field(ge=0, le=1, description="calibrated probability that the OK/DEFECTIVE call is right")
+    threshold: float = Field(ge=0, le=1)
+    model_version: str = Field(description="the version that judged this frame")
+    views: dict[str, float] = Field(description="calibrated defect probability per TTA view")
+    latency_ms: float = Field(ge=0)
+    captured_at: datetime | None
+    received_at: datetime
+    content_sha256: str = Field(description="SHA-256 of the image bytes judged")
+    duplicate: bool = Field(description="true when this frame id was judged before for these same bytes")
+
+
+class BatchItem(BaseModel):
+    index: int
+    filename: str | None
+    status: int = Field(description="200, or the status this file alone would have got")
+    result: Verdict | None = None
+    error: str | None = None
+    detail: str | None = None
+
+
+class BatchResponse(BaseModel):
+    results: list[BatchItem]
+
+
+class StoredFrameView(BaseModel):
+    id: int
+    line_id: str
+    camera_id: str
+    frame_id: str
+    part_id: str | None
+    captured_at: datetime | None
+    received_at: datetime
+    verdict: str
+    defect_probability: float
+    confidence: float
+    threshold: float
+    uncertainty: float = Field(description="|defect_probability - threshold|: the smaller, the less sure")
+    model_version: str
+    views: dict[str, float]
+    content_sha256: str | None
+    image_sha256: str | None
+    image_format: str | None
+    image_url: str | None
+    label: str | None
+    labelled_by: str | None
+    labelled_at: datetime | None
+
+
+class ShadowView(BaseModel):
+    model_version: str
+    verdict: str
+    defect_probability: float
+
+
+class StoredFrameDetail(StoredFrameView):
+    shadow: list[ShadowView]
+
+
+class FrameList(BaseModel):
+    frames: list[StoredFrameView]
+    total: int
+    limit: int
+    offset: int
+
+
+class LabelRequest(BaseModel):
+    label: Literal["ok", "defective", "OK", "DEFECTIVE", "Ok", "Defective"] = Field(description="ok or defective")
+    reviewer: str = Field(min_length=1, max_length=200, pattern=r"\S", description="who labelled it (name or e-mail)")
+
+
+class ModelInfo(BaseModel):
+    version: str
+    arch: str
+    classes: list[str]
+    threshold: float
+    unsure_band: float
+    temperature: float
+    tta_views: list[str]
+    image_size: int
+    color_mode: str
+    created_at: str | None
+    parent: str | None
+    metrics: dict[str, float]
+    operating_point: dict[str, Any] | None = Field(None, description="the operating point in force, when one was set")
+    shadow_version: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    model_version: str
+
+
+def verdict_of(answer: Answer) -> Verdict:
+    m = answer.meta
+    return Verdict(
+        frame_id=m.frame_id,
+        line_id=m.line_id,
+        camera_id=m.camera_id,
+        part_id=m.part_id,
+        verdict=answer.verdict,
+        defect_probability=answer.defect_probability,
+        confidence=answer.confidence,
+        threshold=answer.threshold,
+        model_version=answer.model_version,
+        views=answer.views,
+        latency_ms=answer.latency_s * 1000,
+        captured_at=m.captured_at,
+        received_at=answer.received_at,
+        content_sha256=answer.content_sha256,
+        duplicate=answer.duplicate,
+    )
+
+
+def frame_view(frame: StoredFrame) -> dict[str, Any]:
+    return frame.to_dict() | {"image_url": f"/v1/frames/{frame.id}/image" if frame.image_sha256 else None}
