@@ -8,6 +8,7 @@ bus bars; DEFECTIVE frames add a dark crack. A ResNet18 at 32 px separates them 
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,24 @@ def trained_run(folder_dataset: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("trained")
     cfg = tiny_config(folder_dataset, workdir)
     return run_training(cfg, progress=False)
+
+
+# Programs some tests run for real; without one, those tests skip. `make test` ends with what is missing.
+EXTERNAL_PROGRAMS = {
+    "promtool": "apt-get install -y prometheus",
+    "mosquitto": "apt-get install -y mosquitto",
+    "systemd-analyze": "apt-get install -y systemd",
+}
+
+
+def find_program(name: str) -> str | None:
+    """``name`` on PATH, or in /usr/sbin where Debian puts daemons (not on a normal user's PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    missing = {name: how for name, how in EXTERNAL_PROGRAMS.items() if find_program(name) is None}
+    if missing:
+        terminalreporter.write_sep("-", "programs missing here: the tests that run them were skipped")
+        for name, how in missing.items():
+            terminalreporter.write_line(f"{name}: {how}")
