@@ -54,6 +54,19 @@ QueueOpt = Annotated[
 SpoolMaxOpt = Annotated[
     float, typer.Option("--spool-max-mb", help="Spool capacity in MiB; frames beyond it are dropped and counted.")
 ]
+InFlightOpt = Annotated[
+    int, typer.Option("--max-in-flight", help="Posts in flight at once; results still settle in capture order.")
+]
+QuarantineOpt = Annotated[
+    int,
+    typer.Option("--quarantine-after", help="5xx answers for one frame before it goes to SPOOL_DIR/quarantine/."),
+]
+LogMaxOpt = Annotated[
+    float | None, typer.Option("--results-log-max-mb", help="Rotate the results log past this size (MiB).")
+]
+LogDailyOpt = Annotated[
+    bool, typer.Option("--results-log-daily/--no-results-log-daily", help="Rotate the results log each UTC day.")
+]
 
 
 @camera_app.command()
@@ -73,6 +86,10 @@ def folder(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
 ) -> None:
     """Watch a folder; send each completely written image once; move it to done/ or failed/."""
     from inspectline.camera_adapters.folder import FolderSettings
@@ -88,7 +105,17 @@ def folder(
         _run(
             source,
             _adapter(
-                url, line_id, camera_id, token, spool_dir, metrics_port, results_log, queue_size, spool_max_mb, None
+                url,
+                line_id,
+                camera_id,
+                token,
+                spool_dir,
+                metrics_port,
+                results_log,
+                queue_size,
+                spool_max_mb,
+                None,
+                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
             ),
         )
 
@@ -115,6 +142,10 @@ def video(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
     drain_timeout: Annotated[
         float | None,
         typer.Option(help="After a file ends, seconds to keep delivering before leaving the rest spooled."),
@@ -138,6 +169,7 @@ def video(
                 queue_size,
                 spool_max_mb,
                 drain_timeout,
+                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
             ),
         )
 
@@ -164,6 +196,10 @@ def replay(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
     drain_timeout: Annotated[
         float | None,
         typer.Option(help="After the replay ends, seconds to keep delivering before leaving the rest spooled."),
@@ -199,6 +235,7 @@ def replay(
                 queue_size,
                 spool_max_mb,
                 drain_timeout,
+                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
             ),
         )
 
@@ -214,11 +251,14 @@ def _adapter(
     queue_size: int,
     spool_max_mb: float,
     drain_timeout: float | None,
+    *,
+    delivery: tuple[int, int, float | None, bool] = (4, 8, 64, True),
 ) -> AdapterSettings:
     from inspectline.camera_adapters.runner import AdapterSettings
     from inspectline.camera_adapters.uploader import UploadSettings
 
     upload = _build(UploadSettings, url=url, token=token or None)
+    max_in_flight, quarantine_after, log_max_mb, log_daily = delivery
     return _build(
         AdapterSettings,
         line_id=line_id,
@@ -230,6 +270,10 @@ def _adapter(
         results_log=results_log,
         metrics_port=metrics_port,
         drain_timeout_s=drain_timeout,
+        max_in_flight=max_in_flight,
+        quarantine_after=quarantine_after,
+        results_log_max_bytes=int(log_max_mb * 2**20) if log_max_mb else None,
+        results_log_daily=log_daily,
     )
 
 
