@@ -104,19 +104,7 @@ def folder(
         )
         _run(
             source,
-            _adapter(
-                url,
-                line_id,
-                camera_id,
-                token,
-                spool_dir,
-                metrics_port,
-                results_log,
-                queue_size,
-                spool_max_mb,
-                None,
-                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
-            ),
+            _adapter(locals()),
         )
 
 
@@ -158,19 +146,7 @@ def video(
         settings = _build(VideoSettings, source=source, fps=fps, live=live, max_frames=max_frames)
         _run(
             settings,
-            _adapter(
-                url,
-                line_id,
-                camera_id,
-                token,
-                spool_dir,
-                metrics_port,
-                results_log,
-                queue_size,
-                spool_max_mb,
-                drain_timeout,
-                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
-            ),
+            _adapter(locals()),
         )
 
 
@@ -224,56 +200,32 @@ def replay(
         )
         _run(
             settings,
-            _adapter(
-                url,
-                line_id,
-                camera_id,
-                token,
-                spool_dir,
-                metrics_port,
-                results_log,
-                queue_size,
-                spool_max_mb,
-                drain_timeout,
-                delivery=(max_in_flight, quarantine_after, results_log_max_mb, results_log_daily),
-            ),
+            _adapter(locals()),
         )
 
 
-def _adapter(
-    url: str,
-    line_id: str,
-    camera_id: str,
-    token: str | None,
-    spool_dir: Path | None,
-    metrics_port: int | None,
-    results_log: Path | None,
-    queue_size: int,
-    spool_max_mb: float,
-    drain_timeout: float | None,
-    *,
-    delivery: tuple[int, int, float | None, bool] = (4, 8, 64, True),
-) -> AdapterSettings:
+def _adapter(options: dict[str, Any]) -> AdapterSettings:
+    """The adapter settings from the options every camera command shares (the command's ``locals()``)."""
     from inspectline.camera_adapters.runner import AdapterSettings
     from inspectline.camera_adapters.uploader import UploadSettings
 
-    upload = _build(UploadSettings, url=url, token=token or None)
-    max_in_flight, quarantine_after, log_max_mb, log_daily = delivery
+    upload = _build(UploadSettings, url=options["url"], token=options["token"] or None)
+    log_max_mb = options["results_log_max_mb"]
     return _build(
         AdapterSettings,
-        line_id=line_id,
-        camera_id=camera_id,
+        line_id=options["line_id"],
+        camera_id=options["camera_id"],
         upload=upload,
-        spool_dir=spool_dir,
-        spool_max_bytes=int(spool_max_mb * 2**20),
-        queue_size=queue_size,
-        results_log=results_log,
-        metrics_port=metrics_port,
-        drain_timeout_s=drain_timeout,
-        max_in_flight=max_in_flight,
-        quarantine_after=quarantine_after,
+        spool_dir=options["spool_dir"],
+        spool_max_bytes=int(options["spool_max_mb"] * 2**20),
+        queue_size=options["queue_size"],
+        results_log=options["results_log"],
+        metrics_port=options["metrics_port"],
+        drain_timeout_s=options.get("drain_timeout"),
+        max_in_flight=options["max_in_flight"],
+        quarantine_after=options["quarantine_after"],
         results_log_max_bytes=int(log_max_mb * 2**20) if log_max_mb else None,
-        results_log_daily=log_daily,
+        results_log_daily=options["results_log_daily"],
     )
 
 
