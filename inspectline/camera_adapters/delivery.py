@@ -131,10 +131,10 @@ class Delivery:
         limit = 1 if self.failures else self.limits.max_in_flight
         in_flight = sum(s.in_flight for s in self.window.values())
         now = time.monotonic()
-        for seq, slot in self.window.items():
+        for seq, slot in self._retry_candidates():
             if in_flight >= limit:
                 return
-            if slot.answer is None and not slot.in_flight and slot.retry_at is not None and slot.retry_at <= now:
+            if slot.retry_at <= now:
                 self._post(pool, seq, slot)
                 in_flight += 1
         # During an outage the one post in flight is the oldest waiting frame; a new one only when none waits.
@@ -152,6 +152,11 @@ class Delivery:
             self._post(pool, frame.seq, slot)
             in_flight += 1
 
+    def _retry_candidates(self) -> list[tuple[int, _Slot]]:
+        """Frames waiting for another attempt; during an outage only the oldest (the probe)."""
+        waiting = [(seq, s) for seq, s in self.window.items() if s.retry_at is not None and not s.in_flight]
+        return waiting[:1] if self.failures else waiting
+
     def _post(self, pool: ThreadPoolExecutor, seq: int, slot: _Slot) -> None:
         slot.in_flight, slot.retry_at = True, None
         frame = slot.frame
@@ -166,9 +171,12 @@ class Delivery:
         pool.submit(attempt)
 
     def _wait(self) -> float:
-        """Until the next answer, or the next retry that is due."""
-        due = [s.retry_at for s in self.window.values() if s.retry_at is not None and not s.in_flight]
-        return max(0.0, min([_IDLE_WAIT_S, *(t - time.monotonic() for t in due)]))
+        """Until the next answer, or the next retry that is due and may be sent."""
+        limit = 1 if self.failures else self.limits.max_in_flight
+        if sum(s.in_flight for s in self.window.values()) >= limit:
+            return _IDLE_WAIT_S  # an answer wakes the loop before that
+        due = [slot.retry_at - time.monotonic() for _, slot in self._retry_candidates()]
+        return max(0.0, min([_IDLE_WAIT_S, *due]))
 
     def _answered(self, seq: int, answer: Outcome | Retry) -> None:
         slot = self.window[seq]
@@ -177,6 +185,9 @@ class Delivery:
         if isinstance(answer, Outcome):
             slot.answer = answer
             if self.failures:
+                for other in self.window.values():  # the outage is over: the frames held back go now
+                    if other.retry_at is not None:
+                        other.retry_at = time.monotonic()
                 log.warning(
                     "service answering again after %d failed attempts in %.1f s; %d spooled frames to deliver",
                     self.failures,

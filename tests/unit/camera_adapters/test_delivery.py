@@ -126,3 +126,14 @@ def test_busy_answers_never_quarantine_a_frame(tmp_path):
 def test_delivery_settings_name_the_bad_value(field, value, message):
     with pytest.raises(ValueError, match=message):
         AdapterSettings(**{field: value})
+
+
+def test_waiting_out_an_outage_does_not_spin(tmp_path):
+    """The delivery loop sleeps between retries: a line PC must not lose a core to a down service."""
+    slow_backoff = UploadSettings(url="http://svc", backoff_initial_s=0.2, backoff_max_s=0.2)
+    adapter = AdapterSettings(upload=slow_backoff, spool_dir=tmp_path / "spool", drain_timeout_s=1.5)
+    started = time.thread_time()
+    summary = run_adapter(ListSource(make_frames(6)), adapter, transport=FakeService(down=True).transport())
+    used = time.thread_time() - started
+    assert summary.spooled_left == 6 and 2 <= summary.retries <= 15
+    assert used < 0.5, f"the delivery thread used {used:.2f} s of CPU in a 1.5 s outage"
