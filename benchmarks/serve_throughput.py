@@ -145,19 +145,25 @@ def _model(args: argparse.Namespace, tmp: Path) -> tuple[ModelRegistry, Path, st
         registry = ModelRegistry(args.registry)
         checkpoint = registry.resolve(args.model)
         return registry, checkpoint, args.name or "demo"
-    model = build_model(args.arch, in_channels=1)
+    registry = random_init_registry(tmp, args.arch, args.image_size)
+    return registry, registry.resolve("production"), args.name or f"{args.arch}_{args.image_size}"
+
+
+def random_init_registry(folder: Path, arch: str, image_size: int) -> ModelRegistry:
+    """``folder/models`` holding one promoted, randomly initialised version: for speed, never for verdicts."""
+    model = build_model(arch, in_channels=1)
     card = ModelCard(
-        arch=args.arch,
+        arch=arch,
         class_names=("ok", "defective"),
         head_dims=(512, 256),
         head_dropout=(0.5, 0.3, 0.2),
-        preprocessing=Preprocessing(image_size=args.image_size, color_mode="gray", mean=(0.5,), std=(0.2,)),
+        preprocessing=Preprocessing(image_size=image_size, color_mode="gray", mean=(0.5,), std=(0.2,)),
     )
-    save_checkpoint(tmp / "run" / "model.pt", model, card)
-    registry = ModelRegistry(tmp / "models")
-    version = registry.register(tmp / "run" / "model.pt")
+    save_checkpoint(folder / "run" / "model.pt", model, card)
+    registry = ModelRegistry(folder / "models")
+    version = registry.register(folder / "run" / "model.pt")
     registry.promote(version.name)
-    return registry, version.checkpoint, args.name or f"{args.arch}_{args.image_size}"
+    return registry
 
 
 def _raw_throughput(predictor: Predictor, frames: list[np.ndarray], batch: int, seconds: float) -> float:

@@ -9,6 +9,8 @@
     inspect camera folder|video|replay      camera adapters feeding the service
     inspect review export|import            review labels as CSV or Label Studio tasks
     inspect retrain --since last-week       fine-tune on reviewed frames; champion/challenger gate
+    inspect challenge --set NAME            post a line's golden set through the service; pass or fail
+    inspect audit [--since] [--verify]      the audit trail: who changed what affects verdicts, and when
     inspect store cleanup                   age-based image clean-up
     inspect demo                            the end-to-end demo behind `make demo`
 
@@ -60,6 +62,14 @@ ActorOpt = Annotated[
 ]
 RegistryOpt = Annotated[
     Path | None, typer.Option("--registry", help="Model registry folder (default: paths.registry).")
+]
+ChallengeOpt = Annotated[
+    bool,
+    typer.Option(help="After a promotion, run the line's after_promotion challenge sets; a failure rolls it back."),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="INSPECT_API_TOKEN", show_envvar=True, help="Bearer token for the service."),
 ]
 
 
@@ -302,17 +312,27 @@ def models_promote(
     actor: ActorOpt = None,
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
+    challenge: ChallengeOpt = True,
+    token: TokenOpt = None,
 ) -> None:
-    """Make VERSION the production model (running services switch to it)."""
-    from inspectline.audit import default_actor
-    from inspectline.registry import ModelRegistry
+    """Make VERSION the production model (running services switch to it).
 
-    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
-    pointer = reg.promote(version, reason=reason, actor=actor or default_actor())
+    Then the line's challenge sets marked after_promotion run through the service; a failure rolls the
+    promotion back. Exit status: 0 promoted, 1 rolled back after a failed challenge, 3 promoted but a
+    challenge could not run (service unreachable).
+    """
+    from inspectline.audit import default_actor
+
+    cfg = resolve_config(config)
+    reg = _registry(cfg, registry)
+    who = actor or default_actor()
+    pointer = reg.promote(version, reason=reason, actor=who)
     typer.echo(
         f"production is now {pointer['version']} (previous: "
         f"{pointer['previous'][-1] if pointer['previous'] else 'none'})"
     )
+    if challenge:
+        _exit_after_challenges(_challenge_promotion(cfg, reg, pointer["version"], who, token), {1: 1, 3: 3})
 
 
 @models_app.command("rollback")
@@ -324,9 +344,8 @@ def models_rollback(
 ) -> None:
     """Return production to the previous version."""
     from inspectline.audit import default_actor
-    from inspectline.registry import ModelRegistry
 
-    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    reg = _registry(resolve_config(config), registry)
     pointer = reg.rollback(reason=reason, actor=actor or default_actor())
     typer.echo(f"production rolled back to {pointer['version']}")
 
@@ -342,12 +361,11 @@ def models_shadow(
 ) -> None:
     """Run a version in shadow: it judges every frame too; its verdicts are stored and compared, never returned."""
     from inspectline.audit import default_actor
-    from inspectline.registry import ModelRegistry
 
     if (version is None) == (not off):
         msg = "give a VERSION to shadow, or --off to stop shadowing"
         raise ConfigError(msg)
-    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    reg = _registry(resolve_config(config), registry)
     name = reg.set_shadow(None if off else version, reason=reason, actor=actor or default_actor())
     typer.echo(f"shadow model: {name}" if name else "shadow model: off")
 
@@ -423,26 +441,109 @@ def retrain(
     config: ConfigOpt = None,
     overrides: SetOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    challenge: ChallengeOpt = True,
+    token: TokenOpt = None,
 ) -> None:
     """Fine-tune on frames labelled since SINCE; promote only if the challenger beats production.
 
-    Exit status: 0 promoted (or --dry-run), 3 nothing to learn, 4 the gate refused the challenger.
+    A promotion is followed by the line's after_promotion challenge sets; a failure rolls it back. The
+    last line printed (also appended to <registry>/retrain-summary.log) is a one-line summary to alert on.
+    Exit status: 0 promoted (or --dry-run), 3 nothing to learn, 4 the gate refused the challenger,
+    5 promoted but rolled back after a failed challenge, 6 promoted but a challenge could not run.
     """
     from inspectline.retrain import retrain as run_retrain
+    from inspectline.retrain import summary_line, write_summary
     from inspectline.timeparse import parse_since
 
     cfg = resolve_config(config, None, overrides)
     outcome = run_retrain(cfg, parse_since(since), dry_run=dry_run, progress=not quiet)
+    check = None
     if outcome.status == "nothing_to_learn":
         typer.echo(outcome.message)
+    else:
+        typer.echo(outcome.report.read_text())
+        typer.echo(
+            f"challenger {outcome.challenger} registered (parent {outcome.champion}); outcome: "
+            f"{outcome.status}; report: {outcome.report}"
+        )
+        if outcome.status == "promoted" and challenge:
+            reg = _registry(cfg, None)
+            check = _challenge_promotion(cfg, reg, outcome.challenger, "inspect retrain", token)
+    extra = {}
+    if check is not None and check.results:
+        extra["challenges"] = ",".join(f"{r.set_name}:{r.status}" for r in check.results)
+        extra["rolled_back_to"] = check.rolled_back_to or "-"
+    line = summary_line(outcome, extra)
+    write_summary(line, cfg.paths.registry)
+    typer.echo(line)
+    if outcome.status == "nothing_to_learn":
         raise typer.Exit(code=3)
-    typer.echo(outcome.report.read_text())
-    typer.echo(
-        f"challenger {outcome.challenger} registered (parent {outcome.champion}); outcome: "
-        f"{outcome.status}; report: {outcome.report}"
-    )
     if outcome.status == "rejected":
         raise typer.Exit(code=4)
+    if check is not None:
+        _exit_after_challenges(check, {1: 5, 3: 6})
+
+
+@app.command("challenge")
+def challenge_run(
+    set_name: Annotated[str, typer.Option("--set", help="A challenge set of a line (plant.lines.*.challenges).")],
+    url: Annotated[str | None, typer.Option(help="Service URL (default: plant.service_url).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The whole result as JSON.")] = False,
+    actor: ActorOpt = None,
+    token: TokenOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Post a line's golden set through the running service; pass only if every sample gets its expected verdict.
+
+    The result is stored under <registry>/challenges/SET/ and in the audit trail. Exit status: 0 passed,
+    1 failed (a sample got another verdict), 3 the service could not be reached in time.
+    """
+    from inspectline.audit import default_actor
+    from inspectline.challenge import run_challenge
+
+    cfg = resolve_config(config)
+    reg = _registry(cfg, None)
+    result = run_challenge(
+        cfg.plant,
+        set_name,
+        registry_root=reg.root,
+        actor=actor or default_actor(),
+        url=url,
+        token=token,
+        audit=reg.audit,
+    )
+    typer.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.summary())
+    if not result.passed:
+        raise typer.Exit(code=1 if result.status == "failed" else 3)
+
+
+@app.command("audit")
+def audit_show(
+    since: Annotated[str | None, typer.Option(help="last-week, yesterday, 36h, 2026-11-15, ...")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action: promote, rollback, challenge, ...")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Check that no line was edited, removed or reordered.")
+    ] = False,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The audit trail: every change that affects verdicts, with who, when, before/after and why.
+
+    With --verify, exit status 1 when the trail was changed after the fact.
+    """
+    from inspectline.timeparse import parse_since
+
+    log = _registry(resolve_config(config), registry).audit
+    for event in log.read(since=parse_since(since) if since else None, action=action):
+        typer.echo(event.to_json() if as_json else event.summary())
+    if verify:
+        problems = log.verify()
+        for problem in problems:
+            typer.echo(f"TAMPERED: {problem}", err=True)
+        typer.echo(f"audit trail {log.path}: {'intact' if not problems else f'{len(problems)} problems'}", err=True)
+        if problems:
+            raise typer.Exit(code=1)
 
 
 @store_app.command("cleanup")
@@ -458,6 +559,31 @@ def store_cleanup(config: ConfigOpt = None, overrides: SetOpt = None) -> None:
         f"received before {report.cutoff}; "
         f"kept {report.kept_labelled} labelled and {report.kept_in_snapshot} snapshotted"
     )
+
+
+def _registry(cfg: InspectConfig, root: Path | None):
+    """The model registry (``--registry`` or ``paths.registry``) with the configured audit forwarding."""
+    from inspectline.registry import open_registry
+
+    return open_registry(root or cfg.paths.registry, syslog=cfg.audit.syslog)
+
+
+def _challenge_promotion(cfg: InspectConfig, reg, version: str, actor: str, token: str | None):
+    from inspectline.challenge import challenge_after_promotion
+
+    check = challenge_after_promotion(cfg.plant, reg, version, actor=actor, token=token)
+    for line in check.lines():
+        typer.echo(line)
+    return check
+
+
+def _exit_after_challenges(check, codes: dict[int, int]) -> None:
+    """Exit with ``codes[1]`` when a challenge rolled the promotion back, ``codes[3]`` when one could not run."""
+    if check.rolled_back_to:
+        raise typer.Exit(code=codes[1])
+    if any(r.status == "error" for r in check.results):
+        typer.echo("the promotion stands, but not every challenge could run; run `inspect challenge --set NAME`")
+        raise typer.Exit(code=codes[3])
 
 
 def _print_evaluation(summary: dict) -> None:

@@ -10,6 +10,7 @@ its own directory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from inspectline.errors import ConfigError, validation_messages
+from inspectline.ids import check_id
 
 TtaView = Literal["identity", "hflip", "vflip", "rot180"]
 
@@ -197,6 +199,206 @@ class RetrainConfig(_Section):
     seed: int = 0
 
 
+# --- the line: stations, result outputs, challenge sets (``plant`` in inspect.yaml) ---------------------
+# The service and the CLI read the same file, so what a line expects is declared once.
+_OUTPUT_BACKOFF = "retries of an output wait from backoff_initial_s, doubling up to backoff_max_s"
+
+
+def _check_ids(values: Iterable[str], what: str) -> None:
+    for value in values:
+        check_id(value, what)
+
+
+class StationConfig(_Section):
+    """One inspection point of a line: the cameras that see each part there, and when its verdict is due."""
+
+    name: str = "main"
+    cameras: tuple[str, ...] = Field(min_length=1, description="camera ids whose frames show a part here")
+    required: tuple[str, ...] | None = Field(
+        None, description="cameras (views) every part needs; None: all of them. Other cameras' views still count"
+    )
+    deadline_ms: float = Field(
+        1000.0, gt=0, le=600_000, description="after the first view of a part, its verdict is out by then"
+    )
+
+    @model_validator(mode="after")
+    def _views_are_cameras(self) -> StationConfig:
+        _check_ids((self.name, *self.cameras), f"station {self.name!r}: id")
+        if len(set(self.cameras)) != len(self.cameras):
+            msg = f"station {self.name!r}: cameras {list(self.cameras)} name a camera twice"
+            raise ValueError(msg)
+        unknown = sorted(set(self.required or ()) - set(self.cameras))
+        if unknown or self.required == ():
+            msg = (
+                f"station {self.name!r}: required views {list(self.required or ())} must be a non-empty subset "
+                f"of its cameras {list(self.cameras)} (not cameras: {unknown})"
+            )
+            raise ValueError(msg)
+        return self
+
+    @property
+    def required_views(self) -> tuple[str, ...]:
+        return self.required if self.required is not None else self.cameras
+
+
+class MqttOutput(_Section):
+    """Part verdicts published to an MQTT broker (QoS 1), one topic per line."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    topic: str = Field("inspectline/{line}/parts", description="may use {line} and {station}; no wildcards")
+    retain: bool = Field(False, description="the broker keeps the last verdict for subscribers that join later")
+    client_id: str | None = Field(None, description="default: inspectline-<line>")
+    username: str | None = None
+    password_env: str | None = Field(None, description="environment variable holding the password")
+    tls: bool = False
+    keepalive_s: int = Field(30, ge=5)
+    timeout_s: float = Field(5.0, gt=0, description="a publish not acknowledged (PUBACK) by then is retried")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic(cls, value: str) -> str:
+        try:
+            value.format(line="line", station="station")
+        except (KeyError, IndexError, ValueError):
+            msg = f"topic {value!r} may only use the placeholders {{line}} and {{station}}"
+            raise ValueError(msg) from None
+        if not value or "#" in value or "+" in value:
+            msg = f"topic {value!r} must be a non-empty topic name without the wildcards '+' and '#'"
+            raise ValueError(msg)
+        return value
+
+
+class OpcUaOutput(_Section):
+    """An OPC UA server the line's PLC reads part verdicts from, with a result-ready / acknowledge handshake."""
+
+    endpoint: str = Field("opc.tcp://0.0.0.0:4840/inspectline/", description="where the server listens")
+    namespace: str = "urn:inspectline"
+    ack_timeout_s: float = Field(
+        5.0, gt=0, description="a result the PLC has not acknowledged by then counts as a failed delivery"
+    )
+
+    @field_validator("endpoint")
+    @classmethod
+    def _opc_tcp(cls, value: str) -> str:
+        if not value.startswith("opc.tcp://") or len(value) <= len("opc.tcp://"):
+            msg = f"endpoint {value!r} must be an opc.tcp://HOST:PORT/PATH address"
+            raise ValueError(msg)
+        return value
+
+
+class WebhookOutput(_Section):
+    """Part verdicts POSTed as JSON to a URL, retried until it answers 2xx."""
+
+    url: str
+    timeout_s: float = Field(5.0, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict)
+    token_env: str | None = Field(None, description="environment variable holding a bearer token")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            msg = f"webhook url {value!r} must start with http:// or https://"
+            raise ValueError(msg)
+        return value
+
+
+class OutputsConfig(_Section):
+    """Where a line's part verdicts go; each configured output gets every verdict, in order."""
+
+    mqtt: MqttOutput | None = None
+    opcua: OpcUaOutput | None = None
+    webhook: WebhookOutput | None = None
+
+
+class ChallengeSetConfig(_Section):
+    """A labelled golden set posted through the running service as one of the line's cameras."""
+
+    path: Path = Field(description="folder with ok/ and defective/ sub-folders, or a CSV manifest path,label")
+    camera: str | None = Field(None, description="camera id the samples are posted as; default the first camera")
+    after_promotion: bool = Field(True, description="run after every promotion; a failure rolls it back")
+    timeout_s: float = Field(120.0, gt=0, description="the whole run, including waiting for the promoted model")
+
+
+class LineConfig(_Section):
+    """A production line: its stations, what a part without a verdict means, its outputs and challenge sets."""
+
+    stations: tuple[StationConfig, ...] = Field(description="at least one")
+    no_result: Literal["reject", "pass"] = Field("reject", description="what the line does with a NO_RESULT part")
+    unsure: Literal["reject", "pass"] = Field("reject", description="what the line does with an UNSURE part")
+    outputs: OutputsConfig = OutputsConfig()
+    challenges: dict[str, ChallengeSetConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_station_per_camera(self) -> LineConfig:
+        if not self.stations:
+            msg = "a line needs at least one station (stations: [{name: main, cameras: [cam-1]}])"
+            raise ValueError(msg)
+        names = [s.name for s in self.stations]
+        if len(set(names)) != len(names):
+            msg = f"station names {names} must be unique within a line"
+            raise ValueError(msg)
+        seen: dict[str, str] = {}
+        for station in self.stations:
+            for camera in station.cameras:
+                if camera in seen:
+                    msg = f"camera {camera!r} is in stations {seen[camera]!r} and {station.name!r}; a camera sees one"
+                    raise ValueError(msg)
+                seen[camera] = station.name
+        _check_ids(self.challenges, "challenge set")
+        for name, challenge in self.challenges.items():
+            if challenge.camera is not None and challenge.camera not in seen:
+                msg = f"challenge set {name!r}: camera {challenge.camera!r} is not one of the line's {sorted(seen)}"
+                raise ValueError(msg)
+        return self
+
+    def station_of(self, camera: str) -> StationConfig | None:
+        return next((s for s in self.stations if camera in s.cameras), None)
+
+    def disposition(self, verdict: str) -> str:
+        """``reject`` or ``pass``: what the reject gate does with a part of this verdict."""
+        return {"OK": "pass", "DEFECTIVE": "reject", "UNSURE": self.unsure, "NO_RESULT": self.no_result}[verdict]
+
+
+class PlantConfig(_Section):
+    """The lines this service judges parts for, where undelivered verdicts wait, and the service's address."""
+
+    service_url: str = Field("http://127.0.0.1:8000", description="the running service, for challenge runs")
+    outbox: Path = Field(Path("data/outbox.sqlite3"), description="durable queue of part verdicts per output")
+    max_open_parts: int = Field(10_000, ge=1, description="parts waiting for views; beyond it the oldest is decided")
+    backoff_initial_s: float = Field(0.5, gt=0, description=_OUTPUT_BACKOFF)
+    backoff_max_s: float = Field(30.0, gt=0, description=_OUTPUT_BACKOFF)
+    lines: dict[str, LineConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_challenge_names(self) -> PlantConfig:
+        _check_ids(self.lines, "line")
+        owners: dict[str, str] = {}
+        for line_id, line in self.lines.items():
+            for name in line.challenges:
+                if name in owners:
+                    msg = f"challenge set {name!r} is declared by lines {owners[name]!r} and {line_id!r}; rename one"
+                    raise ValueError(msg)
+                owners[name] = line_id
+        return self
+
+    def challenge(self, name: str) -> tuple[str, ChallengeSetConfig]:
+        """The line and settings of challenge set ``name``; ConfigError naming the sets there are."""
+        for line_id, line in self.lines.items():
+            if name in line.challenges:
+                return line_id, line.challenges[name]
+        known = [n for line in self.lines.values() for n in line.challenges]
+        msg = f"challenge set {name!r} is not configured (plant.lines.*.challenges: {', '.join(known) or 'none'})"
+        raise ConfigError(msg)
+
+
+class AuditConfig(_Section):
+    """The audit trail (``<registry>/audit.jsonl``) and where else its events go."""
+
+    syslog: str | None = Field(None, description="also send each event to syslog: /dev/log or host:port (UDP)")
+
+
 class PathsConfig(_Section):
     """Where runs, model versions and reports live."""
 
@@ -309,6 +511,8 @@ class InspectConfig(_Section):
     train: TrainConfig = TrainConfig()
     calibration: CalibrationConfig = CalibrationConfig()
     readiness: ReadinessConfig = ReadinessConfig()
+    plant: PlantConfig = PlantConfig()
+    audit: AuditConfig = AuditConfig()
     paths: PathsConfig = PathsConfig()
     store: StoreConfig = StoreConfig()
     retrain: RetrainConfig = RetrainConfig()

@@ -387,6 +387,11 @@ class ModelRegistry:
         atomic_write_json(self.root / name, doc)
 
 
+def open_registry(root: Path, *, syslog: str | None = None) -> ModelRegistry:
+    """A registry whose audit events also go to syslog when ``audit.syslog`` is configured."""
+    return ModelRegistry(root, audit=AuditLog(Path(root) / AUDIT_NAME, syslog=syslog))
+
+
 def _normalise(name: str) -> str:
     text = str(name).strip()
     if text.isdigit():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import stat
 import time
@@ -37,7 +38,7 @@ from inspectline.data import DEFECTIVE, OK, Sample, Splits, holdout, load_sample
 from inspectline.errors import DataError
 from inspectline.monitoring.metrics import RetrainMetrics
 from inspectline.predictor import Predictor
-from inspectline.registry import ModelRegistry
+from inspectline.registry import ModelRegistry, open_registry
 from inspectline.store import FrameStore, StoredFrame
 from inspectline.training import evaluate_predictor, train_model, write_report
 from inspectline.training.run import new_run_dir
@@ -45,6 +46,7 @@ from inspectline.training.run import new_run_dir
 log = logging.getLogger(__name__)
 
 GATE_METRICS = ("recall", "f1", "roc_auc")
+SUMMARY_NAME = "retrain-summary.log"
 
 
 @dataclass
@@ -72,7 +74,7 @@ class RetrainOutcome:
 def retrain(cfg: InspectConfig, since: datetime, *, dry_run: bool = False, progress: bool = True) -> RetrainOutcome:
     """The whole retrain cycle; see the module docstring."""
     started = time.perf_counter()
-    registry = ModelRegistry(cfg.paths.registry)
+    registry = open_registry(cfg.paths.registry, syslog=cfg.audit.syslog)
     champion = registry.get(registry.resolve("production").parent.name)
     store = FrameStore(cfg.store)
     try:
@@ -252,6 +254,33 @@ def side_by_side(outcome: RetrainOutcome) -> str:
     if outcome.snapshot:
         lines += ["", f"Snapshot manifest: `{outcome.snapshot}`"]
     return "\n".join(lines) + "\n"
+
+
+def summary_line(outcome: RetrainOutcome, extra: dict[str, object] | None = None) -> str:
+    """One ``key=value`` line an operator can alert on (``status=rejected``, a stale ``at=`` ...)."""
+    fields: dict[str, object] = {
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "status": outcome.status,
+        "champion": outcome.champion or "-",
+        "challenger": outcome.challenger or "-",
+        "labelled": outcome.labelled_frames,
+        "gate": "-" if outcome.gate is None else ("passed" if outcome.gate.passed else "failed"),
+        "seconds": round(outcome.seconds),
+        "since": outcome.since.isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
+    return "inspect-retrain " + " ".join(f"{k}={str(v).replace(' ', '_')}" for k, v in fields.items())
+
+
+def write_summary(line: str, registry_root: Path) -> Path:
+    """Append the summary line to ``<registry>/retrain-summary.log`` (the file scheduled runs leave behind)."""
+    path = Path(registry_root) / SUMMARY_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return path
 
 
 def push_outcome(address: str, outcome: RetrainOutcome) -> None:

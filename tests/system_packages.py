@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +21,18 @@ GROUPS = {
     "prometheus": ("promtool", "prometheus"),
     "mosquitto": ("mosquitto", "mosquitto"),
     "chromium": ("chromium", "chromium"),
+    "systemd": ("systemd-analyze", "systemd"),
 }
 _PREFIX = "needs system package"
 
 
+def find_program(name: str) -> str | None:
+    """``name`` on PATH, or in /usr/sbin where Debian puts daemons (not on a normal user's PATH)."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin")
+
+
 def available(group: str) -> bool:
-    program, _ = GROUPS[group]
-    return shutil.which(program) is not None or Path("/usr/sbin", program).is_file()
+    return find_program(GROUPS[group][0]) is not None
 
 
 def needs(group: str) -> pytest.MarkDecorator:

@@ -5,9 +5,11 @@
     video.py     OpenCV capture: video file, RTSP/HTTP stream or device; frame-rate limit; reconnects
     replay.py    a dataset (ELPV, folder, manifest) replayed at a frame rate, with injectable shifts
     uploader.py  one POST /v1/frames attempt and what its answer means; backoff with jitter
-    spool.py     the fsynced disk spool, in capture order
-    runner.py    run_camera / run_adapter: capture thread, memory queue + spool, in-order delivery,
-                 results log, metrics (``inspectline.monitoring.metrics.CameraMetrics``)
+    spool.py     the fsynced disk spool, in capture order; quarantine/ for frames the service fails on
+    delivery.py  several posts in flight, settled in capture order; outages; quarantine after repeated 5xx
+    results_log.py  JSON lines per settled frame, in capture order, rotated by size or day
+    runner.py    run_camera / run_adapter: capture thread, memory queue + spool, delivery, metrics
+                 (``inspectline.monitoring.metrics.CameraMetrics``)
     cli.py       ``inspect camera folder|video|replay``
 
 Nothing is imported here, so ``inspect`` starts without OpenCV or the datasets; import the modules.

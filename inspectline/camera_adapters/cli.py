@@ -54,6 +54,19 @@ QueueOpt = Annotated[
 SpoolMaxOpt = Annotated[
     float, typer.Option("--spool-max-mb", help="Spool capacity in MiB; frames beyond it are dropped and counted.")
 ]
+InFlightOpt = Annotated[
+    int, typer.Option("--max-in-flight", help="Posts in flight at once; results still settle in capture order.")
+]
+QuarantineOpt = Annotated[
+    int,
+    typer.Option("--quarantine-after", help="5xx answers for one frame before it goes to SPOOL_DIR/quarantine/."),
+]
+LogMaxOpt = Annotated[
+    float | None, typer.Option("--results-log-max-mb", help="Rotate the results log past this size (MiB).")
+]
+LogDailyOpt = Annotated[
+    bool, typer.Option("--results-log-daily/--no-results-log-daily", help="Rotate the results log each UTC day.")
+]
 
 
 @camera_app.command()
@@ -73,6 +86,10 @@ def folder(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
 ) -> None:
     """Watch a folder; send each completely written image once; move it to done/ or failed/."""
     from inspectline.camera_adapters.folder import FolderSettings
@@ -87,9 +104,7 @@ def folder(
         )
         _run(
             source,
-            _adapter(
-                url, line_id, camera_id, token, spool_dir, metrics_port, results_log, queue_size, spool_max_mb, None
-            ),
+            _adapter(locals()),
         )
 
 
@@ -115,6 +130,10 @@ def video(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
     drain_timeout: Annotated[
         float | None,
         typer.Option(help="After a file ends, seconds to keep delivering before leaving the rest spooled."),
@@ -127,18 +146,7 @@ def video(
         settings = _build(VideoSettings, source=source, fps=fps, live=live, max_frames=max_frames)
         _run(
             settings,
-            _adapter(
-                url,
-                line_id,
-                camera_id,
-                token,
-                spool_dir,
-                metrics_port,
-                results_log,
-                queue_size,
-                spool_max_mb,
-                drain_timeout,
-            ),
+            _adapter(locals()),
         )
 
 
@@ -164,6 +172,10 @@ def replay(
     results_log: ResultsOpt = None,
     queue_size: QueueOpt = 64,
     spool_max_mb: SpoolMaxOpt = 2048,
+    max_in_flight: InFlightOpt = 4,
+    quarantine_after: QuarantineOpt = 8,
+    results_log_max_mb: LogMaxOpt = 64,
+    results_log_daily: LogDailyOpt = True,
     drain_timeout: Annotated[
         float | None,
         typer.Option(help="After the replay ends, seconds to keep delivering before leaving the rest spooled."),
@@ -188,48 +200,32 @@ def replay(
         )
         _run(
             settings,
-            _adapter(
-                url,
-                line_id,
-                camera_id,
-                token,
-                spool_dir,
-                metrics_port,
-                results_log,
-                queue_size,
-                spool_max_mb,
-                drain_timeout,
-            ),
+            _adapter(locals()),
         )
 
 
-def _adapter(
-    url: str,
-    line_id: str,
-    camera_id: str,
-    token: str | None,
-    spool_dir: Path | None,
-    metrics_port: int | None,
-    results_log: Path | None,
-    queue_size: int,
-    spool_max_mb: float,
-    drain_timeout: float | None,
-) -> AdapterSettings:
+def _adapter(options: dict[str, Any]) -> AdapterSettings:
+    """The adapter settings from the options every camera command shares (the command's ``locals()``)."""
     from inspectline.camera_adapters.runner import AdapterSettings
     from inspectline.camera_adapters.uploader import UploadSettings
 
-    upload = _build(UploadSettings, url=url, token=token or None)
+    upload = _build(UploadSettings, url=options["url"], token=options["token"] or None)
+    log_max_mb = options["results_log_max_mb"]
     return _build(
         AdapterSettings,
-        line_id=line_id,
-        camera_id=camera_id,
+        line_id=options["line_id"],
+        camera_id=options["camera_id"],
         upload=upload,
-        spool_dir=spool_dir,
-        spool_max_bytes=int(spool_max_mb * 2**20),
-        queue_size=queue_size,
-        results_log=results_log,
-        metrics_port=metrics_port,
-        drain_timeout_s=drain_timeout,
+        spool_dir=options["spool_dir"],
+        spool_max_bytes=int(options["spool_max_mb"] * 2**20),
+        queue_size=options["queue_size"],
+        results_log=options["results_log"],
+        metrics_port=options["metrics_port"],
+        drain_timeout_s=options.get("drain_timeout"),
+        max_in_flight=options["max_in_flight"],
+        quarantine_after=options["quarantine_after"],
+        results_log_max_bytes=int(log_max_mb * 2**20) if log_max_mb else None,
+        results_log_daily=options["results_log_daily"],
     )
 
 

@@ -10,7 +10,8 @@ hidden files are ignored: cameras that write under a temporary name and rename a
 construction.
 
 After the service answered, the file moves to ``done/`` (a verdict) or ``failed/`` with
-``NAME.reason.json`` (a final rejection). Files stay in the inbox until then, so the inbox is the
+``NAME.reason.json`` (a final rejection, or quarantined after repeated 5xx: moving it back into the
+inbox sends it again). Files stay in the inbox until then, so the inbox is the
 durable queue: after a restart every file still there is taken again, except those already in the
 adapter's spool. The frame id is the file name plus a hash of name, size and modification time: the
 same file gets the same id after a restart (the service answers a resend from memory), a camera that
@@ -159,7 +160,7 @@ class FolderSource:
             shutil.move(path, target)
         except FileNotFoundError:
             log.warning("%s was removed from the hot folder before it could be moved to %s", path, target_dir)
-        if outcome.kind == "rejected":
+        if outcome.kind in ("rejected", "quarantined"):
             reason = {
                 "frame_id": frame.frame_id,
                 "status": outcome.status,

@@ -1,15 +1,17 @@
 """The adapter: a source's frames -> bounded memory queue or disk spool -> the service, in capture order.
 
-Two threads. The capture thread takes frames from the source, numbers them (``seq``, capture order,
-continuing after the highest spooled number so the order holds across restarts) and queues them: in
-memory while the service answers and the spool is empty, otherwise (memory full, service unreachable,
-older frames still spooled) in the fsynced disk spool. The delivery thread (the caller's) always sends
-the lowest-numbered pending frame, one at a time, so verdicts arrive, are logged and are settled in
-capture order. A frame that meets a connection error, 408, 429 or 5xx is retried with backoff and
-jitter for as long as it takes; before each wait it and everything in memory are written to the spool,
-so an outage of any length (or a crash during one) costs no frame while there is disk to hold them.
-Only a full spool drops a frame, counted in ``inspect_camera_frames_dropped_total`` and logged as an
-error.
+The capture thread takes frames from the source, numbers them (``seq``, capture order, continuing
+after the highest spooled number so the order holds across restarts) and queues them: in memory while
+the service answers and the spool is empty, otherwise (memory full, service unreachable, older frames
+still spooled) in the fsynced disk spool. The delivery loop (the caller's thread, ``delivery.py``)
+takes the lowest-numbered pending frames, keeps up to ``max_in_flight`` posts going at once, and
+settles answers strictly in capture order: the results log, the source and the spool see the same
+order as with one post at a time. A frame that meets a connection error, 408, 429 or 5xx is retried
+with backoff and jitter; before each wait it and everything in memory are written to the spool, so an
+outage of any length (or a crash during one) costs no frame while there is disk to hold them. A frame
+the service keeps failing on with a 5xx is quarantined after ``quarantine_after`` attempts, so the
+queue moves on. Only a full spool drops a frame, counted in ``inspect_camera_frames_dropped_total``
+and logged as an error.
 
 Restart: spooled frames are delivered first; a source that yields a frame whose id is already spooled
 (a folder file still in the inbox, a replay position not yet settled) has it skipped, and the results
@@ -22,29 +24,28 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
-import os
 import random
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 from prometheus_client import start_http_server
 from pydantic import Field, field_validator, model_validator
 
+from inspectline.camera_adapters.delivery import Delivery, DeliveryLimits
 from inspectline.camera_adapters.folder import FolderSettings, FolderSource
 from inspectline.camera_adapters.replay import ReplaySettings, ReplaySource
+from inspectline.camera_adapters.results_log import ResultsLog
 from inspectline.camera_adapters.source import Frame, FrameSource, Outcome, Settings, SourceState
 from inspectline.camera_adapters.spool import Spool
-from inspectline.camera_adapters.uploader import Retry, Uploader, UploadSettings, backoff_delay
+from inspectline.camera_adapters.uploader import Uploader, UploadSettings
 from inspectline.camera_adapters.video import VideoSettings, VideoSource
 from inspectline.errors import ConfigError
 from inspectline.ids import check_id
@@ -68,7 +69,18 @@ class AdapterSettings(Settings):
     queue_size: int = Field(
         64, ge=0, description="frames held in memory; 0 writes every frame to the spool before sending it"
     )
+    max_in_flight: int = Field(
+        4, ge=1, le=64, description="posts in flight at once; frames are still settled and logged in capture order"
+    )
+    quarantine_after: int = Field(
+        8, ge=1, description="5xx answers for one frame before it goes to the quarantine folder and the queue moves on"
+    )
     results_log: Path | None = Field(None, description="JSON lines, one per settled frame, in capture order")
+    results_log_max_bytes: int | None = Field(
+        64 * 2**20, ge=4096, description="rotate the results log before it grows past this; None: never by size"
+    )
+    results_log_daily: bool = Field(True, description="rotate the results log when a new UTC day starts")
+    results_log_keep: int = Field(30, ge=0, description="rotated results logs kept (oldest deleted)")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="serve Prometheus metrics on this port")
     drain_timeout_s: float | None = Field(
         None, gt=0, description="after a finite source ends, stop delivering after this long (the rest stays spooled)"
@@ -96,6 +108,7 @@ class RunSummary:
     judged: int = 0
     duplicates: int = 0
     rejected: int = 0
+    quarantined: int = 0
     retries: int = 0
     dropped: int = 0
     spooled_peak: int = 0
@@ -163,7 +176,18 @@ def run_adapter(
         daemon=True,
     )
     with contextlib.ExitStack() as cleanup:
-        results = cleanup.enter_context(ResultsLog(settings.results_log)) if settings.results_log else None
+        results = (
+            cleanup.enter_context(
+                ResultsLog(
+                    settings.results_log,
+                    max_bytes=settings.results_log_max_bytes,
+                    daily=settings.results_log_daily,
+                    keep=settings.results_log_keep,
+                )
+            )
+            if settings.results_log
+            else None
+        )
         server = _start_metrics_server(settings.metrics_port, metrics)
         if server is not None:
             cleanup.callback(server.server_close)
@@ -171,20 +195,21 @@ def run_adapter(
         uploader = cleanup.enter_context(
             contextlib.closing(Uploader(settings.upload, settings.line_id, transport=transport))
         )
+        delivery = Delivery(
+            backlog,
+            uploader,
+            source,
+            results,
+            metrics,
+            labels,
+            summary,
+            settings.upload,
+            DeliveryLimits(settings.max_in_flight, settings.quarantine_after),
+            rng or random.Random(),
+        )
         try:
             capture.start()
-            _deliver(
-                backlog,
-                uploader,
-                source,
-                results,
-                metrics,
-                labels,
-                summary,
-                stop,
-                settings.upload,
-                rng or random.Random(),
-            )
+            delivery.run(stop)
         finally:
             stop.set()
             capture.join()
@@ -216,64 +241,12 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class ResultsLog:
-    """JSON lines for the line controller: one record per settled frame id, in capture order, fsynced.
-
-    A record holds the adapter's fields (frame and part id, ``seq``, capture time, ``outcome`` judged or
-    rejected, HTTP ``status``) and the service's answer (verdict, probabilities, model version,
-    ``duplicate``; or ``error`` and ``detail``). Dropped frames never reached the service and have no
-    record: they are counted in the metrics and logged as errors.
-    """
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.logged: set[str] = set()
-        torn = False
-        if self.path.exists():
-            text = self.path.read_text()
-            torn = bool(text) and not text.endswith("\n")
-            for line in text.splitlines():
-                with contextlib.suppress(ValueError):  # a line torn by a crash: its frame is logged again
-                    self.logged.add(json.loads(line)["frame_id"])
-        self._fh: IO[str] = self.path.open("a")
-        if torn:
-            self._fh.write("\n")
-
-    def append(self, frame: Frame, outcome: Outcome, line_id: str) -> bool:
-        """Write the record unless this frame id was logged before; True when written."""
-        if frame.frame_id in self.logged:
-            return False
-        record = {
-            "frame_id": frame.frame_id,
-            "seq": frame.seq,
-            "line_id": line_id,
-            "camera_id": frame.camera_id,
-            "part_id": frame.part_id,
-            "captured_at": frame.captured_at.isoformat(),
-            "outcome": outcome.kind,
-            "status": outcome.status,
-            "settled_at": datetime.now(timezone.utc).isoformat(),
-        }
-        record.update({k: v for k, v in outcome.body.items() if k not in record})
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-        self.logged.add(frame.frame_id)
-        return True
-
-    def close(self) -> None:
-        self._fh.close()
-
-    def __enter__(self) -> ResultsLog:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
 class _Backlog:
-    """Pending frames: a bounded deque in memory plus the disk spool; ``next`` is always the oldest."""
+    """Pending frames: a bounded deque in memory plus the disk spool, handed out oldest first.
+
+    Frames up to ``taken`` have been handed to the delivery loop and are not settled yet (those that
+    were spooled stay in the spool until settled); ``take`` hands out the next one.
+    """
 
     def __init__(
         self, spool: Spool, queue_size: int, gauge, summary: RunSummary, *, drain_timeout_s: float | None = None
@@ -282,9 +255,11 @@ class _Backlog:
         self.drain_timeout_s = drain_timeout_s
         self.memory: deque[Frame] = deque()
         self.cond = threading.Condition()
-        self.outage = False
+        self.in_outage = False
         self.capture_done_at: float | None = None
         self.next_seq = spool.max_seq() + 1
+        self.taken = -1
+        self.on_put: Callable[[], None] | None = None  # the delivery loop's wake-up
         with self.cond:
             self._changed()
 
@@ -297,38 +272,61 @@ class _Backlog:
         with self.cond:
             # Memory only while nothing older is spooled and the service answers: that keeps memory
             # short-lived and puts everything that has to wait on disk.
-            if not self.outage and not len(self.spool) and len(self.memory) < self.queue_size:
+            if not self.in_outage and not len(self.spool) and len(self.memory) < self.queue_size:
                 self.memory.append(frame)
             elif not self.spool.put(frame):
                 return False
             self._changed()
-            return True
+        if self.on_put is not None:
+            self.on_put()
+        return True
 
-    def next(self, stop: threading.Event) -> tuple[Frame, bool] | None:
-        """The lowest-numbered pending frame and whether it is spooled; None when done, stopped or out of drain time."""
+    def take(self, stop: threading.Event, timeout: float) -> tuple[Frame, bool] | None:
+        """The next frame after those taken and whether it is spooled; None if none comes within ``timeout``."""
         with self.cond:
-            while not self.memory and not len(self.spool):
-                if self.capture_done_at is not None or stop.is_set():
+            deadline = time.monotonic() + timeout
+            while True:
+                if stop.is_set() or self.drain_time_over():
                     return None
-                self.cond.wait(0.2)
-            if stop.is_set() or self._drain_time_over():
-                return None
-            spool_head = self.spool.head_seq()
-            if self.memory and (spool_head is None or self.memory[0].seq < spool_head):
-                return self.memory.popleft(), False
-            return self.spool.head(), True
+                spooled = self.spool.seq_after(self.taken)
+                if self.memory and (spooled is None or self.memory[0].seq < spooled):
+                    frame, on_disk = self.memory.popleft(), False
+                    break
+                if spooled is not None:
+                    frame, on_disk = self.spool.get(spooled), True
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0 or self.capture_done_at is not None:
+                    return None
+                self.cond.wait(left)
+            self.taken = frame.seq
+            return frame, on_disk
 
-    def failed(self, frame: Frame, spooled: bool) -> None:
-        """A retryable failure: put the frame and everything in memory on disk before waiting."""
+    def exhausted(self) -> bool:
+        """The source has ended and every frame was handed out (or the drain time is over)."""
         with self.cond:
-            self.outage = True
-            if not spooled:
-                self.memory.appendleft(frame)
+            untaken = bool(self.memory) or self.spool.seq_after(self.taken) is not None
+            return (self.capture_done_at is not None and not untaken) or self.drain_time_over()
+
+    def keep(self, frame: Frame) -> bool:
+        """Put a taken frame on disk (an outage may be starting); True when it is spooled."""
+        with self.cond:
+            kept = self.spool.put(frame)
+            self._changed()
+            return kept
+
+    def outage(self) -> None:
+        """A retryable failure: everything still in memory goes to disk, and new frames go there too."""
+        with self.cond:
+            self.in_outage = True
             self._spill()
+
+    def recovered(self) -> None:
+        with self.cond:
+            self.in_outage = False
 
     def settled(self, frame: Frame, spooled: bool) -> None:
         with self.cond:
-            self.outage = False
             if spooled:
                 self.spool.remove(frame)
             self._changed()
@@ -337,8 +335,10 @@ class _Backlog:
         with self.cond:
             self.capture_done_at = time.monotonic()
             self.cond.notify_all()
+        if self.on_put is not None:
+            self.on_put()
 
-    def _drain_time_over(self) -> bool:
+    def drain_time_over(self) -> bool:
         return (
             self.capture_done_at is not None
             and self.drain_timeout_s is not None
@@ -351,7 +351,7 @@ class _Backlog:
 
     def _spill(self) -> None:
         # Oldest first, as far as the spool takes them; frames it cannot hold stay in memory and are
-        # still sent in order, since ``next`` compares sequence numbers across both.
+        # still sent in order, since ``take`` compares sequence numbers across both.
         while self.memory and self.spool.put(self.memory[0]):
             self.memory.popleft()
         self._changed()
@@ -401,75 +401,6 @@ def _capture(
         stop.set()
     finally:
         backlog.finish_capture()
-
-
-def _deliver(
-    backlog: _Backlog,
-    uploader: Uploader,
-    source: FrameSource,
-    results: ResultsLog | None,
-    metrics: CameraMetrics,
-    labels: tuple[str, str],
-    summary: RunSummary,
-    stop: threading.Event,
-    upload: UploadSettings,
-    rng: random.Random,
-) -> None:
-    failures = 0
-    outage_started = 0.0
-    first_attempt: dict[str, float] = {}
-    while (item := backlog.next(stop)) is not None:
-        frame, spooled = item
-        sent_at = first_attempt.setdefault(frame.frame_id, time.monotonic())
-        answer = uploader.post(frame)
-        if isinstance(answer, Retry):
-            failures += 1
-            summary.retries += 1
-            metrics.retries.labels(*labels).inc()
-            backlog.failed(frame, spooled)
-            if failures == 1:
-                outage_started = time.monotonic()
-                log.warning(
-                    "frame %s not delivered (%s); spooling frames to %s and retrying",
-                    frame.frame_id,
-                    answer.reason,
-                    backlog.spool.root,
-                )
-            elif failures % 10 == 0:
-                log.warning(
-                    "still no answer after %d attempts (%s); %d frames spooled",
-                    failures,
-                    answer.reason,
-                    len(backlog.spool),
-                )
-            if stop.wait(backoff_delay(failures, upload, answer.retry_after_s, rng)):
-                return
-            continue
-        if failures:
-            log.warning(
-                "service answering again after %d failed attempts in %.1f s; %d spooled frames to deliver",
-                failures,
-                time.monotonic() - outage_started,
-                len(backlog.spool),
-            )
-            failures = 0
-        metrics.post_seconds.labels(*labels).observe(time.monotonic() - first_attempt.pop(frame.frame_id, sent_at))
-        _count(answer, frame, metrics, labels, summary)
-        if results is not None:
-            results.append(frame, answer, uploader.line_id)
-        source.settle(frame, answer)
-        backlog.settled(frame, spooled)
-
-
-def _count(answer: Outcome, frame: Frame, metrics: CameraMetrics, labels: tuple[str, str], summary: RunSummary) -> None:
-    if answer.kind == "judged":
-        summary.judged += 1
-        summary.duplicates += bool(answer.body.get("duplicate"))
-        metrics.sent.labels(*labels).inc()
-    else:
-        summary.rejected += 1
-        metrics.rejected.labels(*labels, str(answer.status)).inc()
-        log.error("frame %s rejected by the service: %s", frame.frame_id, answer.reason)
 
 
 def _start_metrics_server(port: int | None, metrics: CameraMetrics):

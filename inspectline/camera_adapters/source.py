@@ -70,9 +70,9 @@ class Frame:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a frame ended: judged (with the service's verdict), rejected for good, or dropped."""
+    """How a frame ended: judged (with the service's verdict), rejected for good, quarantined, or dropped."""
 
-    kind: Literal["judged", "rejected", "dropped"]
+    kind: Literal["judged", "rejected", "quarantined", "dropped"]
     status: int | None = None
     body: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +82,8 @@ class Outcome:
             return "judged"
         if self.kind == "dropped":
             return "dropped: the disk spool is full"
+        if self.kind == "quarantined":
+            return f"quarantined: {self.body.get('detail', '')}"
         return f"HTTP {self.status} {self.body.get('error', '?')}: {self.body.get('detail', '')}"
 
 

@@ -5,6 +5,8 @@ Layout under the spool folder::
     frames/000000000042.frame   one frame: a JSON header line, then the encoded image bytes
     tmp/                        frames being written; renamed into frames/ only once fsynced
     corrupt/                    files found unreadable at start (kept for a person, never sent)
+    quarantine/                 frames the service kept failing on (5xx): the image as sent and
+                                ``<name>.json`` with the frame's ids and the reason
 
 A frame file is written to ``tmp/``, flushed, fsynced, renamed into ``frames/`` and the folder is
 fsynced, so after a crash or power loss ``frames/`` holds only complete frames and a frame the adapter
@@ -24,7 +26,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-from inspectline.camera_adapters.source import Frame
+from inspectline.camera_adapters.source import CONTENT_TYPES, Frame
 from inspectline.errors import ConfigError
 from inspectline.files import atomic_write
 
@@ -104,9 +106,34 @@ class Spool:
 
     def head(self) -> Frame | None:
         """The oldest spooled frame (it stays spooled until :meth:`remove`)."""
-        if not self._seqs:
-            return None
-        return _decode((self.frames_dir / f"{self._seqs[0]:012d}{SUFFIX}").read_bytes())
+        return self.get(self._seqs[0]) if self._seqs else None
+
+    def seq_after(self, seq: int) -> int | None:
+        """The lowest spooled sequence number above ``seq`` (frames up to ``seq`` are being delivered)."""
+        index = bisect.bisect_right(self._seqs, seq)
+        return self._seqs[index] if index < len(self._seqs) else None
+
+    def get(self, seq: int) -> Frame:
+        """The spooled frame numbered ``seq`` (it stays spooled until :meth:`remove`)."""
+        return _decode((self.frames_dir / f"{seq:012d}{SUFFIX}").read_bytes())
+
+    def quarantine(self, frame: Frame, reason: dict) -> Path:
+        """Keep ``frame`` for a person in ``quarantine/`` with ``reason``; it stays spooled until :meth:`remove`."""
+        folder = self.root / "quarantine"
+        suffix = {v: k for k, v in CONTENT_TYPES.items()}.get(frame.content_type, ".bin")
+        image = folder / f"{max(frame.seq, 0):012d}-{frame.frame_id}{suffix}"
+        doc = {
+            "frame_id": frame.frame_id,
+            "camera_id": frame.camera_id,
+            "part_id": frame.part_id,
+            "captured_at": frame.captured_at.isoformat(),
+            "seq": frame.seq,
+            "origin": frame.origin,
+            **reason,
+        }
+        atomic_write(image, frame.image)
+        atomic_write(image.with_name(image.name + ".json"), json.dumps(doc, indent=2).encode(), sync_dir=True)
+        return image
 
     def remove(self, frame: Frame) -> None:
         seq = self._ids.pop(frame.frame_id, None)

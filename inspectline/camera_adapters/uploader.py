@@ -9,7 +9,10 @@ rejection) or a :class:`Retry` (try again later). The rules, which the adapter r
   429) is final: sending the same frame again cannot help;
 * 408, 429, 5xx, connection errors and timeouts are retried, and so is any answer *without* our JSON
   envelope: while Ray Serve (re)deploys, its HTTP proxy answers 404 or 503 in plain text, which means
-  "the service is not there yet", not "this frame is wrong".
+  "the service is not there yet", not "this frame is wrong";
+* among the retried answers, a 5xx *with* our envelope other than 503 (``server_error``) says the
+  service failed on this frame; the runner quarantines a frame that keeps getting those, so one bad
+  frame cannot hold its camera up for ever (503 means busy or starting, never the frame's fault).
 
 ``backoff_delay`` gives the wait before the next attempt: exponential with jitter, never shorter than
 the service's ``Retry-After``. The frame id travels with every attempt, so a retry of a frame the
@@ -62,6 +65,8 @@ class Retry:
 
     reason: str
     retry_after_s: float | None = None
+    status: int | None = None  # None: no HTTP answer (connection error, timeout)
+    server_error: bool = False  # the service's own 5xx (not 503) for this frame: counts towards quarantine
 
 
 class Uploader:
@@ -107,12 +112,19 @@ def classify(response: httpx.Response) -> Outcome | Retry:
         return Retry(
             f"HTTP {status} without the service's JSON answer ({text!r}): the service is not (yet) there",
             retry_after(response),
+            status=status,
         )
     if status in RETRY_STATUSES or status >= 500:
-        return Retry(f"HTTP {status} {body.get('error')}: {body.get('detail', '')}", retry_after(response))
+        return Retry(
+            f"HTTP {status} {body.get('error')}: {body.get('detail', '')}",
+            retry_after(response),
+            status=status,
+            server_error=status >= 500 and status != 503,
+        )
     if 400 <= status < 500:
         return Outcome("rejected", status, body)
-    return Retry(f"HTTP {status} is not an answer the adapter understands: {body}", retry_after(response))
+    reason = f"HTTP {status} is not an answer the adapter understands: {body}"
+    return Retry(reason, retry_after(response), status=status)
 
 
 def retry_after(response: httpx.Response, *, now: datetime | None = None) -> float | None:

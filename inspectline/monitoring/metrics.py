@@ -9,6 +9,9 @@ never a frame or part id). Every class takes a ``registry`` so tests and each pr
                           many replicas judge the frames.
 * :class:`CameraMetrics`  exported by a camera adapter on its own port (``--metrics-port``).
 * :class:`RetrainMetrics` pushed by ``inspect retrain`` to a Pushgateway when one is configured.
+* :class:`PartMetrics`    part verdicts and their delivery to the line (MQTT, OPC UA, webhook); the
+                          service registers it on the same registry as :class:`LineMetrics`.
+* :class:`ChallengeMetrics` the last challenge run per line and set, read from the registry folder.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 PROBABILITY_BUCKETS = (*(round(0.05 * i, 2) for i in range(1, 20)), 1.0)
 CONFIDENCE_BUCKETS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 DISAGREEMENT_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+# From a part's first view to its verdict: up to the station deadline, typically below a second or two.
+PART_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# From a part verdict to an output confirming it: milliseconds normally, minutes while a broker is down.
+DELIVERY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0)
 
 # Post latencies from a camera: tens of milliseconds normally, seconds while the service recovers.
 POST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -200,6 +208,12 @@ class CameraMetrics:
             buckets=POST_BUCKETS,
             registry=self.registry,
         )
+        self.quarantined = Counter(
+            "inspect_camera_frames_quarantined_total",
+            "Frames set aside in the quarantine folder after repeated 5xx answers, so the queue moves on.",
+            labels,
+            registry=self.registry,
+        )
 
 
 class RetrainMetrics:
@@ -229,4 +243,88 @@ class RetrainMetrics:
             "Champion and challenger metrics of the last retrain, per evaluation set.",
             ("model", "set", "metric"),
             registry=r,
+        )
+
+
+class PartMetrics:
+    """Part verdicts per line and station, and their delivery through each output's outbox."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # as in LineMetrics
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.parts = Counter(
+            "inspect_parts_total",
+            "Parts decided, by part verdict (OK, DEFECTIVE, UNSURE, NO_RESULT).",
+            ("line", "station", "verdict"),
+            registry=r,
+        )
+        self.deadline_missed = Counter(
+            "inspect_parts_deadline_missed_total",
+            "Parts decided at their deadline with a required view missing.",
+            ("line", "station"),
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "inspect_part_decision_seconds",
+            "Time from a part's first view to its verdict.",
+            ("line", "station"),
+            buckets=PART_BUCKETS,
+            registry=r,
+        )
+        self.late_views = Counter(
+            "inspect_part_late_views_total",
+            "Views that arrived after their part was decided (they never change it).",
+            ("line",),
+            registry=r,
+        )
+        self.open_parts = Gauge("inspect_parts_open", "Parts waiting for more views.", registry=r)
+        self.backlog = Gauge(
+            "inspect_outbox_backlog",
+            "Part verdicts waiting in the durable outbox for an output.",
+            ("line", "output"),
+            registry=r,
+        )
+        self.delivered = Counter(
+            "inspect_output_delivered_total",
+            "Part verdicts an output confirmed (broker PUBACK, PLC acknowledge, webhook 2xx).",
+            ("line", "output"),
+            registry=r,
+        )
+        self.delivery_failures = Counter(
+            "inspect_output_delivery_failures_total",
+            "Delivery attempts that failed (retried), and verdicts an output refused for good.",
+            ("line", "output", "kind"),
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "inspect_output_delivery_seconds",
+            "Time from a part verdict to its confirmed delivery by an output.",
+            ("output",),
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+
+
+class ChallengeMetrics:
+    """The last challenge run per line and set (``inspectline.challenge.last_results``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        disable_created_metrics()  # as in LineMetrics
+        self.registry = registry if registry is not None else CollectorRegistry()
+        labels = ("line", "set")
+        self.passed = Gauge(
+            "inspect_challenge_passed", "1 when the last challenge run passed.", labels, registry=self.registry
+        )
+        self.correct_ratio = Gauge(
+            "inspect_challenge_correct_ratio",
+            "Share of the last challenge run's samples that got their expected verdict.",
+            labels,
+            registry=self.registry,
+        )
+        self.last_run = Gauge(
+            "inspect_challenge_last_run_timestamp_seconds",
+            "When the last challenge run finished (Unix time).",
+            labels,
+            registry=self.registry,
         )

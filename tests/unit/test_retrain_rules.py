@@ -61,3 +61,26 @@ def test_gate_skips_undefined_metrics_and_missing_sets_with_a_note():
     assert result.passed
     notes = {c["rule"] for c in result.checks}
     assert "undefined on this set (one class)" in notes and "no frames in this set" in notes
+
+
+def test_the_summary_line_is_one_greppable_line_and_is_appended_to_the_registry(tmp_path):
+    from datetime import datetime, timezone
+
+    from inspectline.retrain import GateResult, RetrainOutcome, summary_line, write_summary
+
+    since = datetime(2026, 11, 23, tzinfo=timezone.utc)
+    outcome = RetrainOutcome(
+        status="rejected", since=since, champion="v0003", challenger="v0004", labelled_frames=412,
+        gate=GateResult(passed=False), seconds=1830.4,
+    )  # fmt: skip
+    line = summary_line(outcome, {"challenges": "shift-start:passed"})
+    assert "\n" not in line and line.startswith("inspect-retrain at=")
+    fields = dict(part.split("=", 1) for part in line.split()[1:])
+    assert fields["status"] == "rejected" and fields["gate"] == "failed" and fields["labelled"] == "412"
+    assert (fields["champion"], fields["challenger"], fields["seconds"]) == ("v0003", "v0004", "1830")
+    assert fields["since"] == "2026-11-23T00:00:00+00:00" and fields["challenges"] == "shift-start:passed"
+    nothing = summary_line(RetrainOutcome(status="nothing_to_learn", since=since, champion="v0003"))
+    assert "status=nothing_to_learn" in nothing and "gate=-" in nothing and "challenger=-" in nothing
+    path = write_summary(line, tmp_path)
+    write_summary(nothing, tmp_path)
+    assert path.read_text().splitlines() == [line, nothing]

@@ -1,0 +1,80 @@
+"""The shipped systemd units and cron lines: valid for systemd, and every command they run is a real
+`inspect` command line with options the CLI accepts."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+from inspectline.cli import app
+from tests.system_packages import find_program, needs
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+INSTALLED = "/opt/inspectline/.venv/bin/inspect"
+UNITS = ["inspect-serve.service", "inspect-retrain.service", "inspect-retrain.timer"]
+TEMPLATES = ["inspect-challenge@.service", "inspect-challenge@.timer"]
+SYSTEMD_ANALYZE = find_program("systemd-analyze")
+
+
+def parse_inspect(args: list[str]):
+    """Parse ``inspect ARGS`` as the console script would, without running it (a usage error when wrong)."""
+    command = typer.main.get_command(app)
+    ctx = command.context_class(command, info_name="inspect")
+    while hasattr(command, "list_commands"):  # a command group: descend into the named subcommand
+        name, *args = args
+        sub = command.get_command(ctx, name)
+        assert sub is not None, f"`inspect ... {name}` is not a command"
+        command = sub
+    return command.make_context(command.name, list(args), parent=ctx)
+
+
+def exec_start(unit: str) -> list[str]:
+    lines = [line for line in (DEPLOY / unit).read_text().splitlines() if line.startswith("ExecStart=")]
+    (line,) = lines
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+@pytest.mark.parametrize("unit", ["inspect-serve.service", "inspect-retrain.service", "inspect-challenge@.service"])
+def test_every_unit_runs_a_real_inspect_command(unit):
+    program, *args = exec_start(unit)
+    assert program == INSTALLED
+    ctx = parse_inspect([a.replace("%i", "shift-start") for a in args])
+    assert ctx.command.name in ("serve", "retrain", "challenge")
+
+
+def test_retrain_counts_its_normal_outcomes_as_success():
+    text = (DEPLOY / "inspect-retrain.service").read_text()
+    assert "SuccessExitStatus=3 4\n" in text and "Type=oneshot" in text
+
+
+def test_cron_lines_run_the_same_commands():
+    jobs = [line for line in (DEPLOY / "crontab").read_text().splitlines() if line and line[0].isdigit()]
+    assert len(jobs) == 2
+    for job in jobs:
+        fields = job.split(None, 5)
+        assert all(part for part in fields[:5])
+        command = fields[5].split(INSTALLED, 1)[1].split(">>")[0].split(";")[0]
+        parse_inspect(shlex.split(command))
+
+
+@needs("systemd")
+def test_units_pass_systemd_analyze_verify(tmp_path):
+    inspect = Path(sys.executable).with_name("inspect")  # the installed console script stands in for /opt/...
+    assert inspect.is_file(), f"{inspect} missing: pip install -e '.[dev]'"
+    for name in UNITS + TEMPLATES:
+        (tmp_path / name).write_text((DEPLOY / name).read_text().replace(INSTALLED, str(inspect)))
+    names = [*UNITS, "inspect-challenge@shift-start.service", "inspect-challenge@shift-start.timer"]
+    proc = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", *names], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
+    (tmp_path / "inspect-retrain.timer").write_text("[Timer]\nOnCalendar=every night\n")  # the check does check
+    bad = subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", "--man=no", "inspect-retrain.timer"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert bad.returncode != 0 and "calendar" in bad.stderr
