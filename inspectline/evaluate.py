@@ -21,7 +21,7 @@ import numpy as np
 from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import load_samples, load_split_manifest, split_samples
 from inspectline.errors import DataError, InspectError
-from inspectline.explain import Explainer, overlay_png
+from inspectline.explain import Explainer, overlay_png, write_gallery
 from inspectline.files import atomic_write
 from inspectline.imaging import read_image
 from inspectline.predictor import Prediction, Predictor
@@ -74,6 +74,8 @@ def evaluate_model(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
     report = write_report(evaluation, out_dir, title=f"{name} ({card.arch}) on {data_cfg.source} / {split}")
+    with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's own sections
+        fh.write(write_gallery(predictor, samples, evaluation, report.parent))
     return EvaluationRun(evaluation=evaluation, report=report)
 
 
