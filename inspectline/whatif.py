@@ -18,6 +18,10 @@ scores it the same way for comparison. A window that mixes model versions mixes 
     frames = store.labelled(since=shift_start)
     what_if(frames, threshold=0.41, unsure_band=0.05).recall
     sweep(frames, unsure_band=0.05)            # one WhatIf per threshold, for a chart
+    what_if_arrays(labels, probabilities, 0.41, 0.05)   # the same from two columns read by the caller
+
+Cost: the arithmetic is numpy (a 49-point sweep of 100,000 frames is a few tens of milliseconds, see
+``benchmarks/whatif_cost.py``); reading 100,000 whole ``StoredFrame`` rows is what takes time.
 """
 
 from __future__ import annotations
@@ -69,7 +73,20 @@ def verdicts(probabilities: Sequence[float], threshold: float, unsure_band: floa
 def what_if(frames: Sequence[StoredFrame], threshold: float, unsure_band: float = 0.0) -> WhatIf:
     """What this operating point would have done to the labelled ``frames`` (unlabelled ones are refused)."""
     labels, probabilities, versions = _labelled(frames)
-    return _score(labels, _codes(probabilities, threshold, unsure_band), threshold, unsure_band, versions)
+    return what_if_arrays(labels, probabilities, threshold, unsure_band, model_versions=versions)
+
+
+def what_if_arrays(
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    threshold: float,
+    unsure_band: float = 0.0,
+    *,
+    model_versions: tuple[str, ...] = (),
+) -> WhatIf:
+    """:func:`what_if` on plain arrays (label 1 defective, 0 ok), for callers that read only those columns."""
+    labels, probabilities = _arrays(labels, probabilities)
+    return _score(labels, _codes(probabilities, threshold, unsure_band), threshold, unsure_band, model_versions)
 
 
 def observed(frames: Sequence[StoredFrame]) -> WhatIf:
@@ -85,7 +102,20 @@ def sweep(
 ) -> list[WhatIf]:
     """One :class:`WhatIf` per threshold (default 0.02 to 0.98 in steps of 0.02): the what-if chart."""
     labels, probabilities, versions = _labelled(frames)
-    return [_score(labels, _codes(probabilities, t, unsure_band), t, unsure_band, versions) for t in thresholds]
+    return sweep_arrays(labels, probabilities, unsure_band, thresholds, model_versions=versions)
+
+
+def sweep_arrays(
+    labels: Sequence[int] | np.ndarray,
+    probabilities: Sequence[float] | np.ndarray,
+    unsure_band: float = 0.0,
+    thresholds: Sequence[float] = DEFAULT_SWEEP,
+    *,
+    model_versions: tuple[str, ...] = (),
+) -> list[WhatIf]:
+    """:func:`sweep` on plain arrays (label 1 defective, 0 ok)."""
+    labels, probabilities = _arrays(labels, probabilities)
+    return [_score(labels, _codes(probabilities, t, unsure_band), t, unsure_band, model_versions) for t in thresholds]
 
 
 def check_operating_point(threshold: float, unsure_band: float) -> None:
@@ -109,6 +139,17 @@ def _labelled(frames: Sequence[StoredFrame]) -> tuple[np.ndarray, np.ndarray, tu
     return labels, probabilities, tuple(sorted({f.model_version for f in frames}))
 
 
+def _arrays(labels, probabilities) -> tuple[np.ndarray, np.ndarray]:
+    labels, probabilities = np.asarray(labels, dtype=np.int64), np.asarray(probabilities, dtype=float)
+    if labels.shape != probabilities.shape or labels.ndim != 1:
+        msg = f"labels {labels.shape} and probabilities {probabilities.shape} must be 1-D arrays of one length"
+        raise ConfigError(msg)
+    if labels.size and not np.isin(labels, (0, 1)).all():
+        msg = f"labels must be 1 (defective) or 0 (ok); found {sorted(set(labels.tolist()) - {0, 1})[:5]}"
+        raise ConfigError(msg)
+    return labels, probabilities
+
+
 def _codes(p: np.ndarray, threshold: float, unsure_band: float) -> np.ndarray:
     """Verdicts as indices into _BY_CODE: int8 codes keep a 100,000-frame sweep in numpy."""
     check_operating_point(threshold, unsure_band)
@@ -123,7 +164,7 @@ def _score(
 ) -> WhatIf:
     """Rates and counts of verdict ``codes`` against ``labels`` (1 defective, 0 ok)."""
     # counts[label, verdict code]: one bincount instead of six masks
-    counts = np.bincount(labels.astype(np.int64) * 3 + codes, minlength=6).reshape(2, 3)
+    counts = np.bincount(labels * 3 + codes, minlength=6).reshape(2, 3)
     ok_row, defective_row = counts[0], counts[1]
     n_ok, n_defective = int(ok_row.sum()), int(defective_row.sum())
     flagged = int(defective_row[1] + ok_row[1])

@@ -11,7 +11,7 @@ import pytest
 from inspectline.errors import ConfigError
 from inspectline.predictor import Predictor
 from inspectline.store import VERDICTS, StoredFrame
-from inspectline.whatif import DEFAULT_SWEEP, observed, sweep, verdicts, what_if
+from inspectline.whatif import DEFAULT_SWEEP, observed, sweep, sweep_arrays, verdicts, what_if, what_if_arrays
 
 T0 = datetime(2025, 3, 3, 8, 0, tzinfo=timezone.utc)
 # (defect probability, label): three defective frames and three OK ones on both sides of 0.5
@@ -142,3 +142,14 @@ def test_bad_operating_points_are_refused_by_name(threshold, band, needle):
 def test_unlabelled_frames_are_refused_by_id():
     with pytest.raises(ConfigError, match=r"frames 7 have none"):
         what_if([*FRAMES, frame(7, 0.5, None)], 0.5)
+
+
+def test_plain_arrays_give_the_same_answers_and_bad_arrays_are_refused():
+    labels = [1 if label == "defective" else 0 for _, label in LABELLED]
+    probabilities = [p for p, _ in LABELLED]
+    assert what_if_arrays(labels, probabilities, 0.5, 0.1, model_versions=("v0001",)) == what_if(FRAMES, 0.5, 0.1)
+    assert sweep_arrays(labels, probabilities, 0.1, model_versions=("v0001",)) == sweep(FRAMES, 0.1)
+    with pytest.raises(ConfigError, match="one length"):
+        what_if_arrays(labels[:-1], probabilities, 0.5)
+    with pytest.raises(ConfigError, match=r"found \[2\]"):
+        what_if_arrays([2, *labels[1:]], probabilities, 0.5)
