@@ -5,8 +5,8 @@ path of ``POST /v1/frames``. :class:`HeatmapCache` reads the stored image, expla
 version that judged the frame (its own preprocessing and TTA views) and keeps both renderings beside the
 images, under the store's ``storage_url``:
 
-    <storage_url>/heatmaps/3f/3fa9...c2.v0003.gradcam-layer4.overlay.png   colormap over the frame
-    <storage_url>/heatmaps/3f/3fa9...c2.v0003.gradcam-layer4.raw.png       the map, 16-bit gray
+    <storage_url>/heatmaps/3f/3fa9...c2.v0003.hirescam-layer3.overlay.png   colormap over the frame
+    <storage_url>/heatmaps/3f/3fa9...c2.v0003.hirescam-layer3.raw.png       the map, 16-bit gray
 
 A cached file is keyed by image sha256, model version, CAM recipe and kind, so it is never stale: a
 new model version or method gets new files. Writes are atomic (the image store's own writer), so a

@@ -84,10 +84,10 @@ def test_a_heatmap_is_computed_from_the_stored_image_then_served_from_the_cache(
     # both kinds sit in the store's storage, named by image hash, model version, CAM recipe and kind
     files = cache.files
     names = sorted(p.rsplit("/", 1)[-1] for p in files.fs.find(files.root))
-    assert names == [f"{frame.image_sha256}.v0001.gradcam-layer4.{k}.png" for k in ("overlay", "raw")]
+    assert names == [f"{frame.image_sha256}.v0001.hirescam-layer3.{k}.png" for k in ("overlay", "raw")]
     assert cache.is_cached(frame)
     # a second request reads the file: replace it and the replacement is what comes back
-    path = files.path(frame.image_sha256, "v0001.gradcam-layer4.overlay.png")
+    path = files.path(frame.image_sha256, "v0001.hirescam-layer3.overlay.png")
     if files.is_local:
         os.chmod(path, 0o644)
     files.fs.pipe_file(path, b"cached bytes")
@@ -102,7 +102,7 @@ def test_recipe_and_version_are_part_of_the_key(store, registry):
     other.png(frame)
     assert other.is_cached(frame)
     names = {p.rsplit("/", 1)[-1].split(".", 1)[1] for p in other.files.fs.find(other.files.root)}
-    assert "v0001.layercam-layer3+layer4.overlay.png" in names and "v0001.gradcam-layer4.overlay.png" in names
+    assert "v0001.layercam-layer3+layer4.overlay.png" in names and "v0001.hirescam-layer3.overlay.png" in names
 
 
 def test_frames_without_an_image_or_a_model_are_refused_by_name(store, registry):
