@@ -2,7 +2,7 @@
 
     inspect train --profile demo            train, calibrate, evaluate, register
     inspect evaluate --model production     metrics JSON + Markdown report with plots
-    inspect predict frame.png ...           verdicts through the Predictor
+    inspect predict frame.png ...           verdicts through the Predictor (--heatmap DIR: overlays too)
     inspect models list|show|promote|rollback|shadow
     inspect serve                           the inspection service (serve_config.yaml)
     inspect monitor                         Prometheus on loopback with the line's alert rules
@@ -166,6 +166,9 @@ def predict(
     model: Annotated[str, typer.Option("--model", "-m")] = "production",
     tta: Annotated[bool, typer.Option(help="Flip test-time augmentation as stored with the model.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    heatmap: Annotated[
+        Path | None, typer.Option("--heatmap", help="Write each file's heatmap overlay (<stem>.heatmap.png) here.")
+    ] = None,
     config: ConfigOpt = None,
     registry: RegistryOpt = None,
 ) -> None:
@@ -173,9 +176,12 @@ def predict(
     from inspectline.evaluate import predict_files
 
     cfg = resolve_config(config)
-    results = predict_files(images, model_ref=model, registry_root=registry or cfg.paths.registry, tta=tta)
+    results = predict_files(
+        images, model_ref=model, registry_root=registry or cfg.paths.registry, tta=tta, heatmap_dir=heatmap
+    )
     failed = 0
-    for path, outcome in results:
+    for result in results:
+        path, outcome = result.path, result.outcome
         if isinstance(outcome, InspectError):
             failed += 1
             typer.echo(
@@ -191,11 +197,13 @@ def predict(
             "threshold": round(outcome.threshold, 4),
             "model_version": outcome.model_version,
         }
+        if result.heatmap is not None:
+            row["heatmap"] = str(result.heatmap)
         typer.echo(
             json.dumps(row)
             if as_json
             else f"{path}: {row['verdict']:<9} p(defect)={row['defect_probability']:.4f} "
-            f"confidence={row['confidence']:.4f}"
+            f"confidence={row['confidence']:.4f}" + (f" heatmap={result.heatmap}" if result.heatmap else "")
         )
     if failed:
         raise typer.Exit(code=1)

@@ -1,6 +1,8 @@
 """Evaluate a registered model on a dataset, and judge image files: the library side of
 ``inspect evaluate`` and ``inspect predict``.
 
+``inspect predict --heatmap DIR`` also writes each file's heatmap overlay into ``DIR``.
+
 Without ``--data``, a model is evaluated on its *own* data source and saved split (``splits.json`` in
 its version folder), so ``inspect evaluate --split test`` reproduces the test numbers of training
 exactly. With ``--data``, the given source is split with the configured seed (or taken whole with
@@ -14,9 +16,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
 from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import load_samples, load_split_manifest, split_samples
 from inspectline.errors import DataError, InspectError
+from inspectline.explain import Explainer, overlay_png, write_gallery
+from inspectline.files import atomic_write
 from inspectline.imaging import read_image
 from inspectline.predictor import Prediction, Predictor
 from inspectline.registry import ModelRegistry
@@ -68,7 +74,19 @@ def evaluate_model(
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
     report = write_report(evaluation, out_dir, title=f"{name} ({card.arch}) on {data_cfg.source} / {split}")
+    with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's own sections
+        fh.write(write_gallery(predictor, samples, evaluation, report.parent))
     return EvaluationRun(evaluation=evaluation, report=report)
+
+
+@dataclass(frozen=True)
+class PredictedFile:
+    """One file judged by ``inspect predict``: its verdict or the error that kept it from one, and where
+    its heatmap overlay went when heatmaps were asked for."""
+
+    path: Path
+    outcome: Prediction | InspectError
+    heatmap: Path | None = None
 
 
 def predict_files(
@@ -78,12 +96,20 @@ def predict_files(
     registry_root: Path,
     tta: bool = True,
     batch_size: int = 32,
-) -> list[tuple[Path, Prediction | InspectError]]:
-    """Judge files in batches; an unreadable file gets its error, the others still get verdicts."""
+    heatmap_dir: Path | None = None,
+) -> list[PredictedFile]:
+    """Judge files in batches; an unreadable file gets its error, the others still get verdicts.
+
+    With ``heatmap_dir``, each judged file also gets ``<stem>.heatmap.png`` there: the Grad-CAM overlay
+    computed with the same preprocessing and TTA views as its verdict (see :mod:`inspectline.explain`).
+    """
     checkpoint = ModelRegistry(registry_root).resolve(model_ref)
     predictor = Predictor.load(checkpoint, tta_views=None if tta else ("identity",))
+    explainer = Explainer.from_predictor(predictor) if heatmap_dir is not None else None
     results: dict[int, Prediction | InspectError] = {}
-    decoded: list[tuple[int, object]] = []
+    heatmaps: dict[int, Path] = {}
+    names = _heatmap_names(paths)
+    decoded: list[tuple[int, np.ndarray]] = []
     for i, path in enumerate(paths):
         try:
             decoded.append((i, read_image(path)))
@@ -91,6 +117,22 @@ def predict_files(
             results[i] = exc
     for start in range(0, len(decoded), batch_size):
         chunk = decoded[start : start + batch_size]
-        for (i, _), prediction in zip(chunk, predictor.predict([image for _, image in chunk]), strict=True):
+        images = [image for _, image in chunk]
+        for (i, _), prediction in zip(chunk, predictor.predict(images), strict=True):
             results[i] = prediction
-    return [(path, results[i]) for i, path in enumerate(paths)]
+        if explainer is not None:
+            for (i, image), heatmap in zip(chunk, explainer.explain(images), strict=True):
+                heatmaps[i] = Path(heatmap_dir) / names[i]
+                atomic_write(heatmaps[i], overlay_png(image, heatmap), sync=False)
+    return [PredictedFile(path, results[i], heatmaps.get(i)) for i, path in enumerate(paths)]
+
+
+def _heatmap_names(paths: Sequence[Path]) -> list[str]:
+    """``<stem>.heatmap.png`` per input; a stem seen before gets ``-2``, ``-3`` ... so none overwrites another."""
+    seen: dict[str, int] = {}
+    names = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.heatmap.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.heatmap.png")
+    return names

@@ -43,6 +43,14 @@ def needs(group: str) -> pytest.MarkDecorator:
     )
 
 
+def missing(group: str, reason: str) -> None:
+    """Skip (locally) or fail (on CI) a test whose system program is missing, in the summary's terms."""
+    _, package = GROUPS[group]
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI installs {package}: .ci/system-packages)")
+    pytest.skip(f"{_PREFIX} {package} ({group} tests): {reason}")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
     skipped = Counter()
     for report in terminalreporter.stats.get("skipped", []):

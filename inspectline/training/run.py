@@ -41,6 +41,7 @@ from inspectline.data import (
     save_split_manifest,
     split_samples,
 )
+from inspectline.explain import write_gallery
 from inspectline.model import ModelCard, build_model, load_checkpoint, save_checkpoint
 from inspectline.monitoring.drift import reference_from_frames
 from inspectline.predictor import Predictor
@@ -189,6 +190,8 @@ def train_model(
     report = write_report(
         evaluation, run_dir / "report", history=result.history, title=f"{arch} trained on {cfg.data.source}"
     )
+    with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's own sections
+        fh.write(write_gallery(predictor, splits.test, evaluation, report.parent, images=images["test"]))
     return TrainingRun(
         run_dir=run_dir, checkpoint=checkpoint, card=card, fit=result, evaluation=evaluation, report=report
     )

@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import tiny_config
+from inspectline.imaging import decode_image
+from tests.helpers import IMAGE_SIDE, tiny_config
 
 pytestmark = pytest.mark.integration
 INSPECT = str(Path(sys.executable).with_name("inspect"))
+IMAGE_SIDE_2D = (IMAGE_SIDE, IMAGE_SIDE)
 
 
 def run(*args: str, cwd: Path, ok: bool = True) -> subprocess.CompletedProcess:
@@ -33,7 +35,8 @@ def workdir(folder_dataset: Path, tmp_path_factory) -> Path:
 
 
 def test_train_registers_and_reports(workdir: Path):
-    assert (workdir / "models" / "v0001" / "report" / "report.md").is_file()
+    report = workdir / "models" / "v0001" / "report" / "report.md"
+    assert "## Worst mistakes, with heatmaps" in report.read_text()
     listing = run("models", "list", cwd=workdir).stdout
     assert "* v0001" in listing and "resnet18" in listing
     card = json.loads(run("models", "show", "v0001", cwd=workdir).stdout)
@@ -52,12 +55,27 @@ def test_predict_prints_verdicts_and_names_bad_files(workdir: Path, folder_datas
     assert rows[2]["path"].endswith("not_an_image.png") and "not a recognised image" in rows[2]["error"]
 
 
+def test_predict_writes_heatmap_overlays_next_to_the_verdicts(workdir: Path, folder_dataset: Path):
+    cells = sorted((folder_dataset / "defective").glob("*.png"))[:2]
+    twin = workdir / "twin" / cells[0].name  # same file name from another folder: must not overwrite
+    twin.parent.mkdir(exist_ok=True)
+    twin.write_bytes(cells[0].read_bytes())
+    proc = run("predict", "--json", "--heatmap", "heatmaps", *map(str, [*cells, twin]), cwd=workdir)
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    names = [Path(r["heatmap"]).name for r in rows]
+    assert names == [f"{cells[0].stem}.heatmap.png", f"{cells[1].stem}.heatmap.png", f"{cells[0].stem}-2.heatmap.png"]
+    for row in rows:
+        overlay = decode_image((workdir / row["heatmap"]).read_bytes())
+        assert overlay.shape == (*IMAGE_SIDE_2D, 3) and row["verdict"] in ("OK", "DEFECTIVE")
+
+
 def test_evaluate_writes_metrics_and_report(workdir: Path):
     proc = run("evaluate", "--model", "v0001", "--split", "test", "--out", "eval-out", cwd=workdir)
     assert "accuracy" in proc.stdout
     metrics = json.loads((workdir / "eval-out" / "metrics.json").read_text())
     assert metrics["model_version"] == "v0001" and metrics["split"] == "test" and metrics["metrics"]["n"] == 12
-    assert (workdir / "eval-out" / "report.md").is_file() and (workdir / "eval-out" / "roc_pr.png").is_file()
+    assert (workdir / "eval-out" / "roc_pr.png").is_file()
+    assert "## Worst mistakes, with heatmaps" in (workdir / "eval-out" / "report.md").read_text()
 
 
 def test_promote_and_rollback_through_the_cli(workdir: Path):
