@@ -70,7 +70,7 @@ def add(store: FrameStore, frame_id: str, verdict: str, *, seed: int = 0, versio
             )
         ]
     )
-    return store.find("cam1", frame_id)
+    return store.find("line-a", "cam1", frame_id)
 
 
 def test_a_heatmap_is_computed_from_the_stored_image_then_served_from_the_cache(store, registry):

@@ -33,6 +33,7 @@ def frame(i: int, p: float, label: str | None, *, verdict: str = "OK", version: 
         threshold=0.5,
         model_version=version,
         views={"identity": p},
+        content_sha256=None,
         image_sha256=None,
         image_format=None,
         label=label,
