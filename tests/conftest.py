@@ -88,9 +88,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser_context() -> Iterator:
-    """Debian's Chromium with a fresh user-data dir, driven by Playwright; skips with the install command."""
+    """Debian's Chromium with a fresh user-data dir, driven by Playwright; skips with the install command.
+
+    Module-scoped on purpose: Playwright's sync API keeps an event loop running on the main thread
+    while it is open, and every later ``asyncio.run`` in the session would fail.
+    """
     reason = missing_browser()
     if reason:
         missing("chromium", reason)

@@ -41,16 +41,17 @@ def _post(url: str, body: bytes, camera: str, frame_id: str | None = None, timeo
     )
 
 
-def test_a_small_frame_does_not_wait_for_40_megapixel_frames(service, trained_run, tmp_path):
+def _own_app(checkpoint, tmp_path, name: str, replicas: int, cpus: float) -> tuple[ModelRegistry, dict]:
+    """An app of this test's own, next to the base one: its registry (one model, promoted) and its config."""
     registry = ModelRegistry(tmp_path / "models")
-    registry.register(trained_run.checkpoint)
+    registry.register(checkpoint)
     registry.promote("v0001")
-    app = app_config(
-        registry.root,
-        name="big",
-        route_prefix="/big",
-        inspector_options={"num_replicas": 2, "ray_actor_options": {"num_cpus": 0.4}},
-    )
+    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": cpus}}
+    return registry, app_config(registry.root, name=name, route_prefix=f"/{name}", inspector_options=options)
+
+
+def test_a_small_frame_does_not_wait_for_40_megapixel_frames(service, trained_run, tmp_path):
+    _, app = _own_app(trained_run.checkpoint, tmp_path, "big", replicas=2, cpus=0.4)
     url = f"{service.url}/big"
     small, big = encode_png(make_cell(np.random.default_rng(0), True)), _forty_megapixels()
     try:
@@ -109,15 +110,7 @@ def _kill_replicas(app: str, deployment: str) -> int:
 
 
 def test_replicas_killed_while_the_store_is_down_lose_no_accepted_frame(service, trained_run, tmp_path):
-    registry = ModelRegistry(tmp_path / "models")
-    registry.register(trained_run.checkpoint)
-    registry.promote("v0001")
-    app = app_config(
-        registry.root,
-        name="durable",
-        route_prefix="/durable",
-        inspector_options={"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.3}},
-    )
+    registry, app = _own_app(trained_run.checkpoint, tmp_path, "durable", replicas=1, cpus=0.3)
     url = f"{service.url}/durable"
     config = StoreConfig.model_validate(store_config(registry.root, "durable"))
     images = tmp_path / "data-durable" / "images"

@@ -36,15 +36,7 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         if deployment["name"] == "Inspector":
             deployment["num_replicas"] = 1
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
-    proc = subprocess.Popen(
-        [INSPECT, "serve", "--config", "serve.yaml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env=_own_ray_env(),
-    )
+    proc = _start([INSPECT, "serve", "--config", "serve.yaml"], tmp_path, _own_ray_env())
     try:
         ready = wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
         assert ready["model_version"] == "v0001"
@@ -65,6 +57,13 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _start(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A command in a session of its own (so a signal reaches everything it starts), its output captured."""
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, env=env
+    )
 
 
 def _own_ray_env() -> dict[str, str]:
@@ -89,15 +88,7 @@ def test_serve_run_deploys_the_repository_config_unchanged(trained_run, tmp_path
     _serve_dir(trained_run, tmp_path)
     assert (tmp_path / "serve_config.yaml").read_bytes() == (REPO / "serve_config.yaml").read_bytes()
     serve_bin = str(Path(sys.executable).with_name("serve"))
-    proc = subprocess.Popen(
-        [serve_bin, "run", "serve_config.yaml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env=_own_ray_env(),
-    )
+    proc = _start([serve_bin, "run", "serve_config.yaml"], tmp_path, _own_ray_env())
     try:
         try:
             ready = wait_until_ready("http://127.0.0.1:8000", timeout_s=300)
@@ -125,15 +116,7 @@ def test_inspect_serve_on_sigterm_stops_every_process_it_started(trained_run, tm
     config["http_options"] = {"host": "0.0.0.0", "port": port}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in _own_ray_env().items() if k != "INSPECT_API_TOKEN"}
-    proc = subprocess.Popen(
-        [INSPECT, "serve", "--config", "serve.yaml"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        env=env,
-    )
+    proc = _start([INSPECT, "serve", "--config", "serve.yaml"], tmp_path, env)
     try:
         wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=300)
         started = _descendants(proc.pid)
