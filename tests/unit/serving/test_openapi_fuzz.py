@@ -89,7 +89,7 @@ def test_the_api_passes_a_schema_driven_fuzz_with_every_check(served, tmp_path):
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks", "PYTHONPATH": str(REPO)}
     started = time.monotonic()
-    run = subprocess.run(command, capture_output=True, env=env, cwd=REPO, timeout=900)
+    run = subprocess.run(command, capture_output=True, env=env, cwd=tmp_path, timeout=900)  # its cache stays there
     seconds = time.monotonic() - started
     output = (run.stdout + run.stderr).decode("utf-8", "replace")
     (tmp_path / "schemathesis.txt").write_text(output)  # the whole report, binary bodies included
