@@ -219,8 +219,6 @@ def export_model(
             "--max-drop",
             min=0.0,
             max=1.0,
-            min_open=True,
-            max_open=True,
             help="INT8 only: keep sensitive layers in floating point until verdict agreement with the checkpoint "
             "on the validation split drops by at most this much (e.g. 0.01).",
         ),
@@ -233,7 +231,6 @@ def export_model(
         typer.Option(
             min=0.0,
             max=1.0,
-            min_open=True,
             help="Parity bound on test-split verdict agreement (default 0.99 int8, else 0.999).",
         ),
     ] = None,

@@ -57,9 +57,9 @@ class ExportRequest(BaseModel):
 
     format: str = Field(description="onnx or openvino (checked against the formats table, with the choices)")
     precision: str = "fp32"
-    max_drop: float | None = Field(None, gt=0, lt=1, description="INT8 only: accuracy-controlled quantization")
+    max_drop: float | None = Field(None, ge=0, le=1, description="INT8 only: accuracy-controlled quantization")
     force: bool = False
-    min_agreement: float | None = Field(None, gt=0, le=1, description="None: 0.99 for int8, 0.999 otherwise")
+    min_agreement: float | None = Field(None, ge=0, le=1, description="None: 0.99 for int8, 0.999 otherwise")
     calibration_frames: int = Field(300, ge=1)
     threads: int | None = Field(None, ge=1, description="engine threads (None: the runtime's default)")
     measure_speed: bool = True

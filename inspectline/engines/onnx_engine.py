@@ -55,6 +55,10 @@ class OnnxRuntimeEngine(InferenceEngine):
         source = str(model) if isinstance(model, Path) else model
         self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
+    def describe(self) -> dict[str, Any]:
+        options = self._session.get_session_options()
+        return {**super().describe(), "runtime_threads": options.intra_op_num_threads}
+
     def run(self, batch: np.ndarray | torch.Tensor) -> EngineOutput:
         # InferenceSession.run is thread-safe: no lock needed.
         logits, embedding = self._session.run([LOGITS_NAME, EMBEDDING_NAME], {INPUT_NAME: as_float_array(batch)})

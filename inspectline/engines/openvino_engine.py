@@ -71,6 +71,7 @@ class OpenVinoEngine(InferenceEngine):
                 f"and would run {self.inference_precision} (use fp32, fp16 or int8 here)"
             )
             raise EngineError(msg)
+        self.runtime_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))  # 0: the plugin decides
         self._request = compiled.create_infer_request()
         self._logits, self._embedding = compiled.output(LOGITS_NAME), compiled.output(EMBEDDING_NAME)
         self._lock = threading.Lock()  # one infer request: calls from several threads take turns
@@ -84,7 +85,11 @@ class OpenVinoEngine(InferenceEngine):
             )
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "inference_precision": self.inference_precision}
+        return {
+            **super().describe(),
+            "inference_precision": self.inference_precision,
+            "runtime_threads": self.runtime_threads,
+        }
 
 
 class OpenVinoFormat:

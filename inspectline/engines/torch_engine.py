@@ -57,6 +57,9 @@ class TorchEngine(InferenceEngine):
     def device(self) -> torch.device:
         return self._device
 
+    def describe(self) -> dict:
+        return {**super().describe(), "runtime_threads": torch.get_num_threads()}
+
     def run(self, batch: np.ndarray | torch.Tensor) -> EngineOutput:
         x = torch.as_tensor(batch).to(self._device, memory_format=self._memory_format, non_blocking=True)
         dtype = _AUTOCAST_DTYPES.get(self.precision)
