@@ -104,7 +104,7 @@ def export_version(
     card = version.card
     point = registry.operating_point(version.name)
     threshold = point.threshold if point is not None else card.threshold
-    splits = _version_splits(version)
+    splits = version_splits(version)
     label = f"{request.format}-{request.precision}"
     bound = request.min_agreement or default_bound(request.precision)
 
@@ -169,7 +169,7 @@ def split_frames(
     return torch.cat(images), torch.cat(labels).numpy()
 
 
-def _version_splits(version: ModelVersion):
+def version_splits(version: ModelVersion):
     """The version's own train/val/test split, from its data config and ``splits.json``."""
     card = version.card
     manifest = version.path / "splits.json"

@@ -131,7 +131,7 @@ def test_threads_reach_the_runtime(exported):
 
 
 def test_torch_bf16_only_where_the_cpu_has_it(batch):
-    with pytest.raises(EngineError, match="no native bf16.*accepted here: fp32"):
+    with pytest.raises(EngineError, match=r"no native bf16.*accepted here: fp32"):
         TorchEngine(_model(), precision="bf16", capabilities=AVX2_ONLY)
     with pytest.raises(EngineError, match="float16 autocast is for GPUs"):
         TorchEngine(_model(), precision="fp16", capabilities=WITH_BF16)
@@ -152,7 +152,9 @@ def test_openvino_bf16_is_refused_where_it_would_silently_run_fp32(exported):
 
 
 def test_unknown_precisions_and_formats_name_the_accepted_ones(exported):
-    with pytest.raises(EngineError, match="'int8' is not available for the torch engine \\(accepted: fp32, bf16, fp16\\)"):
+    with pytest.raises(
+        EngineError, match="'int8' is not available for the torch engine \\(accepted: fp32, bf16, fp16\\)"
+    ):
         TorchEngine(_model(), precision="int8")
     with pytest.raises(EngineError, match="accepted: fp32, int8"):
         OnnxRuntimeEngine(exported["onnx-fp32"], precision="fp16")
