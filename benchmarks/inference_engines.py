@@ -97,6 +97,7 @@ def main() -> None:
         "busy": max(load_before, load_after) > cores / 2,
         "threads": args.threads,
         "repeats": args.repeats,
+        "calibration_frames": args.calibration_frames,
         "runtimes": {m: _version_of(m) for m in ("openvino", "onnxruntime", "nncf")},
         "rows": rows,
         "accuracy": accuracy,
