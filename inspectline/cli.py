@@ -4,6 +4,7 @@
     inspect evaluate --model production     metrics JSON + Markdown report with plots
     inspect predict frame.png ...           verdicts through the Predictor (--heatmap DIR: overlays too)
     inspect models list|show|promote|rollback|shadow
+    inspect export v0003 --format openvino --precision int8   exported engine, parity-checked
     inspect serve                           the inspection service (serve_config.yaml)
     inspect monitor                         Prometheus on loopback with the line's alert rules
     inspect camera folder|video|replay      camera adapters feeding the service
@@ -225,6 +226,70 @@ def demo(
     run_demo(cfg, serve_config=serve_config, frames=frames)
 
 
+@app.command("export")
+def export_model(
+    version: Annotated[str, typer.Argument(help="vNNNN, production or latest.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx or openvino.")],
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16 (OpenVINO), bf16 (OpenVINO, CPUs with native bf16) or int8.")
+    ] = "fp32",
+    max_drop: Annotated[
+        float | None,
+        typer.Option(
+            "--max-drop",
+            min=0.0,
+            max=1.0,
+            help="INT8 only: keep sensitive layers in floating point until verdict agreement with the checkpoint "
+            "on the validation split drops by at most this much (e.g. 0.01).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Record the export even if parity is below the bound.")
+    ] = False,
+    min_agreement: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Parity bound on test-split verdict agreement (default 0.99 int8, else 0.999).",
+        ),
+    ] = None,
+    calibration_frames: Annotated[int, typer.Option(min=1, help="INT8: training-split frames to calibrate on.")] = 300,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Engine threads while checking (default: the runtime's).")
+    ] = None,
+    actor: ActorOpt = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Export VERSION as an ONNX or OpenVINO model inside it, with parity against the checkpoint."""
+    from inspectline.audit import default_actor
+    from inspectline.export import ExportRequest, export_version
+    from inspectline.registry import ModelRegistry
+
+    reg = ModelRegistry(registry or resolve_config(config).paths.registry)
+    name = reg.resolve(version).parent.name  # production, latest, v0003 or 3 -> the version folder
+    request = ExportRequest(
+        format=fmt,
+        precision=precision,
+        max_drop=max_drop,
+        force=force,
+        min_agreement=min_agreement,
+        calibration_frames=calibration_frames,
+        threads=threads,
+    )
+    result = export_version(reg, name, request, actor=actor or default_actor())
+    r = result.record
+    typer.echo(result.table)
+    speed = (
+        f"{r.images_per_s:.1f} images/s, {r.speedup:.2f}× torch fp32 on {r.measured_on}"
+        if r.speedup
+        else "speed not measured"
+    )
+    verdict = "parity passed" if r.passed else "parity BELOW the bound, recorded because of --force"
+    typer.echo(f"exported {name} as {r.format}-{r.precision}: {r.path} ({verdict}; {speed})")
+
+
 @app.command()
 def serve(
     config: Annotated[Path, typer.Option("--config", "-c", help="Ray Serve config file.")] = Path("serve_config.yaml"),
@@ -310,7 +375,10 @@ def models_show(
     path = reg.resolve(version)
     card = read_card(path).model_dump(mode="json")
     card.pop("config", None)
-    typer.echo(json.dumps({"checkpoint": str(path), **card}, indent=2))
+    exports = reg.get(card["version"]).manifest.exports if card.get("version") in reg.names() else ()
+    typer.echo(
+        json.dumps({"checkpoint": str(path), **card, "exports": [_export_summary(e) for e in exports]}, indent=2)
+    )
 
 
 @models_app.command("promote")
@@ -592,6 +660,25 @@ def _exit_after_challenges(check, codes: dict[int, int]) -> None:
     if any(r.status == "error" for r in check.results):
         typer.echo("the promotion stands, but not every challenge could run; run `inspect challenge --set NAME`")
         raise typer.Exit(code=codes[3])
+
+
+def _export_summary(record) -> dict:
+    """One line of ``models show``'s exports: what, where, parity and speed."""
+    test = record.parity.get("test", {})
+    return {
+        "format": record.format,
+        "precision": record.precision,
+        "path": record.path,
+        "parity": "passed" if record.passed else "below the bound (forced)",
+        "agreement": test.get("agreement"),
+        "max_abs_dp": test.get("max_abs_dp"),
+        "roc_auc_change": test.get("roc_auc_change"),
+        "images_per_s": record.images_per_s,
+        "speedup_vs_torch_fp32": round(record.speedup, 2) if record.speedup else None,
+        "measured_on": record.measured_on,
+        "runtime": record.runtime,
+        "at": record.at,
+    }
 
 
 def _print_evaluation(summary: dict) -> None:

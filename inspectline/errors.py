@@ -15,6 +15,11 @@ the code.
     ├── CheckpointError        a weights file that is missing, truncated or not ours
     ├── ModelNotFoundError     a model version or reference that the registry does not hold
     ├── TrainingError          training cannot go on (for example a collapsed model)
+    ├── EngineError            an inference engine cannot run as asked (unknown engine or precision, a
+    │   │                      precision this CPU lacks, no such export)
+    │   └── EngineUnavailableError  its runtime is not installed (the message names the pip extra)
+    ├── ExportError            a model cannot be exported in the format and precision asked
+    │   └── ParityError            the export's verdicts differ from the checkpoint's beyond the bound
     └── StoreError             the frame store cannot be reached or refuses a request
     │   ├── FrameNotFoundError     no stored frame has that id
     │   └── InvalidLabelError      a label that is not ok/defective, or a bad review file
@@ -75,6 +80,22 @@ class ModelNotFoundError(InspectError):
 
 class TrainingError(InspectError):
     """Training stopped because it cannot produce a useful model."""
+
+
+class EngineError(InspectError):
+    """An inference engine cannot be built or run as asked."""
+
+
+class EngineUnavailableError(EngineError):
+    """The runtime an engine needs is not installed; the message gives the ``pip install`` command."""
+
+
+class ExportError(InspectError):
+    """A model version cannot be exported in the requested format and precision."""
+
+
+class ParityError(ExportError):
+    """An export was refused: its verdicts agree with the checkpoint's less than the bound requires."""
 
 
 class StoreError(InspectError):

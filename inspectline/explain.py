@@ -39,8 +39,7 @@ from inspectline.data.sources import Sample
 from inspectline.errors import ConfigError
 from inspectline.imaging import encode_png, read_image, to_model_image
 from inspectline.model import DefectClassifier, load_checkpoint
-from inspectline.predictor import _VIEWS as TTA_VIEWS  # one table of views; each is its own inverse
-from inspectline.predictor import Predictor
+from inspectline.predictor import TTA_VIEWS, Predictor  # one table of views; each is its own inverse
 
 if TYPE_CHECKING:  # training imports this module for the report's gallery
     from inspectline.training.evaluation import Evaluation

@@ -1,13 +1,17 @@
-"""Inference without Ray: checkpoint -> preprocessing from the checkpoint -> batched flip TTA -> verdicts.
+"""Inference without Ray: model card -> preprocessing -> one engine call over frames and flips -> verdicts.
 
-The service's inspector replicas, ``inspect predict``, evaluation and calibration all go through this
-class, so a frame is judged the same way everywhere.
+The service's inspector replicas, ``inspect predict``, evaluation, calibration and export parity all
+go through this class, so a frame is judged the same way everywhere, whatever engine runs the
+network (PyTorch on the checkpoint, or an exported OpenVINO / ONNX Runtime model; see
+:mod:`inspectline.engines`). Preprocessing, TTA views, temperature and threshold come from the
+version's model card and are applied here, never inside an engine.
 
-TTA: a batch of B frames becomes one forward of V*B images (the frames and their flips). Logits are
-averaged over views, divided by the calibration temperature and passed through a softmax; the defect
-probability is compared with the operating threshold.
+TTA: a batch of B frames becomes one engine call on V*B images (the frames and their flips). Logits
+are averaged over views, divided by the calibration temperature and passed through a softmax; the
+defect probability is compared with the operating threshold.
 
-    predictor = Predictor.load(Path("models/v0001/model.pt"))
+    predictor = Predictor.load(Path("models/v0001/model.pt"))                  # torch fp32
+    predictor = Predictor.from_version(registry.get("v0001"), EnginePreference())  # fastest passed export
     [pred] = predictor.predict([decode_image(png_bytes)])
     pred.verdict, pred.defect_probability
 """
@@ -17,17 +21,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from inspectline.data.presets import build_eval_preset
+from inspectline.engines.base import InferenceEngine
+from inspectline.engines.torch_engine import TorchEngine
+from inspectline.errors import EngineError
 from inspectline.imaging import to_model_image
 from inspectline.model import DefectClassifier, ModelCard, load_checkpoint
 
+if TYPE_CHECKING:
+    from inspectline.engines.choice import EngineChoice, EnginePreference
+    from inspectline.registry import ModelVersion
+
 OK, DEFECTIVE, UNSURE = "OK", "DEFECTIVE", "UNSURE"
 
-_VIEWS = {
+TTA_VIEWS = {
     "identity": lambda x: x,
     "hflip": lambda x: x.flip(-1),
     "vflip": lambda x: x.flip(-2),
@@ -62,11 +74,16 @@ class BatchOutput:
 
 
 class Predictor:
-    """Judges decoded frames with one model version."""
+    """Judges decoded frames with one model version, through one inference engine.
+
+    ``model`` is the checkpoint's module (run by a :class:`TorchEngine` built here with ``device``,
+    ``channels_last``, ``precision`` and ``threads``) or any :class:`InferenceEngine`, e.g. an
+    exported model.
+    """
 
     def __init__(
         self,
-        model: DefectClassifier,
+        model: DefectClassifier | InferenceEngine,
         card: ModelCard,
         *,
         device: str | torch.device = "cpu",
@@ -74,50 +91,87 @@ class Predictor:
         threshold: float | None = None,
         unsure_band: float = 0.0,
         channels_last: bool = True,
+        precision: str = "fp32",
+        threads: int | None = None,
     ):
         views = tuple(tta_views) if tta_views is not None else card.tta_views
-        unknown = [v for v in views if v not in _VIEWS]
+        unknown = [v for v in views if v not in TTA_VIEWS]
         if not views or unknown:
-            msg = f"TTA views {list(views)} are not a non-empty subset of {list(_VIEWS)}"
+            msg = f"TTA views {list(views)} are not a non-empty subset of {list(TTA_VIEWS)}"
             raise ValueError(msg)
         if not 0 <= unsure_band < 0.5:
             msg = f"unsure_band {unsure_band} must be in [0, 0.5)"
             raise ValueError(msg)
         self.card = card
-        self.device = torch.device(device)
         self.tta_views = views
         self.threshold = card.threshold if threshold is None else float(threshold)
         self.unsure_band = unsure_band
-        self.channels_last = channels_last
-        self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self._memory_format).eval()
+        self.engine = (
+            model
+            if isinstance(model, InferenceEngine)
+            else TorchEngine(model, precision=precision, device=device, channels_last=channels_last, threads=threads)
+        )
+        self.engine_choice: EngineChoice | None = None  # set by from_version: which engine, and why
         self._transform = build_eval_preset(card.preprocessing)
 
     @classmethod
     def load(cls, path: Path, **kwargs) -> Predictor:
-        """Load a checkpoint file (see :mod:`inspectline.registry` to resolve versions)."""
+        """Load a checkpoint file into the torch engine (see :mod:`inspectline.registry` to resolve versions)."""
         model, card = load_checkpoint(path, device=kwargs.get("device", "cpu"))
         return cls(model, card, **kwargs)
+
+    @classmethod
+    def from_version(
+        cls,
+        version: ModelVersion,
+        preference: EnginePreference | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        **kwargs,
+    ) -> Predictor:
+        """A predictor for a registered version through the engine :func:`~inspectline.engines.choose_engine`
+        picks for ``preference`` (default: the fastest export that passed parity, else torch)."""
+        from inspectline.engines.choice import choose_engine, open_engine
+
+        choice = choose_engine(version, preference, device=device)
+        engine = open_engine(version, choice, device=device, threads=threads)
+        predictor = cls(engine, version.card, **kwargs)
+        predictor.engine_choice = choice
+        return predictor
 
     @property
     def version(self) -> str | None:
         return self.card.version
 
+    @property
+    def device(self) -> torch.device:
+        return self.engine.device
+
+    @property
+    def model(self) -> DefectClassifier:
+        """The PyTorch module, for callers that train or inspect it (torch engine only)."""
+        if not isinstance(self.engine, TorchEngine):
+            msg = f"this predictor runs the {self.engine.name} engine, which has no PyTorch module"
+            raise EngineError(msg)
+        return self.engine.model
+
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """A decoded frame of any supported layout -> normalised ``(C, H, W)`` float tensor."""
         return self._transform(image=to_model_image(image, self.card.preprocessing.color_mode))["image"]
 
-    @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> BatchOutput:
-        """One forward over all views: ``(B, C, H, W)`` -> logits ``(V, B, K)`` and embeddings ``(B, D)``."""
+        """One engine call over all views: ``(B, C, H, W)`` -> logits ``(V, B, K)`` and embeddings ``(B, D)``."""
         b = batch.shape[0]
-        views = torch.cat([_VIEWS[v](batch) for v in self.tta_views])  # (V*B, C, H, W)
-        views = views.to(self.device, memory_format=self._memory_format, non_blocking=True)
-        logits, embedding = self.model.forward_with_embedding(views)
+        out = self.engine.run(self.view_batch(batch))  # logits (V*B, K), embeddings (V*B, D)
         return BatchOutput(
-            view_logits=logits.float().reshape(len(self.tta_views), b, -1).cpu(),
-            embeddings=embedding[:b].float().cpu(),
+            view_logits=torch.from_numpy(out.logits).reshape(len(self.tta_views), b, -1),
+            embeddings=torch.from_numpy(out.embeddings[:b]),
         )
+
+    def view_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """The frames in every TTA view, view-major: ``(B, C, H, W)`` -> ``(V*B, C, H, W)``."""
+        return torch.cat([TTA_VIEWS[v](batch) for v in self.tta_views])
 
     def calibrated_probabilities(self, view_logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Defect probability per frame ``(B,)`` and per view ``(V, B)``, temperature applied."""

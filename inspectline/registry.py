@@ -77,17 +77,35 @@ class OperatingPoint(BaseModel):
 
 
 class ExportRecord(BaseModel):
-    """A derived engine of a version (``vNNNN/exports/<path>``) and its parity with the checkpoint."""
+    """A derived engine of a version (``vNNNN/exports/<path>``) and its parity with the checkpoint.
+
+    ``passed`` says whether parity was within the bound; an export below it is only recorded when it
+    was forced (``forced``), and is then never chosen automatically. The speed fields are measured
+    when exporting, on ``measured_on``, against the checkpoint in PyTorch fp32 in the same run.
+    """
 
     model_config = ConfigDict(frozen=True, extra="allow")
 
     format: str
     precision: str
-    path: str = Field(description="relative to the version folder")
-    passed: bool = Field(description="parity within the configured bounds (or forced)")
+    path: str = Field(description="the model file, relative to the version folder")
+    passed: bool = Field(description="parity within the configured bound")
+    forced: bool = Field(False, description="recorded although parity was below the bound (--force)")
     parity: dict = Field(default_factory=dict)
+    runtime: str = Field("", description="runtime and version that wrote and checked it, e.g. 'openvino 2026.4.1'")
+    quantization: dict = Field(default_factory=dict, description="INT8: calibration frames, split, max_drop ...")
+    images_per_s: float | None = None
+    torch_fp32_images_per_s: float | None = None
+    measured_on: str = Field("", description="the CPU the speed was measured on")
     actor: str = SYSTEM_ACTOR
     at: str = ""
+
+    @property
+    def speedup(self) -> float | None:
+        """Images/s over the checkpoint's in PyTorch fp32, as measured when exporting."""
+        if not self.images_per_s or not self.torch_fp32_images_per_s:
+            return None
+        return self.images_per_s / self.torch_fp32_images_per_s
 
 
 class VersionManifest(BaseModel):
@@ -344,7 +362,12 @@ class ModelRegistry:
                 "export",
                 actor=record.actor,
                 subject=version.name,
-                after={"format": record.format, "precision": record.precision, "passed": record.passed},
+                after={
+                    "format": record.format,
+                    "precision": record.precision,
+                    "passed": record.passed,
+                    "forced": record.forced,
+                },
             )
         return record
 
