@@ -55,8 +55,12 @@ class EarlyStopping:
     bad_epochs: int = 0
 
     def step(self, score: float, epoch: int, model: nn.Module) -> bool:
-        """Record an epoch; True when training should stop."""
-        if score > self.best_score:
+        """Record an epoch; True when training should stop.
+
+        A tie goes to the later epoch: with OneCycle it has the lower learning rate behind it, and on a
+        small validation set an early epoch can reach the same score by luck.
+        """
+        if score >= self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             return False
