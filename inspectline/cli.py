@@ -3,7 +3,7 @@
     inspect train --profile demo            train, calibrate, evaluate, register
     inspect evaluate --model production     metrics JSON + Markdown report with plots
     inspect predict frame.png ...           verdicts through the Predictor (--heatmap DIR: overlays too)
-    inspect models list|show|promote|rollback|shadow
+    inspect models list|show|promote|rollback|shadow|set-threshold
     inspect export v0003 --format openvino --precision int8   exported engine, parity-checked
     inspect serve                           the inspection service (serve_config.yaml)
     inspect monitor                         Prometheus on loopback with the line's alert rules
@@ -38,7 +38,9 @@ from inspectline.errors import ConfigError, InspectError
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="inspectline: defect inspection for manufacturing lines."
 )
-models_app = typer.Typer(no_args_is_help=True, help="Model versions: list, show, promote, rollback, shadow.")
+models_app = typer.Typer(
+    no_args_is_help=True, help="Model versions: list, show, promote, rollback, shadow, set-threshold."
+)
 review_app = typer.Typer(no_args_is_help=True, help="Review labels: export frames to label, import the labels.")
 store_app = typer.Typer(no_args_is_help=True, help="The frame store: clean-up.")
 tokens_app = typer.Typer(no_args_is_help=True, help="API tokens with scopes, for cameras, dashboards and reviewers.")
@@ -367,7 +369,7 @@ def models_show(
     registry: RegistryOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """A version's model card: architecture, preprocessing, calibration, metrics, lineage."""
+    """A version's model card (architecture, preprocessing, calibration, metrics, lineage) and operating point."""
     from inspectline.model import read_card
     from inspectline.registry import ModelRegistry
 
@@ -376,9 +378,46 @@ def models_show(
     card = read_card(path).model_dump(mode="json")
     card.pop("config", None)
     exports = reg.get(card["version"]).manifest.exports if card.get("version") in reg.names() else ()
-    typer.echo(
-        json.dumps({"checkpoint": str(path), **card, "exports": [_export_summary(e) for e in exports]}, indent=2)
+    doc = {"checkpoint": str(path), **card, "exports": [_export_summary(e) for e in exports]}
+    if path.parent.name in reg.names() and path.parent.parent.resolve() == reg.root.resolve():
+        point = reg.operating_point(path.parent.name)
+        doc["operating_point_in_force"] = (
+            point.model_dump(mode="json")
+            if point is not None
+            else {"threshold": card["threshold"], "basis": f"model card ({card['threshold_policy']})"}
+        )
+    typer.echo(json.dumps(doc, indent=2))
+
+
+@models_app.command("set-threshold")
+def models_set_threshold(
+    version: Annotated[str, typer.Argument(help="vNNNN (or production / latest).")],
+    reason: Annotated[str, typer.Option(help="Why, for the audit trail (required).")],
+    recall: Annotated[
+        float | None, typer.Option(help="Target defect recall on the version's validation split, e.g. 0.97.")
+    ] = None,
+    threshold: Annotated[float | None, typer.Option(help="A threshold on the calibrated defect probability.")] = None,
+    band: Annotated[
+        float | None, typer.Option(help="UNSURE band around the threshold (default: the service's).")
+    ] = None,
+    actor: ActorOpt = None,
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+) -> None:
+    """A new operating point for VERSION without retraining; running services pick it up like a promotion."""
+    from inspectline.audit import default_actor
+    from inspectline.registry import ModelRegistry
+    from inspectline.training.operating_point import ThresholdRequest, choose_operating_point, describe_point
+
+    cfg = resolve_config(config, None, overrides)
+    request = ThresholdRequest(
+        recall=recall, threshold=threshold, unsure_band=band, reason=reason, actor=actor or default_actor()
     )
+    reg = ModelRegistry(registry or cfg.paths.registry)
+    name = reg.resolve(version).parent.name
+    point = choose_operating_point(reg, name, request, store=cfg.store)
+    typer.echo(f"{name}: {describe_point(point, point.threshold)}")
 
 
 @models_app.command("promote")

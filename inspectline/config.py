@@ -38,7 +38,9 @@ class DataConfig(_Section):
     test_size: float = Field(0.25, gt=0, lt=1, description="share of all samples held out for test")
     val_size: float = Field(0.15, gt=0, lt=1, description="share of the non-test samples used for validation")
     seed: int = 42
-    cache_images: bool = Field(True, description="decode every image once and keep it in memory")
+    cache_images: bool = Field(
+        True, description="decode and resize every image once and keep it in memory; augment from that cache"
+    )
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataConfig:
@@ -49,13 +51,16 @@ class DataConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    """Probabilities of the named training augmentations (0 disables one)."""
+    """Probabilities of the named training augmentations (0 disables one); see ``data.presets`` for the presets."""
 
-    preset: Literal["train", "light", "none"] = "train"
+    preset: Literal["train", "reference", "light", "none"] = "train"
     hflip: float = Field(0.5, ge=0, le=1)
     vflip: float = Field(0.5, ge=0, le=1)
     rotate90: float = Field(0.5, ge=0, le=1)
     affine: float = Field(0.3, ge=0, le=1)
+    affine_scale: float = Field(0.1, ge=0, lt=1, description="affine zoom range: 1 +- this")
+    affine_translate: float = Field(0.05, ge=0, lt=0.5, description="affine shift range, share of the side")
+    affine_rotate: float = Field(10.0, ge=0, le=180, description="affine rotation range, degrees +-")
     elastic: float = Field(0.2, ge=0, le=1)
     grid_distortion: float = Field(0.2, ge=0, le=1)
     clahe: float = Field(0.3, ge=0, le=1)
@@ -71,7 +76,11 @@ class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     head_dims: tuple[int, ...] = (512, 256)
     head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2)
-    init_weights: Path | None = Field(None, description="local torchvision/ImageNet state dict; never downloaded")
+    init_weights: Literal["imagenet"] | Path | None = Field(
+        None,
+        description="None: from scratch; 'imagenet': torchvision's ImageNet weights (downloaded once to torch's "
+        "cache when online); or a local torchvision state dict file",
+    )
 
     @model_validator(mode="after")
     def _dropout_per_layer(self) -> ModelConfig:
@@ -86,7 +95,12 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """The training recipe."""
+    """The training recipe.
+
+    ``precision``: ``auto`` trains with mixed precision where the hardware does it natively (AMP on CUDA;
+    bf16 autocast on a CPU with AMX or AVX512-BF16, see ``inspectline.hardware``) and in fp32 elsewhere;
+    ``fp32`` never autocasts; ``bf16`` always does (slow where bf16 is emulated: for tests and benchmarks).
+    """
 
     epochs: int = Field(60, ge=1)
     batch_size: int = Field(32, ge=2)
@@ -109,18 +123,36 @@ class TrainConfig(_Section):
     )
     collapse_patience: int = Field(5, ge=1, description="collapsed epochs in a row before training stops")
     collapse_warmup: int = Field(3, ge=0, description="epochs before the collapse detector may stop training")
-    num_workers: int = Field(0, ge=0)
+    weight_averaging: Literal["none", "ema", "swa"] = Field(
+        "none", description="validate and keep an average of the weights: exponential (ema) or SWA"
+    )
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="per-step decay of the exponential moving average")
+    swa_start: float = Field(0.75, ge=0, lt=1, description="share of the epochs after which SWA averages each epoch")
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="loader processes; auto: none on a small machine, a quarter of the cores on a big one"
+    )
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    amp: bool = Field(True, description="mixed precision on CUDA; ignored on CPU")
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
+    tensorboard: bool = Field(True, description="write TensorBoard event files into the run folder")
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _amp_flag(cls, data: Any) -> Any:
+        # Configs written before `precision` existed say `amp: true|false`: true meant "auto".
+        if isinstance(data, dict) and "amp" in data:
+            data = dict(data)
+            amp = data.pop("amp")
+            data.setdefault("precision", "auto" if amp else "fp32")
+        return data
 
 
 class CalibrationConfig(_Section):
     """Temperature scaling, the operating threshold and test-time augmentation."""
 
     threshold_policy: Literal["max_f1", "target_recall"] = "max_f1"
-    target_recall: float = Field(0.99, gt=0, le=1)
+    target_recall: float = Field(0.95, gt=0, le=1, description="defect recall on validation for target_recall")
     tta_views: tuple[TtaView, ...] = ("identity", "hflip")
 
     @model_validator(mode="after")

@@ -1,6 +1,7 @@
 """The end-to-end demo behind ``make demo``.
 
-1. train a quick model on ELPV (the ``demo`` profile: ResNet18 at 128 px, minutes on two CPU cores);
+1. train a quick model on ELPV (the ``demo`` profile: ResNet18 at 128 px, minutes on two CPU cores), and
+   print its test numbers at the shipped operating point (target recall) and at max F1;
 2. evaluate it on the test split, register it, and promote it when nothing is in production yet;
 3. start the inspection service (``serve_config.yaml`` on a local Ray);
 4. replay the test split's cells to it through the replay camera adapter, as a line camera would,
@@ -46,11 +47,20 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
     )
     run = run_training(cfg, progress=True)
     m = run.evaluation.metrics
+    four = run.evaluation.four_class
     typer.echo(
         f"[2/5] test split ({m['n']} cells): accuracy {m['accuracy']:.4f}, defect F1 {m['f1']:.4f}, "
         f"recall {m['recall']:.4f}, ROC-AUC {m['roc_auc']:.4f}, ECE {run.evaluation.ece_after:.4f}, "
-        f"threshold {run.card.threshold:.3f}, temperature {run.card.temperature:.3f}"
+        f"threshold {run.card.threshold:.3f} ({run.card.threshold_policy}), temperature {run.card.temperature:.3f}"
+        + (f", 4-class accuracy {four['accuracy']:.4f}" if four else "")
     )
+    for row in run.evaluation.operating_points[1:]:
+        t = row["measured"]
+        typer.echo(
+            f"      {row['basis']}: threshold {t['threshold']:.3f}, accuracy {t['accuracy']:.4f}, recall "
+            f"{t['recall']:.4f}, precision {t['precision'] or 0:.4f}, false-reject rate {t['false_reject_rate']:.4f}, "
+            f"escapes per 10,000 parts {t['escapes_per_10k']:.0f}"
+        )
     registry = ModelRegistry(cfg.paths.registry)
     version = registry.register(run.checkpoint)
     if registry.production() is None:

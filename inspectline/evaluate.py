@@ -5,12 +5,19 @@
 
 Without ``--data``, a model is evaluated on its *own* data source and saved split (``splits.json`` in
 its version folder), so ``inspect evaluate --split test`` reproduces the test numbers of training
-exactly. With ``--data``, the given source is split with the configured seed (or taken whole with
-``--split all``).
+exactly. A retrained version's split also names line frames (``frame:ID``): they are read from the
+frame store (``store`` in the config). With ``--data``, the given source is split with the configured
+seed (or taken whole with ``--split all``).
+
+A registered version is judged at its operating point in force (``inspect models set-threshold``),
+as the service judges frames; the report shows that point beside the card's ``max_f1`` and
+``target_recall`` points, and the training curves from the version's ``history.jsonl``.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectline.config import DataConfig, InspectConfig
-from inspectline.data import load_samples, load_split_manifest, split_samples
+from inspectline.config import DataConfig, InspectConfig, StoreConfig
+from inspectline.data import Sample, load_samples, load_split, split_samples
+from inspectline.data.splits import split_keys
 from inspectline.errors import DataError, InspectError
 from inspectline.explain import Explainer, overlay_png, write_gallery
 from inspectline.files import atomic_write
@@ -53,27 +61,38 @@ def evaluate_model(
         raise DataError(msg)
     registry = ModelRegistry(registry_root or cfg.paths.registry)
     checkpoint = registry.resolve(model_ref)
-    predictor = Predictor.load(checkpoint)
+    point = _operating_point(registry, checkpoint)
+    predictor = Predictor.load(checkpoint, threshold=point.threshold if point else None)
     card = predictor.card
     trained_on = DataConfig.model_validate(card.config["data"]) if card.config.get("data") else cfg.data
     data_cfg = cfg.data if data_given else trained_on
-    samples = load_samples(data_cfg)
-    if split != "all":
-        manifest = checkpoint.parent / "splits.json"
-        same_source = (data_cfg.source, data_cfg.path) == (trained_on.source, trained_on.path)
-        if same_source and manifest.is_file():
-            samples = load_split_manifest(manifest, samples)[split]
-        else:
-            samples = split_samples(
-                samples, test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed
-            )[split]
+    manifest = checkpoint.parent / "splits.json"
+    same_source = (data_cfg.source, data_cfg.path) == (trained_on.source, trained_on.path)
+    if split == "all":
+        samples = load_samples(data_cfg)
+    elif same_source and manifest.is_file():
+        samples = split_samples_of(manifest, data_cfg, split, store=cfg.store)
+    else:
+        samples = split_samples(
+            load_samples(data_cfg), test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed
+        )[split]
     evaluation = evaluate_predictor(
-        predictor, samples, cfg.readiness, split=split, size_bytes=checkpoint.stat().st_size
+        predictor,
+        samples,
+        cfg.readiness,
+        split=split,
+        size_bytes=checkpoint.stat().st_size,
+        in_force=point.basis if point else None,
     )
     name = card.version or checkpoint.stem
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
-    report = write_report(evaluation, out_dir, title=f"{name} ({card.arch}) on {data_cfg.source} / {split}")
+    report = write_report(
+        evaluation,
+        out_dir,
+        history=_history(checkpoint.parent / "history.jsonl"),
+        title=f"{name} ({card.arch}) on {data_cfg.source} / {split}",
+    )
     with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's own sections
         fh.write(write_gallery(predictor, samples, evaluation, report.parent))
     return EvaluationRun(evaluation=evaluation, report=report)
@@ -87,6 +106,40 @@ class PredictedFile:
     path: Path
     outcome: Prediction | InspectError
     heatmap: Path | None = None
+
+
+def split_samples_of(manifest: Path, data: DataConfig, split: str, *, store: StoreConfig | None = None) -> list[Sample]:
+    """One split of a saved manifest; ``frame:ID`` keys (retrained versions) come from the frame store."""
+    if not any(k.startswith("frame:") for k in split_keys(manifest, split)):
+        return load_split(manifest, load_samples(data), split)
+    if store is None:
+        msg = f"split {split!r} of {manifest} holds line frames (frame:ID keys): a frame store config is needed"
+        raise DataError(msg)
+    from inspectline.retrain import line_frame_samples
+    from inspectline.store import FrameStore
+
+    cache_dir = Path(tempfile.mkdtemp(prefix="inspect-evaluate-frames-"))
+    with FrameStore(store) as frames:
+        return load_split(
+            manifest,
+            load_samples(data),
+            split,
+            resolve=lambda keys: line_frame_samples(keys, frames, cache_dir),
+        )
+
+
+def _operating_point(registry: ModelRegistry, checkpoint: Path):
+    """The operating point in force when ``checkpoint`` is a version of ``registry`` (else None)."""
+    folder = checkpoint.parent
+    if folder.parent.resolve() != registry.root.resolve() or folder.name not in registry.names():
+        return None
+    return registry.operating_point(folder.name)
+
+
+def _history(path: Path) -> list[dict] | None:
+    if not path.is_file():
+        return None
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def predict_files(

@@ -11,12 +11,19 @@ architecture, class names, preprocessing, temperature, threshold, TTA views, met
     model = build_model("resnet50", in_channels=1)
     save_checkpoint(path, model, card)
     model, card = load_checkpoint(path)
+
+``model.init_weights`` starts the backbone from ImageNet: ``imagenet`` uses torchvision's weights API
+(downloaded once into torch's cache, ``$TORCH_HOME/hub/checkpoints``, and read from there after), a
+path loads a local torchvision state dict. Offline with nothing cached, ``imagenet`` fails with an
+error naming both ways.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import torch
 import torchvision
@@ -82,6 +89,9 @@ class ModelCard(BaseModel):
     temperature: float = 1.0
     threshold: float = 0.5
     threshold_policy: str = "max_f1"
+    # validation metrics of the standard points ("max_f1", "target_recall"): threshold, recall, precision,
+    # false_reject_rate, prevalence, escapes_per_10k ... (see training.operating_point)
+    operating_points: dict[str, dict[str, float | None]] = {}
     tta_views: tuple[str, ...] = ("identity", "hflip")
     metrics: dict[str, float] = {}
     version: str | None = None
@@ -101,13 +111,41 @@ def build_model(
     in_channels: int = 3,
     head_dims: tuple[int, ...] = (512, 256),
     head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2),
-    init_weights: Path | None = None,
+    init_weights: str | Path | None = None,
+    fetch_imagenet: Callable[[str], dict[str, torch.Tensor]] | None = None,
 ) -> DefectClassifier:
-    """Build the classifier; ``init_weights`` is a local backbone state dict (e.g. ImageNet), never downloaded."""
+    """Build the classifier, from scratch or with an ImageNet backbone (see the module docstring).
+
+    ``fetch_imagenet`` (``arch -> state dict``) replaces the download, for tests and air-gapped mirrors.
+    """
     model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout))
-    if init_weights is not None:
-        load_backbone_weights(model, init_weights)
+    if init_weights is None:
+        return model
+    if str(init_weights) == "imagenet":
+        load_backbone_state(model, (fetch_imagenet or imagenet_state_dict)(arch), "ImageNet weights")
+    else:
+        load_backbone_weights(model, Path(init_weights))
     return model
+
+
+def imagenet_state_dict(arch: str, *, load_url: Callable[..., dict] | None = None) -> dict[str, torch.Tensor]:
+    """torchvision's default ImageNet weights for ``arch``: from torch's cache, downloaded there once.
+
+    ``load_url`` stands in for ``torch.hub.load_state_dict_from_url`` (tests, mirrors).
+    """
+    weights = torchvision.models.get_model_weights(arch).DEFAULT
+    load_url = load_url or torch.hub.load_state_dict_from_url
+    try:
+        return load_url(weights.url, progress=False, check_hash=True, weights_only=True, map_location="cpu")
+    except (URLError, OSError) as exc:
+        cache = Path(torch.hub.get_dir()) / "checkpoints"
+        msg = (
+            f"model.init_weights='imagenet' needs torchvision's {weights} weights, which are not in torch's cache "
+            f"({cache}) and could not be downloaded from {weights.url} ({exc}). Either run once where the machine "
+            f"is online (or copy the file into {cache}), or download the .pth file elsewhere and set "
+            f"model.init_weights to its local path."
+        )
+        raise CheckpointError(msg) from None
 
 
 def model_from_card(card: ModelCard) -> DefectClassifier:
@@ -121,17 +159,22 @@ def model_from_card(card: ModelCard) -> DefectClassifier:
 
 
 def load_backbone_weights(model: DefectClassifier, path: Path) -> int:
-    """Load a torchvision-style ResNet state dict into the backbone; returns tensors loaded.
-
-    The classifier (``fc.*``) is skipped. For a gray model the RGB ``conv1`` kernel is summed over its
-    input channels, which keeps the response to a gray image equal to that of the RGB original.
-    """
+    """Load a torchvision-style ResNet state dict file into the backbone; returns tensors loaded."""
     state = _torch_load(Path(path))
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         msg = f"{path} is not a state dict of tensors (a torchvision ResNet .pth file is expected)"
         raise CheckpointError(msg)
+    return load_backbone_state(model, state, str(path))
+
+
+def load_backbone_state(model: DefectClassifier, state: dict[str, torch.Tensor], origin: str) -> int:
+    """Load a torchvision ResNet state dict into the backbone; returns tensors loaded.
+
+    The classifier (``fc.*``) is skipped. For a gray model the RGB ``conv1`` kernel is summed over its
+    input channels, which keeps the response to a gray image equal to that of the RGB original.
+    """
     state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
     own = model.backbone.state_dict()
     conv = state.get("conv1.weight")
@@ -141,7 +184,7 @@ def load_backbone_weights(model: DefectClassifier, path: Path) -> int:
     unknown = [k for k in state if k not in own]
     if mismatched or len(unknown) > len(state) // 2:
         msg = (
-            f"{path} does not fit backbone {model.backbone.__class__.__name__}: shape mismatches "
+            f"{origin} does not fit backbone {model.backbone.__class__.__name__}: shape mismatches "
             f"{mismatched[:5]}, unknown keys {unknown[:5]}"
         )
         raise CheckpointError(msg)

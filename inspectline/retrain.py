@@ -336,17 +336,29 @@ def _split_newest(
     return held, [f for f in frames if f.id not in kept_ids]
 
 
+def line_frame_samples(keys: list[str], store: FrameStore, cache_dir: Path) -> dict[str, Sample]:
+    """``frame:ID`` keys of a saved split -> samples of those stored frames (labelled, image kept).
+
+    Other keys, unknown ids and frames whose image or label is gone are left out: the caller
+    decides whether that is an error (evaluation) or not (replay draws what is still there).
+    """
+    ids = {}
+    for key in keys:
+        prefix, _, number = key.partition(":")
+        if prefix == "frame" and number.isdigit():
+            ids[int(number)] = key
+    found = store.get_many(ids)
+    return {
+        ids[i]: _frame_sample(store, frame, cache_dir)
+        for i, frame in found.items()
+        if frame.image_sha256 is not None and frame.label is not None
+    }
+
+
 def _resolve_keys(keys: list[str], base: dict[str, Sample], store: FrameStore, cache_dir: Path) -> list[Sample]:
     """Sample keys of a saved split -> samples: base-source keys, or ``frame:ID`` from the store."""
-    samples = []
-    for key in keys:
-        if key in base:
-            samples.append(base[key])
-        elif key.startswith("frame:"):
-            frame = store.get(int(key.split(":", 1)[1]))
-            if frame.image_sha256 is not None and frame.label is not None:
-                samples.append(_frame_sample(store, frame, cache_dir))
-    return samples
+    line = line_frame_samples([k for k in keys if k not in base], store, cache_dir)
+    return [base[k] if k in base else line[k] for k in keys if k in base or k in line]
 
 
 def _replay(champion, base_data: DataConfig, store: FrameStore, cache_dir: Path, *, n: int, seed: int) -> list[Sample]:

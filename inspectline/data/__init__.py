@@ -1,7 +1,13 @@
 """Datasets: sources, splits, albumentations presets and loaders (see each module's docstring)."""
 
-from inspectline.data.loader import FrameDataset, class_sample_weights, create_loader
-from inspectline.data.presets import Preprocessing, build_eval_preset, build_train_preset, compute_normalization
+from inspectline.data.loader import FrameDataset, class_sample_weights, create_loader, loader_workers
+from inspectline.data.presets import (
+    Preprocessing,
+    build_eval_preset,
+    build_train_preset,
+    compute_normalization,
+    resize_images,
+)
 from inspectline.data.sources import (
     CLASS_NAMES,
     DEFECTIVE,
@@ -12,7 +18,14 @@ from inspectline.data.sources import (
     load_samples,
     source_root,
 )
-from inspectline.data.splits import Splits, holdout, load_split_manifest, save_split_manifest, split_samples
+from inspectline.data.splits import (
+    Splits,
+    holdout,
+    load_split,
+    load_split_manifest,
+    save_split_manifest,
+    split_samples,
+)
 
 __all__ = [
     "CLASS_NAMES",
@@ -31,7 +44,10 @@ __all__ = [
     "holdout",
     "load_images",
     "load_samples",
+    "load_split",
     "load_split_manifest",
+    "loader_workers",
+    "resize_images",
     "save_split_manifest",
     "source_root",
     "split_samples",

@@ -8,6 +8,7 @@ whatever classes appear first, silently swapping them.)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import albumentations as A
@@ -57,6 +58,20 @@ def class_sample_weights(labels: np.ndarray, num_classes: int = len(CLASS_NAMES)
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     per_class = np.divide(counts.sum(), num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
     return per_class[labels]
+
+
+def loader_workers(setting: int | str, cpu_count: int | None = None) -> int:
+    """Loader processes for ``train.num_workers``: a number as given, or ``auto``.
+
+    ``auto`` keeps augmentation in the training process on a machine of up to 4 cores: augmenting
+    from the in-memory cache costs a few per cent of a training step there, and a worker process
+    would take a core from the forward/backward pass. Bigger machines get a quarter of their cores
+    (at most 8), so the loader keeps up with a GPU.
+    """
+    if setting != "auto":
+        return int(setting)
+    cores = cpu_count or os.cpu_count() or 1
+    return 0 if cores <= 4 else min(8, cores // 4)
 
 
 def create_loader(

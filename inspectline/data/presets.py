@@ -7,10 +7,15 @@ every checkpoint; training, evaluation, ``inspect predict`` and the service all 
 
 Presets (``augment.preset``):
 
-* ``train``  resize, flips and 90° rotations, a small affine, elastic transform, grid distortion,
-             CLAHE, brightness/contrast, Gaussian noise, blur, coarse dropout, normalise.
-* ``light``  resize, flips and 90° rotations, brightness/contrast, normalise.
-* ``none``   the eval preset (resize and normalise only).
+* ``train``      resize, flips and 90° rotations, a small affine, elastic transform, grid distortion,
+                 CLAHE, brightness/contrast, Gaussian noise, blur, coarse dropout, normalise.
+* ``reference``  the augmentations of the ELPV reference (Deitsch et al. 2019): resize, flips and 90°
+                 rotations, a small affine (scale, rotation, translation), normalise.
+* ``light``      resize, flips and 90° rotations, brightness/contrast, normalise.
+* ``none``       the eval preset (resize and normalise only).
+
+Training decodes and resizes every image once (:func:`resize_images`) and augments from that cache:
+the presets' own resize is then a copy, and a frame is never decoded or downscaled twice.
 """
 
 from __future__ import annotations
@@ -72,16 +77,19 @@ def build_train_preset(pre: Preprocessing, aug: AugmentConfig, *, seed: int | No
         A.RandomRotate90(p=aug.rotate90),
     ]
     photometric = [A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=aug.brightness_contrast)]
+    affine = A.Affine(
+        scale=(1 - aug.affine_scale, 1 + aug.affine_scale),
+        translate_percent=(-aug.affine_translate, aug.affine_translate),
+        rotate=(-aug.affine_rotate, aug.affine_rotate),
+        border_mode=cv2.BORDER_REFLECT_101,
+        p=aug.affine,
+    )
     if aug.preset == "light":
         return A.Compose([_resize(pre.image_size), *geometric, *photometric, *_finish(pre)], seed=seed)
+    if aug.preset == "reference":
+        return A.Compose([_resize(pre.image_size), *geometric, affine, *_finish(pre)], seed=seed)
     heavy = [
-        A.Affine(
-            scale=(0.9, 1.1),
-            translate_percent=(-0.05, 0.05),
-            rotate=(-10, 10),
-            border_mode=cv2.BORDER_REFLECT_101,
-            p=aug.affine,
-        ),
+        affine,
         # alpha/sigma in pixels, scaled to the image so small test images are not shredded
         A.ElasticTransform(
             alpha=pre.image_size * 0.25, sigma=pre.image_size * 0.05, border_mode=cv2.BORDER_REFLECT_101, p=aug.elastic
@@ -100,6 +108,12 @@ def build_train_preset(pre: Preprocessing, aug: AugmentConfig, *, seed: int | No
         ),
     ]
     return A.Compose([_resize(pre.image_size), *geometric, *heavy, *_finish(pre)], seed=seed)
+
+
+def resize_images(images: Sequence[np.ndarray], image_size: int) -> list[np.ndarray]:
+    """Each decoded image resized once to the model's side, as the presets resize it: the training cache."""
+    resize = _resize(image_size)
+    return [resize(image=image)["image"] for image in images]  # (H, W, C) uint8, channel axis kept
 
 
 def compute_normalization(images: Sequence[np.ndarray], image_size: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -7,13 +7,15 @@ wafer) the split is made with scikit-learn's ``StratifiedGroupKFold`` so that no
 splits; the fraction is then approximate, since whole groups move together.
 
 The manifest written by :func:`save_split_manifest` lists sample keys per split; reading it back
-against the same source reproduces the exact split on any machine.
+against the same source reproduces the exact split on any machine. A retrained version's manifest
+also holds line frames from the frame store (``frame:ID`` keys): :func:`load_split` takes a
+``resolve`` callable for keys the source does not have (``inspectline.retrain.line_frame_samples``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,16 +112,33 @@ def save_split_manifest(splits: Splits, path: Path, *, source: dict, seed: int) 
     path.write_text(json.dumps(doc, indent=1))
 
 
-def load_split_manifest(path: Path, samples: Sequence[Sample]) -> Splits:
-    """Rebuild a saved split from the same source's samples, matching by key."""
-    doc = json.loads(Path(path).read_text())
+KeyResolver = Callable[[list[str]], dict[str, Sample]]
+
+
+def split_keys(path: Path, name: str) -> list[str]:
+    """The sample keys of one split of a saved manifest, in order."""
+    if name not in SPLIT_NAMES:
+        msg = f"split {name!r} is not one of {', '.join(SPLIT_NAMES)}"
+        raise DataError(msg)
+    return [e["key"] for e in json.loads(Path(path).read_text())["splits"][name]]
+
+
+def load_split(path: Path, samples: Sequence[Sample], name: str, *, resolve: KeyResolver | None = None) -> list[Sample]:
+    """One saved split rebuilt from the source's samples by key; ``resolve`` supplies keys the source lacks."""
+    keys = split_keys(path, name)
     by_key = {s.key: s for s in samples}
-    parts: dict[str, list[Sample]] = {}
-    for name in SPLIT_NAMES:
-        entries = doc["splits"][name]
-        missing = [e["key"] for e in entries if e["key"] not in by_key]
-        if missing:
-            msg = f"split manifest {path}: {len(missing)} {name} samples are not in the data source, e.g. {missing[:5]}"
-            raise DataError(msg)
-        parts[name] = [by_key[e["key"]] for e in entries]
-    return Splits(**parts)
+    unknown = [k for k in keys if k not in by_key]
+    if unknown and resolve is not None:
+        by_key |= resolve(unknown)
+    missing = [k for k in keys if k not in by_key]
+    if missing:
+        msg = f"split manifest {path}: {len(missing)} {name} samples are not in the data source, e.g. {missing[:5]}"
+        if any(k.startswith("frame:") for k in missing):
+            msg += " (frame:ID keys are line frames of a retrained version: they are read from the frame store)"
+        raise DataError(msg)
+    return [by_key[k] for k in keys]
+
+
+def load_split_manifest(path: Path, samples: Sequence[Sample], *, resolve: KeyResolver | None = None) -> Splits:
+    """Rebuild a saved split from the same source's samples, matching by key."""
+    return Splits(**{name: load_split(path, samples, name, resolve=resolve) for name in SPLIT_NAMES})

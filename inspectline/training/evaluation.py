@@ -20,7 +20,13 @@ from inspectline.config import ReadinessConfig
 from inspectline.data.sources import Sample
 from inspectline.imaging import read_image
 from inspectline.predictor import Predictor
-from inspectline.training.metrics import classification_metrics, expected_calibration_error, threshold_sweep
+from inspectline.training.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    four_class_metrics,
+    point_metrics,
+    threshold_sweep,
+)
 
 _MAX_BREAKDOWN_VALUES = 12
 
@@ -45,6 +51,8 @@ class Evaluation:
     size_bytes: int | None
     readiness: list[dict]
     breakdown: dict[str, list[dict]] = field(default_factory=dict)
+    operating_points: list[dict] = field(default_factory=list)
+    four_class: dict | None = None  # ELPV-style sources with annotated defect probabilities
 
     def summary(self) -> dict:
         """The JSON-able part (no per-sample arrays)."""
@@ -78,8 +86,13 @@ def evaluate_predictor(
     split: str = "test",
     size_bytes: int | None = None,
     measure_latency: bool = True,
+    in_force: str | None = None,
 ) -> Evaluation:
-    """Judge every sample and compute the full set of metrics at the predictor's threshold."""
+    """Judge every sample and compute the full set of metrics at the predictor's threshold.
+
+    ``in_force`` describes where the predictor's threshold comes from when it is not the card's
+    (an operating point set after training); the report names it.
+    """
     labels = np.array([s.label for s in samples], dtype=int)
     view_logits, _ = collect_outputs(predictor, samples, images)
     calibrated, _ = predictor.calibrated_probabilities(view_logits)
@@ -107,6 +120,8 @@ def evaluate_predictor(
         size_bytes=size_bytes,
         readiness=readiness_checks(metrics, ece_after, latency, readiness),
         breakdown=breakdown(samples, labels, calibrated >= predictor.threshold),
+        operating_points=operating_point_table(predictor, labels, calibrated, in_force),
+        four_class=_four_class(samples, calibrated),
     )
 
 
@@ -146,6 +161,45 @@ def readiness_checks(metrics: dict, ece: float, latency_ms: float | None, cfg: R
         check("expected calibration error", ece, cfg.max_ece, False),
         check("CPU latency per frame (ms)", latency_ms, cfg.max_latency_ms, False),
     ]
+
+
+def operating_point_table(
+    predictor: Predictor, labels: np.ndarray, prob: np.ndarray, in_force: str | None = None
+) -> list[dict]:
+    """The threshold in force and the card's validation points, measured on these samples.
+
+    Per point: where it was chosen, the threshold, what validation expected and what these samples
+    give (escapes and false rejects per 10,000 parts at the *validation* prevalence, so the numbers
+    of a test split with another defect share stay comparable).
+    """
+    card_points = predictor.card.operating_points
+    prevalence = next((p["prevalence"] for p in card_points.values() if "prevalence" in p), None)
+    rows = [
+        {
+            "point": "in force",
+            "basis": in_force or f"model card ({predictor.card.threshold_policy})",
+            "expected": {},
+            "measured": point_metrics(labels, prob, predictor.threshold, prevalence),
+        }
+    ]
+    bases = {"max_f1": "max F1 on validation", "target_recall": "target recall {target_recall:g} on validation"}
+    for name, expected in card_points.items():
+        rows.append(
+            {
+                "point": name,
+                "basis": bases.get(name, name).format(**expected),
+                "expected": expected,
+                "measured": point_metrics(labels, prob, expected["threshold"], prevalence),
+            }
+        )
+    return rows
+
+
+def _four_class(samples: Sequence[Sample], prob: np.ndarray) -> dict | None:
+    annotated = [s.meta.get("defect_probability") for s in samples]
+    if not samples or any(not isinstance(a, float) for a in annotated):
+        return None
+    return four_class_metrics(np.array(annotated), prob)
 
 
 def breakdown(samples: Sequence[Sample], labels: np.ndarray, flagged: np.ndarray) -> dict[str, list[dict]]:

@@ -1,27 +1,28 @@
 """The training loop as plain functions: ``fit`` -> ``train_one_epoch`` / ``evaluate``.
 
 Recipe: cross-entropy with label smoothing, mixup on a share of batches, AdamW, a OneCycle schedule
-stepped per batch, gradient clipping, mixed precision on CUDA and channels-last memory. After every
-epoch the validation split is evaluated and one JSON line is appended to the history log (losses,
-accuracy, precision, recall, F1, ROC-AUC, the train-val gap, learning rate, prediction diversity).
+stepped per batch, gradient clipping, mixed precision where the hardware has it (``training.precision``:
+AMP on CUDA, bf16 on CPUs with AMX/AVX512-BF16), channels-last memory and optional weight averaging
+(``training.averaging``: EMA or SWA). After every epoch the validation split is evaluated and the
+epoch's row (losses, accuracy, precision, recall, F1, ROC-AUC, the train-val gap, learning rate,
+prediction diversity, images/s) goes to ``history.jsonl``, TensorBoard and the log (``training.history``).
 
 Two callbacks earn their place:
 
 * :class:`EarlyStopping` keeps the state of the best validation F1 and stops after ``patience``
   epochs without improvement, but never before ``early_stopping_start`` of the epochs: the best
   OneCycle models come from the annealing phase, after the noisy high learning rates.
+* :class:`CollapseDetector` warns when (nearly) every validation sample gets the same class and stops
+  training after ``collapse_patience`` such epochs in a row.
 
 The validation F1 that selects the checkpoint is the best F1 over thresholds (``val_best_f1``):
 the operating point calibration will choose. F1 at a fixed 0.5 (``val_f1``, logged) swings with
 label smoothing and mixup, which shift the logits without changing the ranking.
-* :class:`CollapseDetector` warns when (nearly) every validation sample gets the same class and stops
-  training after ``collapse_patience`` such epochs in a row.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -35,7 +36,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from inspectline.config import TrainConfig
+from inspectline.training.averaging import WeightAverager
+from inspectline.training.history import EpochLog, interactive
 from inspectline.training.metrics import best_f1, classification_metrics, prediction_diversity
+from inspectline.training.precision import Precision, autocast, resolve_precision
+from inspectline.training.precision import resolve_device as resolve_device  # re-exported: serving imports it here
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,12 @@ class EarlyStopping:
     bad_epochs: int = 0
 
     def step(self, score: float, epoch: int, model: nn.Module) -> bool:
-        """Record an epoch; True when training should stop."""
-        if score > self.best_score:
+        """Record an epoch; True when training should stop.
+
+        A tie goes to the later epoch: with OneCycle it has the lower learning rate behind it, and on a
+        small validation set an early epoch can reach the same score by luck.
+        """
+        if score >= self.best_score:
             self.best_score, self.best_epoch, self.bad_epochs = score, epoch, 0
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             return False
@@ -110,20 +119,22 @@ def train_one_epoch(
     device: torch.device,
     rng: np.random.Generator,
     *,
+    precision: Precision | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    averager: WeightAverager | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> dict:
     """One pass over the training loader; returns mean loss and accuracy on the (dominant) targets."""
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    amp_dtype = _amp_dtype(cfg, device)
+    precision = precision or Precision(None, "fp32")
     total_loss = correct = seen = 0.0
     for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress, unit="batch"):
         x = x.to(device, memory_format=memory_format, non_blocking=True)
         y = y.to(device, non_blocking=True)
         mixed = cfg.mixup_alpha > 0 and rng.random() < cfg.mixup_prob
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(device, precision):
             if mixed:
                 x, y_a, y_b, lam = mixup(x, y, cfg.mixup_alpha, rng)
                 logits = model(x)
@@ -145,23 +156,32 @@ def train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
         scheduler.step()
+        if averager is not None:
+            averager.after_step(model)
         n = y.shape[0]
         total_loss += float(loss.detach()) * n
         correct += float((logits.argmax(dim=1) == target).sum())
         seen += n
-    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1)}
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DataLoader, criterion: nn.Module, device: torch.device, *, channels_last: bool = True
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    device: torch.device,
+    *,
+    channels_last: bool = True,
+    precision: Precision | None = None,
 ) -> dict:
     """Loss and raw logits over a loader, in eval mode, no TTA (the per-epoch check)."""
     model.eval()
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     losses, logits_all, labels_all = [], [], []
     for x, y in loader:
-        logits = model(x.to(device, memory_format=memory_format)).float()
+        with autocast(device, precision or Precision(None, "fp32")):
+            logits = model(x.to(device, memory_format=memory_format)).float()
         losses.append(float(criterion(logits, y.to(device))) * y.shape[0])
         logits_all.append(logits.cpu())
         labels_all.append(y)
@@ -178,9 +198,14 @@ def fit(
     device: torch.device,
     *,
     history_path: Path | None = None,
+    tensorboard_dir: Path | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train with early stopping on validation F1; on return ``model`` holds the best weights."""
+    """Train with early stopping on validation F1; on return ``model`` holds the best weights.
+
+    ``progress`` shows bars when stderr is a terminal; otherwise each epoch is one log line.
+    With weight averaging, the averaged weights are validated, kept and returned in ``model``.
+    """
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
@@ -192,74 +217,63 @@ def fit(
     stopper = EarlyStopping(cfg.patience, min_epochs=math.ceil(cfg.early_stopping_start * cfg.epochs))
     collapse = CollapseDetector(cfg.collapse_share, cfg.collapse_patience, cfg.collapse_warmup)
     rng = np.random.default_rng(cfg.seed)
-    scaler = torch.amp.GradScaler(device.type) if _amp_dtype(cfg, device) == torch.float16 else None
+    precision = resolve_precision(cfg.precision, device)
+    log.info("training precision: %s (%s)", precision.name, precision.reason)
+    scaler = torch.amp.GradScaler(device.type) if precision.needs_scaler else None
+    averager = (
+        WeightAverager(model, cfg.weight_averaging, epochs=cfg.epochs, ema_decay=cfg.ema_decay, swa_start=cfg.swa_start)
+        if cfg.weight_averaging != "none"
+        else None
+    )
+    bars = progress and interactive()
+    epoch_log = EpochLog(history_path, tensorboard_dir, log_lines=not bars)
     history: list[dict] = []
     stop_reason = "completed"
     started = time.perf_counter()
-    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not progress)
-    for epoch in epochs:
-        t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        train = train_one_epoch(
-            model,
-            train_loader,
-            criterion,
-            optimizer,
-            scheduler,
-            cfg,
-            device,
-            rng,
-            scaler=scaler,
-            progress=progress,
-            desc=f"epoch {epoch}",
-        )
-        val = evaluate(model, val_loader, eval_criterion, device, channels_last=cfg.channels_last)
-        prob = torch.softmax(val["logits"], dim=1)[:, 1].numpy()
-        m = classification_metrics(val["labels"], prob, 0.5)
-        diversity = prediction_diversity((prob >= 0.5).astype(int))
-        selection_f1 = best_f1(val["labels"], prob)
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train["loss"],
-            "train_accuracy": train["accuracy"],
-            "val_loss": val["loss"],
-            "val_accuracy": m["accuracy"],
-            "val_precision": m["precision"],
-            "val_recall": m["recall"],
-            "val_f1": m["f1"],
-            "val_best_f1": selection_f1,
-            "val_roc_auc": m["roc_auc"],
-            "gap_accuracy": train["accuracy"] - m["accuracy"],
-            "gap_loss": val["loss"] - train["loss"],
-            "prediction_diversity": diversity,
-            "seconds": time.perf_counter() - t0,
-        }
-        history.append(row)
-        if history_path is not None:
-            with history_path.open("a") as fh:
-                fh.write(json.dumps(row) + "\n")
-        epochs.set_postfix(
-            val_f1=f"{selection_f1:.3f}",
-            auc=f"{m['roc_auc'] or 0:.3f}",
-            best=f"{max(stopper.best_score, selection_f1):.3f}",
-        )
-        if not progress:
-            log.info(
-                "epoch %d: train loss %.4f, val loss %.4f, val F1 %.3f, AUC %s",
-                epoch,
-                train["loss"],
-                val["loss"],
-                selection_f1,
-                m["roc_auc"],
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="epochs", unit="epoch", disable=not bars)
+    try:
+        for epoch in epochs:
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            train = train_one_epoch(
+                model,
+                train_loader,
+                criterion,
+                optimizer,
+                scheduler,
+                cfg,
+                device,
+                rng,
+                precision=precision,
+                scaler=scaler,
+                averager=averager,
+                progress=bars,
+                desc=f"epoch {epoch}",
             )
-        if stopper.step(selection_f1, epoch, model):
-            stop_reason = "early_stopping"
-            break
-        if collapse.step(diversity, epoch):
-            stop_reason = "collapse"
-            break
-    epochs.close()
+            train_seconds = time.perf_counter() - t0
+            if averager is not None:
+                averager.after_epoch(model, epoch, train_loader, device)
+            judged = averager.model_to_validate(model) if averager is not None else model
+            val = evaluate(
+                judged, val_loader, eval_criterion, device, channels_last=cfg.channels_last, precision=precision
+            )
+            row = _epoch_row(epoch, lr, train, val, train_seconds, time.perf_counter() - t0)
+            history.append(row)
+            epoch_log.write(row, total_epochs=cfg.epochs)
+            epochs.set_postfix(
+                val_f1=f"{row['val_best_f1']:.3f}",
+                auc=f"{row['val_roc_auc'] or 0:.3f}",
+                best=f"{max(stopper.best_score, row['val_best_f1']):.3f}",
+            )
+            if stopper.step(row["val_best_f1"], epoch, judged):
+                stop_reason = "early_stopping"
+                break
+            if collapse.step(row["prediction_diversity"], epoch):
+                stop_reason = "collapse"
+                break
+    finally:
+        epochs.close()
+        epoch_log.close()
     if stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
     return FitResult(
@@ -272,14 +286,25 @@ def fit(
     )
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if not cfg.amp or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def _epoch_row(epoch: int, lr: float, train: dict, val: dict, train_seconds: float, seconds: float) -> dict:
+    """The history row of one epoch: what the log, TensorBoard and the report's curves show."""
+    prob = torch.softmax(val["logits"], dim=1)[:, 1].numpy()
+    m = classification_metrics(val["labels"], prob, 0.5)
+    return {
+        "epoch": epoch,
+        "lr": lr,
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "val_loss": val["loss"],
+        "val_accuracy": m["accuracy"],
+        "val_precision": m["precision"],
+        "val_recall": m["recall"],
+        "val_f1": m["f1"],
+        "val_best_f1": best_f1(val["labels"], prob),
+        "val_roc_auc": m["roc_auc"],
+        "gap_accuracy": train["accuracy"] - m["accuracy"],
+        "gap_loss": val["loss"] - train["loss"],
+        "prediction_diversity": prediction_diversity((prob >= 0.5).astype(int)),
+        "images_per_s": train["images"] / max(train_seconds, 1e-9),
+        "seconds": seconds,
+    }

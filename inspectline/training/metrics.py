@@ -23,6 +23,9 @@ from sklearn.metrics import (
 from inspectline.data.sources import CLASS_NAMES
 
 SWEEP_THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# ELPV's annotated defect probabilities: the four classes of the literature's 4-class results.
+FOUR_CLASS_LEVELS = (0.0, 1 / 3, 2 / 3, 1.0)
+PER_PARTS = 10_000  # escapes and false rejects are counted per this many parts
 
 
 def classification_metrics(y_true: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict:
@@ -111,3 +114,51 @@ def prediction_diversity(y_pred: np.ndarray) -> float:
     if len(y_pred) == 0:
         return 1.0
     return float(np.bincount(np.asarray(y_pred, dtype=int)).max() / len(y_pred))
+
+
+def four_class_metrics(annotated: np.ndarray, prob: np.ndarray) -> dict:
+    """4-class accuracy (0, ⅓, ⅔, 1) of a binary model: its calibrated probability taken at the nearest level.
+
+    ``annotated`` holds the annotators' defect probabilities (ELPV's ``defect_probability``). The binary
+    model is not trained on the four levels, so this measures how well its calibrated probability
+    ranks the annotators' uncertainty; it is reported because the ELPV literature reports it.
+    Returns accuracy, the 4×4 confusion (rows annotated, columns predicted) and per-level recall.
+    """
+    levels = np.array(FOUR_CLASS_LEVELS)
+    truth = np.abs(np.asarray(annotated, dtype=float)[:, None] - levels).argmin(axis=1)
+    predicted = np.abs(np.asarray(prob, dtype=float)[:, None] - levels).argmin(axis=1)
+    confusion = confusion_matrix(truth, predicted, labels=range(len(levels)))
+    support = confusion.sum(axis=1)
+    return {
+        "accuracy": float((truth == predicted).mean()) if len(truth) else None,
+        "levels": [round(float(v), 4) for v in levels],
+        "confusion": confusion.tolist(),
+        "recall_per_level": [float(confusion[i, i] / n) if n else None for i, n in enumerate(support)],
+        "support": support.tolist(),
+    }
+
+
+def point_metrics(labels: np.ndarray, prob: np.ndarray, threshold: float, prevalence: float | None = None) -> dict:
+    """Recall, precision, false-reject rate and escapes / false rejects per 10,000 parts at ``threshold``.
+
+    ``prevalence`` is the defect share the per-10,000 figures assume (default: this set's own).
+    """
+    labels = np.asarray(labels, dtype=int)
+    flagged = np.asarray(prob) >= threshold
+    defective, good = labels == 1, labels == 0
+    recall = float(flagged[defective].mean()) if defective.any() else None
+    false_reject_rate = float(flagged[good].mean()) if good.any() else None
+    precision = float(defective[flagged].mean()) if flagged.any() else None
+    prevalence = float(defective.mean()) if prevalence is None else float(prevalence)
+    return {
+        "threshold": float(threshold),
+        "accuracy": float((flagged == defective).mean()) if len(labels) else None,
+        "recall": recall,
+        "precision": precision,
+        "false_reject_rate": false_reject_rate,
+        "prevalence": prevalence,
+        "escapes_per_10k": None if recall is None else PER_PARTS * prevalence * (1 - recall),
+        "false_rejects_per_10k": None
+        if false_reject_rate is None
+        else PER_PARTS * (1 - prevalence) * false_reject_rate,
+    }

@@ -1,9 +1,11 @@
 """Write an evaluation to disk: ``metrics.json``, ``report.md`` and PNG plots beside it.
 
-The report is what a quality engineer reads before a model goes on the line: per-class precision,
-recall and F1, the confusion matrix, ROC and PR curves, the training curves with the train-val gap,
-a threshold sweep, calibration before and after temperature scaling, size and latency, and the
-deployment-readiness checks.
+The report is what a quality engineer reads before a model goes on the line: the deployment-readiness
+checks, the operating points side by side (the threshold in force, max F1 and the target recall:
+recall, precision, false-reject rate and escapes per 10,000 parts), per-class precision, recall and
+F1, the confusion matrix, ROC and PR curves, a threshold sweep, calibration before and after
+temperature scaling, size and latency, the 4-class breakdown where the data has annotated defect
+probabilities (ELPV), and the training curves with the train-val gap.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
             )
         )
         + " |",
+        *_operating_points(ev),
         "",
         "## Per class",
         "",
@@ -122,6 +125,7 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
         f"- checkpoint size: {_size(ev.size_bytes)}",
         f"- CPU latency per frame (batch of one, with TTA, median): {_fmt(ev.latency_ms, 1)} ms",
     ]
+    lines += _four_class(ev)
     for name, rows in ev.breakdown.items():
         cols = list(rows[0])
         lines += ["", f"## Breakdown by {name}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -137,8 +141,79 @@ def _markdown(ev: Evaluation, plots: dict[str, Path], history: list[dict] | None
             f"final train-val accuracy gap {last['gap_accuracy']:+.4f}, loss gap {last['gap_loss']:+.4f}.",
             "",
             f"![training curves]({plots['training'].name})",
+            "",
+            "| epoch | train loss | val loss | loss gap (val - train) | train accuracy | val accuracy "
+            "| accuracy gap (train - val) | val ROC-AUC |",
+            "|---|---|---|---|---|---|---|---|",
+            *[
+                f"| {r['epoch']} | {r['train_loss']:.4f} | {r['val_loss']:.4f} | {r['gap_loss']:+.4f} | "
+                f"{r['train_accuracy']:.3f} | {r['val_accuracy']:.3f} | {r['gap_accuracy']:+.3f} | "
+                f"{_fmt(r['val_roc_auc'], 3)} |"
+                for r in _thinned(history)
+            ],
         ]
     return "\n".join(lines) + "\n"
+
+
+def _thinned(history: list[dict], rows: int = 12) -> list[dict]:
+    """About ``rows`` epochs spread over the run, always with the last one."""
+    step = max(1, round(len(history) / rows))
+    picked = history[step - 1 :: step]
+    return picked if picked and picked[-1] is history[-1] else [*picked, history[-1]]
+
+
+def _operating_points(ev: Evaluation) -> list[str]:
+    """The threshold in force beside the card's max-F1 and target-recall points: validation vs this split."""
+    if not ev.operating_points:
+        return []
+    prevalence = ev.operating_points[0]["measured"]["prevalence"]
+    whose = "validation's" if any(row["expected"] for row in ev.operating_points) else "this split's"
+    lines = [
+        "",
+        "## Operating points",
+        "",
+        f"What each threshold gives: expected on validation (where it was chosen) and measured on this split. "
+        f"Escapes (defective parts passed) and false rejects (good parts rejected) are per 10,000 parts at "
+        f"a defect prevalence of {prevalence:.1%} ({whose}).",
+        "",
+        "| point | chosen by | threshold | recall val / here | precision val / here | false-reject rate val / here "
+        "| escapes per 10k val / here | false rejects per 10k here |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in ev.operating_points:
+        e, m = row["expected"], row["measured"]
+        lines.append(
+            f"| {row['point']} | {row['basis']} | {m['threshold']:.3f} | {_pair(e, m, 'recall')} | "
+            f"{_pair(e, m, 'precision')} | {_pair(e, m, 'false_reject_rate')} | "
+            f"{_pair(e, m, 'escapes_per_10k', 0)} | {_fmt(m['false_rejects_per_10k'], 0)} |"
+        )
+    return lines
+
+
+def _pair(expected: dict, measured: dict, key: str, digits: int = 3) -> str:
+    return f"{_fmt(expected.get(key), digits) if expected else '–'} / {_fmt(measured.get(key), digits)}"
+
+
+def _four_class(ev: Evaluation) -> list[str]:
+    """4-class results (ELPV's annotated defect probabilities 0, ⅓, ⅔, 1) when the samples carry them."""
+    fc = ev.four_class
+    if not fc:
+        return []
+    names = ["0", "⅓", "⅔", "1"]
+    lines = [
+        "",
+        "## Four classes (annotated defect probability 0, ⅓, ⅔, 1)",
+        "",
+        f"4-class accuracy {_fmt(fc['accuracy'])}: the calibrated defect probability taken at the nearest annotated "
+        "level. Rows: annotated level; columns: predicted level.",
+        "",
+        "| annotated | " + " | ".join(names) + " | support | recall |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
+    rows = zip(names, fc["confusion"], fc["support"], fc["recall_per_level"], strict=True)
+    for name, counts, support, recall in rows:
+        lines.append(f"| {name} | " + " | ".join(str(c) for c in counts) + f" | {support} | {_fmt(recall, 3)} |")
+    return lines
 
 
 def _confusion_plot(ev: Evaluation, path: Path) -> Path:

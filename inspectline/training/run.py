@@ -6,12 +6,18 @@ A run directory holds everything needed to understand and reproduce it:
       config.yaml      the resolved configuration
       splits.json      the exact train/val/test keys
       history.jsonl    one line per epoch
+      events.out.tfevents.*  the same curves for ``tensorboard --logdir runs/``
       model.pt         the calibrated checkpoint (weights + model card)
       drift_reference.npz   validation-split outputs, image statistics and embedding components
       report/          metrics.json, report.md and plots on the test split
 
 ``inspect train`` calls :func:`run_training`; ``inspect retrain`` calls :func:`train_model` with its
 own splits and a parent checkpoint to warm-start from.
+
+Every image is decoded once and, for training and the per-epoch validation, resized once to the
+model's side (``data.cache_images``); augmentation works from that cache. Calibration, the drift
+reference and the test evaluation go through the :class:`Predictor` on the decoded frames, exactly
+as the service judges them.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from inspectline.data import (
     describe,
     load_images,
     load_samples,
+    loader_workers,
+    resize_images,
     save_split_manifest,
     split_samples,
 )
@@ -47,7 +55,9 @@ from inspectline.monitoring.drift import reference_from_frames
 from inspectline.predictor import Predictor
 from inspectline.training.calibration import choose_threshold, fit_temperature
 from inspectline.training.evaluation import Evaluation, collect_outputs, evaluate_predictor
-from inspectline.training.loop import FitResult, fit, resolve_device
+from inspectline.training.loop import FitResult, fit
+from inspectline.training.operating_point import standard_points
+from inspectline.training.precision import resolve_device
 from inspectline.training.report import write_report
 
 log = logging.getLogger(__name__)
@@ -135,22 +145,34 @@ def train_model(
             init_weights=cfg.model.init_weights,
         )
 
+    # The training cache: every image resized once to the model's side; augmentation starts from it.
+    resized = {name: resize_images(images[name], pre.image_size) if cache else None for name in ("train", "val")}
     train_set = FrameDataset(
-        splits.train, build_train_preset(pre, cfg.augment, seed=cfg.train.seed), color_mode, images["train"]
+        splits.train, build_train_preset(pre, cfg.augment, seed=cfg.train.seed), color_mode, resized["train"]
     )
-    val_set = FrameDataset(splits.val, build_eval_preset(pre), color_mode, images["val"])
+    val_set = FrameDataset(splits.val, build_eval_preset(pre), color_mode, resized["val"])
     t = cfg.train
+    workers = loader_workers(t.num_workers)
     train_loader = create_loader(
         train_set,
         batch_size=t.batch_size,
         train=True,
         balanced=t.balanced_sampling,
-        num_workers=t.num_workers,
+        num_workers=workers,
         seed=t.seed,
     )
-    val_loader = create_loader(val_set, batch_size=t.batch_size * 2, train=False, num_workers=t.num_workers)
+    val_loader = create_loader(val_set, batch_size=t.batch_size * 2, train=False, num_workers=workers)
 
-    result = fit(model, train_loader, val_loader, t, device, history_path=run_dir / "history.jsonl", progress=progress)
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        t,
+        device,
+        history_path=run_dir / "history.jsonl",
+        tensorboard_dir=run_dir if t.tensorboard else None,
+        progress=progress,
+    )
     log.info(
         "fit: %d epochs (%s), best validation F1 %.4f at epoch %d",
         result.epochs_run,
@@ -200,7 +222,11 @@ def train_model(
 def calibrate(
     predictor: Predictor, splits: Splits, val_images: list[np.ndarray] | None, cfg: InspectConfig
 ) -> ModelCard:
-    """Fit the temperature on TTA-averaged validation logits, then choose the threshold."""
+    """Fit the temperature on TTA-averaged validation logits, then choose the threshold.
+
+    The card also keeps both standard operating points (max F1 and the target recall) with what
+    each gives on validation, for the report and ``inspect models set-threshold``.
+    """
     view_logits, _ = collect_outputs(predictor, splits.val, val_images)
     labels = np.array([s.label for s in splits.val])
     temperature = fit_temperature(view_logits.mean(dim=0).numpy(), labels)
@@ -208,8 +234,16 @@ def calibrate(
     calibrated, _ = Predictor(predictor.model, card, device=predictor.device).calibrated_probabilities(view_logits)
     c = cfg.calibration
     threshold = choose_threshold(labels, calibrated, c.threshold_policy, c.target_recall)
-    log.info("calibration: temperature %.3f, threshold %.3f (%s)", temperature, threshold, c.threshold_policy)
-    return card.model_copy(update={"threshold": threshold})
+    points = standard_points(labels, calibrated, c.target_recall)
+    log.info(
+        "calibration: temperature %.3f, threshold %.3f (%s); validation recall %.3f, precision %s",
+        temperature,
+        threshold,
+        c.threshold_policy,
+        points[c.threshold_policy]["recall"] or 0.0,
+        points[c.threshold_policy]["precision"],
+    )
+    return card.model_copy(update={"threshold": threshold, "operating_points": points})
 
 
 def _seed_everything(seed: int) -> None:

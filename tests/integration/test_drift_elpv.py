@@ -1,7 +1,8 @@
 """Drift detection evidence on real ELPV frames with a model trained on ELPV.
 
 A brightness drop, a blur and a different product must each raise the alarm within two windows;
-unshifted held-out frames may raise it in no more than about alpha of the windows.
+unshifted held-out frames (the test split, against the validation reference) may raise it in no
+more than alpha of at least 2,000 windows.
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ def elpv(tmp_path_factory):
     return predictor, reference, frames, frame_features(predictor, frames)
 
 
-def test_unshifted_frames_rarely_raise_the_alarm(elpv):
+def test_unshifted_frames_raise_the_alarm_in_at_most_alpha_of_the_windows(elpv):
     _, reference, _, clean = elpv
-    rate, per_signal = false_alarm_rate(reference, clean, window=WINDOW, alpha=ALPHA, trials=400)
-    assert rate <= 2 * ALPHA, (rate, per_signal)
+    rate, per_signal = false_alarm_rate(reference, clean, window=WINDOW, alpha=ALPHA, trials=2000)
+    assert rate <= ALPHA, (rate, per_signal)
 
 
 @pytest.mark.parametrize("shift", ["darker", "blurred", "other_product"])

@@ -41,3 +41,13 @@ def test_dataset_reads_from_disk_when_not_preloaded(folder_dataset: Path):
     pre = Preprocessing(image_size=16, color_mode="gray", mean=(0.5,), std=(0.2,))
     x, y = FrameDataset(samples, build_eval_preset(pre), "gray")[0]
     assert x.shape == (1, 16, 16) and y == samples[0].label
+
+
+def test_auto_workers_keep_small_machines_in_process_and_scale_on_big_ones():
+    from inspectline.data import loader_workers
+
+    assert loader_workers("auto", cpu_count=2) == 0
+    assert loader_workers("auto", cpu_count=4) == 0
+    assert loader_workers("auto", cpu_count=16) == 4
+    assert loader_workers("auto", cpu_count=128) == 8
+    assert loader_workers(3, cpu_count=2) == 3

@@ -76,3 +76,23 @@ def test_normalisation_statistics_match_numpy():
     assert abs(std[0] - stacked.std()) < 1e-9
     rgb_mean, _ = compute_normalization([np.dstack([i, i // 2, i // 4]) for i in images], 32)
     assert len(rgb_mean) == 3 and rgb_mean[0] > rgb_mean[1] > rgb_mean[2]
+
+
+def test_reference_preset_is_the_reference_augmentations_only():
+    aug = AugmentConfig(preset="reference", affine_scale=0.05, affine_rotate=5, affine_translate=0.02)
+    preset = build_train_preset(PRE, aug)
+    names = _names(preset)
+    assert names == ["Resize", "HorizontalFlip", "VerticalFlip", "RandomRotate90", "Affine", "Normalize", "ToTensorV2"]
+    affine = preset.transforms[4]
+    assert affine.scale["x"] == (0.95, 1.05) and affine.rotate == (-5, 5)
+
+
+def test_the_resized_cache_gives_the_eval_preset_the_same_tensor():
+    from inspectline.data import resize_images
+
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 255, (50, 70, 1), dtype=np.uint8), rng.integers(0, 255, (90, 90, 1), dtype=np.uint8)]
+    cached = resize_images(frames, 32)
+    assert [c.shape for c in cached] == [(32, 32, 1), (32, 32, 1)] and cached[0].dtype == np.uint8
+    for frame, small in zip(frames, cached, strict=True):
+        assert torch.equal(build_eval_preset(PRE)(image=small)["image"], build_eval_preset(PRE)(image=frame)["image"])

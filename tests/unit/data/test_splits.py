@@ -67,3 +67,25 @@ def test_too_few_samples_for_a_class_gives_a_clear_error(folder_dataset: Path):
     few = [s for s in samples if s.label == 0] + [s for s in samples if s.label == 1][:2]
     with pytest.raises(DataError, match=r"class counts .'ok': 18, 'defective': 1.*add samples"):
         split_samples(few, test_size=0.25, val_size=0.25, seed=0)
+
+
+def test_line_frame_keys_are_resolved_by_the_given_resolver(folder_dataset: Path, tmp_path: Path):
+    from inspectline.data import Sample, Splits, load_split
+
+    samples = load_samples(DataConfig(source="folder", path=folder_dataset))
+    line = [Sample(key=f"frame:{i}", path=tmp_path / f"{i}.png", label=i % 2) for i in (7, 8)]
+    splits = Splits(train=samples[:10] + line, val=samples[10:20] + line[:1], test=samples[20:])
+    save_split_manifest(splits, tmp_path / "splits.json", source={}, seed=0)
+    asked = []
+
+    def resolve(keys):
+        asked.append(keys)
+        return {s.key: s for s in line if s.key in keys}
+
+    assert load_split(tmp_path / "splits.json", samples, "test") == samples[20:]  # no line frames: no store needed
+    train = load_split(tmp_path / "splits.json", samples, "train", resolve=resolve)
+    assert [s.key for s in train[-2:]] == ["frame:7", "frame:8"] and asked == [["frame:7", "frame:8"]]
+    with pytest.raises(DataError, match="read from the frame store"):
+        load_split(tmp_path / "splits.json", samples, "train")
+    with pytest.raises(DataError, match="not one of train, val, test"):
+        load_split(tmp_path / "splits.json", samples, "holdout")

@@ -100,5 +100,33 @@ def test_reference_round_trips_without_pickle(tmp_path: Path):
     reference.save(tmp_path / "ref.npz")
     loaded = DriftReference.load(tmp_path / "ref.npz")
     np.testing.assert_allclose(loaded.project(embeddings[:5]), reference.project(embeddings[:5]))
-    assert loaded.defect_rate == reference.defect_rate and loaded.components.shape == (400, 4)
-    np.testing.assert_allclose(reference.project(embeddings), reference.components, atol=1e-9)
+    assert loaded.defect_rate == reference.defect_rate and loaded.components.shape == (200, 4)
+    np.testing.assert_allclose(loaded.components, reference.components)
+
+
+def test_embedding_components_are_fitted_on_one_half_and_compared_on_the_other():
+    """Components fitted on the frames they are compared with have inflated variance: hold half out."""
+    reference, embeddings = _reference(np.random.default_rng(4))
+    projected = reference.project(embeddings)  # (400, 4)
+    # which frames are the stored comparison half: their projections are the stored components
+    compared = [int(np.argmin(np.abs(projected - row).sum(axis=1))) for row in reference.components]
+    np.testing.assert_allclose(projected[compared], reference.components, atol=1e-9)
+    fitted = sorted(set(range(400)) - set(compared))
+    assert len(compared) == len(fitted) == 200
+    np.testing.assert_allclose(reference.pca_mean, embeddings[fitted].mean(axis=0))  # the PCA saw only the other half
+    assert len(reference.probabilities) == len(reference.statistics) == 400  # nothing fitted there: every frame
+
+
+def test_defect_rate_allows_for_the_reference_being_a_sample():
+    """6 of 60 reference frames flagged (10 %) and 40 of 200 in the window (20 %): a 60-frame reference could
+    show that by chance (Fisher p ~ 0.08), so no alarm; a binomial test against an exact 10 % would alarm
+    (p ~ 3e-5). Four times the reference share does alarm."""
+    rng = np.random.default_rng(5)
+    n = 60
+    probabilities = np.where(np.arange(n) < 6, 0.9, 0.1)
+    reference = build_reference(probabilities, rng.normal(0.5, 0.05, (n, 4)), rng.normal(size=(n, 6)), 0.5, 3)
+    _, stats, comps = _window(rng, reference, 200)
+    twice = evaluate_window(reference, np.where(np.arange(200) < 40, 0.9, 0.1), stats, comps, alpha=0.01)
+    assert not twice.alarms["defect_rate"] and twice.scores["defect_rate"] == pytest.approx(2.0)
+    four = evaluate_window(reference, np.where(np.arange(200) < 80, 0.9, 0.1), stats, comps, alpha=0.01)
+    assert four.alarms["defect_rate"]

@@ -69,3 +69,34 @@ def test_fit_stops_a_collapsed_model(folder_dataset: Path, tmp_path: Path):
     assert result.epochs_run == 2
     assert all(row["prediction_diversity"] == 1.0 for row in result.history)
     assert len((tmp_path / "h.jsonl").read_text().splitlines()) == 2
+
+
+def test_fit_with_ema_outside_a_terminal_logs_a_line_per_epoch_and_returns_the_average(
+    folder_dataset: Path, tmp_path: Path, caplog, capsys
+):
+    cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 2, "weight_averaging": "ema", "ema_decay": 0.5})
+    samples = load_samples(cfg.data)
+    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
+    called = []  # which module ran each forward: the hook travels with the averaged copy (a deep copy)
+    model.register_forward_hook(lambda m, _i, _o: called.append(m))
+    with caplog.at_level(logging.INFO):
+        result = fit(
+            model,
+            create_loader(data, batch_size=8, train=True, seed=0),
+            create_loader(data, batch_size=16, train=False),
+            cfg.train,
+            torch.device("cpu"),
+            tensorboard_dir=tmp_path / "tb",
+            progress=True,  # stderr is not a terminal under pytest: log lines, no bars
+        )
+    assert "\r" not in capsys.readouterr().err
+    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert "training precision: fp32" in caplog.text
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert result.epochs_run == 2 and all(row["images_per_s"] > 0 for row in result.history)
+    val_batches = 3  # 48 frames in batches of 16
+    assert all(m is not model and not m.training for m in called[-val_batches:])  # the average was validated
+    assert any(m is model for m in called[:-val_batches])
