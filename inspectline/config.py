@@ -486,6 +486,20 @@ class InspectorOptions(_Section):
     max_loaded_versions: int = Field(
         3, ge=1, description="model versions kept in memory: old and new during a switch, and a shadow"
     )
+    engine: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="auto: the fastest export of the version that passed parity, else the checkpoint in torch"
+    )
+    precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = Field(
+        "auto", description="auto: whatever the engine rule picks; or ask for one (an error if it cannot run here)"
+    )
+    torch_autocast: bool = Field(
+        False,
+        description="with precision auto, run the checkpoint in bf16/fp16 autocast where the hardware has it "
+        "natively (faster, but never checked for parity like an export)",
+    )
+    threads: int | None = Field(
+        None, ge=1, description="inference threads per replica; default: the replica's num_cpus (OMP_NUM_THREADS)"
+    )
     camera_bit_depth: dict[str, int] = Field(
         default_factory=dict,
         description="significant bits of 16-bit frames per camera id (e.g. {cam-3: 12}); otherwise the PNG's sBIT, "

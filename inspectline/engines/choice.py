@@ -12,7 +12,8 @@ The rule for ``engine: auto``:
 2. The fastest candidate wins: the speed-up over PyTorch fp32 measured when exporting; exports
    without a measurement rank after measured ones, int8 before fp16/bf16 before fp32.
 3. If there is none, or the fastest was measured slower than PyTorch fp32, the torch engine runs
-   the checkpoint: bf16 autocast where the CPU (or GPU) supports it, else fp32.
+   the checkpoint: bf16 autocast where the CPU (or GPU) supports it, else fp32 — or fp32 always with
+   ``torch_autocast: false`` (the service's default: autocast was never checked for parity).
 
 On a GPU the torch engine always runs (exports run on the CPU). An explicit engine names what to
 run; with an explicit precision a forced export is accepted too (the reason says so), and a missing
@@ -57,6 +58,9 @@ class EnginePreference(BaseModel):
 
     engine: Literal["auto", "torch", "openvino", "onnxruntime"] = "auto"
     precision: Literal["auto", "fp32", "fp16", "bf16", "int8"] = "auto"
+    # With precision auto, may the checkpoint run bf16/fp16 autocast where the hardware has it natively?
+    # Faster, but unlike an export it was never checked for parity: the service keeps it off by default.
+    torch_autocast: bool = True
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,7 @@ def choose_engine(
         why = (
             "asked for torch" if preference.engine == "torch" else f"exports run on the CPU; this replica has {device}"
         )
-        return _torch_choice(preference.precision, device, caps, why)
+        return _torch_choice(preference.precision, device, caps, why, autocast=preference.torch_autocast)
     if preference.engine != "auto":
         return _explicit_export(version, preference, caps, installed)
 
@@ -124,7 +128,7 @@ def choose_engine(
     if precision != "auto" and precision not in torch_precisions(device, caps):
         msg = f"auto engine with precision {precision!r}: {why}, and torch cannot run {precision} here"
         raise EngineError(msg)
-    return _torch_choice(precision, device, caps, f"auto: {why}")
+    return _torch_choice(precision, device, caps, f"auto: {why}", autocast=preference.torch_autocast)
 
 
 def open_engine(
@@ -147,7 +151,11 @@ def open_engine(
     return export_format(choice.export.format).open(version.path / choice.export.path, choice.precision, threads)
 
 
-def _torch_choice(precision: str, device: torch.device, caps: CpuCapabilities, why: str) -> EngineChoice:
+def _torch_choice(
+    precision: str, device: torch.device, caps: CpuCapabilities, why: str, *, autocast: bool = True
+) -> EngineChoice:
+    if precision == "auto" and not autocast:
+        return EngineChoice("torch", "fp32", f"{why}; torch fp32 (autocast off: only parity-checked precisions)")
     if precision == "auto":
         native = [p for p in ("bf16", "fp16") if p in torch_precisions(device, caps)]
         precision = native[0] if native else "fp32"

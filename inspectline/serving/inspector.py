@@ -13,6 +13,11 @@ versions it was asked for in memory, up to ``max_loaded_versions``; a version no
 loaded and warmed in a worker thread while batches of other versions keep flowing. ``prepare`` is what
 the gateway broadcasts to every replica before it switches.
 
+Which engine runs a version follows one rule (:func:`inspectline.engines.choose_engine`): by default the
+fastest export of that version that passed parity (``inspect export``), else the checkpoint in torch fp32;
+``engine`` / ``precision`` in ``user_config`` ask for one. Each replica runs ``threads`` inference threads,
+by default its ``num_cpus``. ``/v1/model`` says which engine runs and why.
+
 16-bit frames are scaled by the camera's configured bit depth, else the PNG's sBIT, else the bit depth
 the model was trained on (``imaging.decode_for_model``).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ import torch
 from ray import serve
 
 from inspectline.config import InspectorOptions
+from inspectline.engines import EngineChoice, EnginePreference, InferenceEngine, choose_engine, open_engine
 from inspectline.errors import (
     ImageTooLargeError,
     InspectError,
@@ -40,7 +47,7 @@ from inspectline.errors import (
     UnsupportedImageError,
 )
 from inspectline.imaging import DEFAULT_MAX_PIXELS, decode_for_model
-from inspectline.model import DefectClassifier, ModelCard, load_checkpoint
+from inspectline.model import ModelCard
 from inspectline.monitoring.drift import image_statistics
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
@@ -100,7 +107,7 @@ def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgemen
             threshold=p.threshold,
             model_version=p.model_version or item.model.version,
             views=p.view_probabilities,
-            engine="torch",
+            engine=f"{predictor.engine.name} {predictor.engine.precision}",
             embedding=tuple(float(v) for v in np.asarray(p.embedding)),
             image_stats=item.stats,
             inference_s=seconds,
@@ -116,13 +123,17 @@ class Inspector:
     def __init__(self, registry: str):
         self.registry = ModelRegistry(Path(registry))
         self.options = InspectorOptions()
-        self._models: OrderedDict[str, tuple[DefectClassifier, ModelCard]] = OrderedDict()
+        self._models: OrderedDict[str, tuple[InferenceEngine, EngineChoice, ModelCard]] = OrderedDict()
         self._predictors: dict[ServedModel, Predictor] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        """Apply a new ``user_config`` in place: verdict rules, TTA and batching; models stay loaded."""
-        self.options = InspectorOptions.model_validate(user_config or {})
+        """Apply a new ``user_config`` in place: verdict rules, TTA and batching; models stay loaded unless
+        the engine, precision, threads or device changed (then each version reloads on its next use)."""
+        options = InspectorOptions.model_validate(user_config or {})
+        if _engine_settings(options) != _engine_settings(self.options):
+            self._models.clear()
+        self.options = options
         self._forward.set_max_batch_size(self.options.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
         self._predictors.clear()  # rebuilt on the next use, with the new rules
@@ -181,10 +192,20 @@ class Inspector:
                 log.info("ready: model %s, threshold %.4f", model, predictor.threshold)
         return self._predictors[model]
 
-    def _load(self, version: str) -> tuple[DefectClassifier, ModelCard]:
-        return load_checkpoint(self.registry.resolve(version), device=resolve_device(self.options.device))
+    def _load(self, version: str) -> tuple[InferenceEngine, EngineChoice, ModelCard]:
+        """Open ``version`` in the engine the rule picks for this replica's preference."""
+        o = self.options
+        registered = self.registry.get(version)
+        device = resolve_device(o.device)
+        preference = EnginePreference(engine=o.engine, precision=o.precision, torch_autocast=o.torch_autocast)
+        choice = choose_engine(registered, preference, device=device)
+        engine = open_engine(registered, choice, device=device, threads=o.threads or _replica_cpus())
+        log.info("model %s runs on %s %s: %s", version, choice.engine, choice.precision, choice.reason)
+        return engine, choice, registered.card
 
-    def _build_predictor(self, model: ServedModel, network: DefectClassifier, card: ModelCard) -> Predictor:
+    def _build_predictor(
+        self, model: ServedModel, engine: InferenceEngine, choice: EngineChoice, card: ModelCard
+    ) -> Predictor:
         """The operating point: user_config's threshold override, else the version's in force, else its card's."""
         o = self.options
         point = None
@@ -194,14 +215,15 @@ class Inspector:
             if point is None:
                 msg = f"model {model.version} has no operating point set at {model.operating_point_at}"
                 raise ModelNotFoundError(msg)
-        return Predictor(
-            network,
+        predictor = Predictor(
+            engine,
             card,
-            device=next(network.parameters()).device,
             tta_views=None if o.tta else ("identity",),
             threshold=o.threshold if o.threshold is not None else (point.threshold if point else None),
             unsure_band=point.unsure_band if point is not None and point.unsure_band is not None else o.unsure_band,
         )
+        predictor.engine_choice = choice
+        return predictor
 
     def describe_predictor(self, predictor: Predictor, model: ServedModel) -> dict:
         card = predictor.card
@@ -220,7 +242,18 @@ class Inspector:
             "parent": card.parent,
             "metrics": card.metrics,
             "operating_point": point.model_dump(mode="json") if point is not None else None,
+            "engine": predictor.engine_choice.describe() if predictor.engine_choice else None,
         }
+
+
+def _engine_settings(options: InspectorOptions) -> tuple:
+    return options.engine, options.precision, options.torch_autocast, options.threads, options.device
+
+
+def _replica_cpus() -> int | None:
+    """The replica's CPUs: Ray sets OMP_NUM_THREADS to an actor's ``num_cpus``."""
+    value = os.environ.get("OMP_NUM_THREADS", "")
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 def _warm_up(predictor: Predictor) -> None:

@@ -90,6 +90,17 @@ class LabelRequest(BaseModel):
     reviewer: str = Field(min_length=1, max_length=200, pattern=r"\S", description="who labelled it (name or e-mail)")
 
 
+class EngineInfo(BaseModel):
+    """Which engine judges the served version's frames, and why (``inspectline.engines.choose_engine``)."""
+
+    engine: str = Field(description="torch, openvino or onnxruntime")
+    precision: str = Field(description="fp32, fp16, bf16 or int8")
+    reason: str
+    export: str | None = Field(None, description="the export's files inside the version folder; null: the checkpoint")
+    agreement: float | None = Field(None, description="the export's verdict agreement with the checkpoint (test split)")
+    forced: bool = Field(False, description="recorded with --force below the parity bound")
+
+
 class ModelInfo(BaseModel):
     version: str
     arch: str
@@ -104,6 +115,7 @@ class ModelInfo(BaseModel):
     parent: str | None
     metrics: dict[str, float]
     operating_point: dict[str, Any] | None = Field(None, description="the operating point in force, when one was set")
+    engine: EngineInfo | None = Field(None, description="the inference engine of the replicas")
     shadow_version: str | None = None
 
 

@@ -52,6 +52,14 @@ CASES = [
     # (exports, preference, capabilities, installed) -> (engine, precision, words in the reason)
     ((), {}, AVX2, _everything, ("torch", "fp32", "has no exports; torch fp32 (no native bf16 on AMD EPYC)")),
     ((), {}, AMX, _everything, ("torch", "bf16", "torch bf16 autocast")),
+    ((), {"torch_autocast": False}, AMX, _everything, ("torch", "fp32", "autocast off: only parity-checked")),
+    (
+        (_export("openvino", "int8", 1.9),),
+        {"torch_autocast": False},
+        AMX,
+        _everything,
+        ("openvino", "int8", "passed parity"),
+    ),
     (
         (_export("onnx", "fp32", 1.3), _export("openvino", "int8", 1.9), _export("openvino", "fp32", 1.4)),
         {},

@@ -1,0 +1,112 @@
+"""Inspector replicas judge with the engine the rule picks, say which one, and switch when told.
+
+The replica class runs here without Ray: model loading, the engine choice and the per-frame decode and
+batched forward are plain methods (``_forward``'s dynamic batching is Ray's and is covered by the
+integration tests). Two registered copies of the session's tiny model: v0001 with no exports, v0002
+with an OpenVINO fp32 export that passed parity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from inspectline.errors import EngineError
+from inspectline.export import ExportRequest, export_version
+from inspectline.registry import ModelRegistry
+from inspectline.serving.inspector import Inspector, judge_prepared, prepare_frame
+from inspectline.serving.records import InspectJob, Judgement, ServedModel
+
+PLAIN, EXPORTED = ServedModel("v0001"), ServedModel("v0002")
+
+
+@pytest.fixture(scope="module")
+def registry(trained_run, tmp_path_factory) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path_factory.mktemp("inspector-engines") / "models")
+    reg.register(trained_run.checkpoint)
+    reg.register(trained_run.checkpoint)
+    result = export_version(reg, "v0002", ExportRequest(format="openvino", precision="fp32"), actor="test")
+    assert result.record.passed, result.table
+    return reg
+
+
+def _inspector(registry: ModelRegistry, **options):
+    inspector = Inspector.func_or_class(str(registry.root))  # the replica's class, without Ray
+    inspector.reconfigure(options)
+    return inspector
+
+
+def _frames(n: int = 6) -> list[bytes]:
+    rng = np.random.default_rng(3)
+    out = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _judge(inspector, model: ServedModel, frames: list[bytes]) -> list[Judgement]:
+    async def run() -> list[Judgement]:
+        predictor = await inspector._predictor(model)
+        jobs = [InspectJob(image=f, model=model, camera_id="cam-1") for f in frames]
+        prepared = [prepare_frame(predictor, job, {}) for job in jobs]
+        return judge_prepared(predictor, prepared)  # type: ignore[arg-type]
+
+    judgements = asyncio.run(run())
+    assert all(isinstance(j, Judgement) for j in judgements), judgements
+    return judgements
+
+
+def test_by_default_the_checkpoint_runs_in_fp32_on_any_cpu(registry):
+    described = asyncio.run(_inspector(registry).describe(PLAIN))
+    engine = described["engine"]
+    assert (engine["engine"], engine["precision"], engine["export"]) == ("torch", "fp32", None)
+    assert "v0001 has no exports" in engine["reason"]
+    assert {j.engine for j in _judge(_inspector(registry), PLAIN, _frames(2))} == {"torch fp32"}
+
+
+def test_auto_runs_the_passed_export_only_when_it_was_measured_faster(registry):
+    record = registry.get("v0002").manifest.exports[0]
+    engine = asyncio.run(_inspector(registry).describe(EXPORTED))["engine"]
+    if record.speedup is None or record.speedup > 1.0:
+        assert (engine["engine"], engine["precision"]) == ("openvino", "fp32")
+        assert engine["export"] == record.path and engine["agreement"] == record.parity["test"]["agreement"]
+        assert "passed parity" in engine["reason"]
+    else:
+        assert engine["engine"] == "torch" and "measured" in engine["reason"]
+
+
+def test_an_export_asked_for_judges_like_the_checkpoint(registry):
+    frames = _frames()
+    torch_says = _judge(_inspector(registry, engine="torch"), EXPORTED, frames)
+    openvino = _inspector(registry, engine="openvino", threads=1)
+    openvino_says = _judge(openvino, EXPORTED, frames)
+    assert {j.engine for j in openvino_says} == {"openvino fp32"}
+    for a, b in zip(torch_says, openvino_says, strict=True):
+        assert b.defect_probability == pytest.approx(a.defect_probability, abs=1e-4)
+        assert b.verdict == a.verdict and b.views.keys() == a.views.keys()
+    assert asyncio.run(openvino.describe(EXPORTED))["engine"]["engine"] == "openvino"
+
+
+def test_a_new_engine_setting_reloads_the_versions_and_other_settings_keep_them(registry):
+    inspector = _inspector(registry, engine="torch")
+    asyncio.run(inspector.describe(EXPORTED))
+    assert inspector.loaded_versions() == ["v0002"]
+    inspector.reconfigure({"engine": "torch", "unsure_band": 0.05})  # verdict rules only
+    assert inspector.loaded_versions() == ["v0002"]
+    inspector.reconfigure({"engine": "openvino"})
+    assert inspector.loaded_versions() == []
+    assert asyncio.run(inspector.describe(EXPORTED))["engine"]["engine"] == "openvino"
+
+
+def test_an_engine_the_version_cannot_run_is_a_clear_error_not_a_crash(registry):
+    inspector = _inspector(registry, engine="onnxruntime")
+    with pytest.raises(EngineError, match="onnx"):
+        asyncio.run(inspector.describe(EXPORTED))
+    judged = asyncio.run(inspector.judge(InspectJob(image=_frames(1)[0], model=EXPORTED, camera_id="cam-1")))
+    assert judged.kind == "model_unavailable" and "onnx" in judged.detail
