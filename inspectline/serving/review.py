@@ -53,10 +53,8 @@ def line_summary(
 ) -> list[dict[str, Any]]:
     """One entry per (line, camera), ordered by line then camera; ``view`` renders each latest frame."""
     status = {(s.line_id, s.camera_id): s for s in live if line is None or s.line_id == line}
-    recent = store.query(order="newest", limit=_DISCOVERY_FRAMES, line=line)
-    streams = sorted(
-        {*status, *((f.line_id, f.camera_id) for f in recent)} - {(OTHER, OTHER)},
-    )[:MAX_STREAMS]
+    recent = store.active_streams(recent=_DISCOVERY_FRAMES, line=line)
+    streams = sorted({*status, *recent} - {(OTHER, OTHER)})[:MAX_STREAMS]
     out = []
     for line_id, camera_id in streams:
         frames = store.query(line=line_id, camera=camera_id, order="newest", limit=latest)

@@ -310,6 +310,20 @@ class FrameStore:
             versions = conn.scalars(sa.select(frames.c.model_version).where(*where).distinct()).all()
         return [int(label == "defective") for label, _ in rows], [p for _, p in rows], sorted(versions)
 
+    def active_streams(self, *, recent: int = 2000, line: str | None = None) -> list[tuple[str, str]]:
+        """The (line, camera) pairs among the ``recent`` newest frames (of ``line``), sorted: the cameras active
+        lately, for the line view. Two columns of an index-ordered range, not whole rows."""
+        newest = (
+            sa.select(frames.c.line_id, frames.c.camera_id)
+            .where(*queries.conditions(line=line))
+            .order_by(frames.c.received_at.desc())
+            .limit(recent)
+            .subquery()
+        )
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(newest.c.line_id, newest.c.camera_id).distinct()).all()
+        return sorted((row.line_id, row.camera_id) for row in rows)
+
     # --- images ----------------------------------------------------------------------------------
     def image(self, id: int) -> tuple[bytes, str]:
         """The frame's image bytes and format; StoreError if retention did not keep them."""

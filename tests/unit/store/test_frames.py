@@ -183,6 +183,21 @@ def test_labelled_scores_are_the_what_ifs_two_columns_of_the_labelled_frames_mat
         store.labelled_scores(colour="red")
 
 
+def test_active_streams_are_the_line_camera_pairs_of_the_newest_frames(store):
+    store.add_frames(
+        [
+            record("a", minutes=0, line_id="line-a", camera_id="cam1"),
+            record("b", minutes=1, line_id="line-b", camera_id="cam2", shade=1),
+            record("c", minutes=2, line_id="line-a", camera_id="cam3", shade=2),
+            record("d", minutes=3, line_id="line-a", camera_id="cam3", shade=3),
+        ]
+    )
+    assert store.active_streams() == [("line-a", "cam1"), ("line-a", "cam3"), ("line-b", "cam2")]
+    assert store.active_streams(recent=2) == [("line-a", "cam3")]  # the two newest are both cam3's
+    assert store.active_streams(line="line-b") == [("line-b", "cam2")]
+    assert store.active_streams(line="line-z") == []
+
+
 def test_a_cleared_label_puts_the_frame_back_in_the_review_queue(store):
     ids = _queue_fixture(store)
     store.set_label(ids["a"], "defective", "ana")
