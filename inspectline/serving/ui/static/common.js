@@ -122,10 +122,13 @@ export const fmt = {
 const objectUrls = new Map();
 const MAX_IMAGES = 300;
 
+// Resolves true once ``img`` shows ``url``, false when a later call asked it to show something else first
+// (a slow image must never replace the one the reviewer asked for after it).
 export async function showImage(img, url) {
+  img.dataset.want = url ?? "";
   if (!url) {
     img.removeAttribute("src");
-    return;
+    return false;
   }
   let objectUrl = objectUrls.get(url);
   if (!objectUrl) {
@@ -137,7 +140,9 @@ export async function showImage(img, url) {
       URL.revokeObjectURL(old);
     }
   }
+  if (img.dataset.want !== url) return false;
   img.src = objectUrl;
+  return true;
 }
 
 // Loads images one at a time (heatmaps cost the worker a second each); reset() drops what is stale.

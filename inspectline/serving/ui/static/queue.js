@@ -51,6 +51,7 @@ function show() {
     ? `${state.left} left to review`
     : `${state.left} frames match`;
   if (done) {
+    showImage(image, null);
     refill(facts, {});
     refill(panel, {});
     return;
@@ -72,14 +73,21 @@ function show() {
   image.alt = `${showing} ${frame.frame_id} (${frame.verdict}, p ${fmt.num(frame.defect_probability)})`;
   caption.textContent = `${state.index + 1} of ${state.frames.length} loaded · ${state.heatmap ? "heatmap: red is evidence for DEFECTIVE" : "as the camera sent it"}`;
   if (!me.may_review) {
-    image.removeAttribute("src");
+    showImage(image, null);
     caption.textContent = "Images need the review scope.";
   } else if (!frame.image_url) {
-    image.removeAttribute("src");
+    showImage(image, null);
     caption.textContent = "The image of this frame was not kept (retention keeps DEFECTIVE/UNSURE and a sample of OK).";
   } else {
     const url = state.heatmap ? `/v1/frames/${frame.id}/heatmap` : frame.image_url;
-    showImage(image, url).then(() => image.dataset.shown = url, (error) => (caption.textContent = error.message));
+    showImage(image, url).then(
+      (current) => {
+        if (current) image.dataset.shown = url;
+      },
+      (error) => {
+        if (image.dataset.want === url) caption.textContent = error.message;
+      },
+    );
   }
   const next = state.frames.slice(state.index + 1, state.index + 9).map((f) =>
     fill("upcoming-row", { ...f, probability: fmt.num(f.defect_probability) }));
