@@ -61,10 +61,9 @@ def secret(role: str) -> str:
     return f"secret-of-{role}"
 
 
-@pytest.fixture(scope="session")
-def tiny_registry(tmp_path_factory) -> ModelRegistry:
-    """A registry with one tiny, untrained gray ResNet18 at 32 px, promoted: fast and deterministic."""
-    run = tmp_path_factory.mktemp("tiny-model")
+def make_tiny_registry(root: Path) -> ModelRegistry:
+    """A registry under ``root`` with one tiny, untrained gray ResNet18 at 32 px, promoted: fast and deterministic."""
+    root.mkdir(parents=True, exist_ok=True)
     card = ModelCard(
         arch="resnet18",
         class_names=("ok", "defective"),
@@ -74,12 +73,17 @@ def tiny_registry(tmp_path_factory) -> ModelRegistry:
         threshold=0.5,
     )
     save_checkpoint(
-        run / "model.pt", build_model("resnet18", in_channels=1, head_dims=(16,), head_dropout=(0.0, 0.0)), card
+        root / "model.pt", build_model("resnet18", in_channels=1, head_dims=(16,), head_dropout=(0.0, 0.0)), card
     )
-    registry = ModelRegistry(run / "models")
-    registry.register(run / "model.pt")
+    registry = ModelRegistry(root / "models")
+    registry.register(root / "model.pt")
     registry.promote("v0001")
     return registry
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory) -> ModelRegistry:
+    return make_tiny_registry(tmp_path_factory.mktemp("tiny-model"))
 
 
 class InProcessInspector:
