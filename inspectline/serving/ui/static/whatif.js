@@ -1,7 +1,8 @@
 // Threshold what-if: GET /v1/whatif as the sliders move (debounced); POST the chosen point to commit it.
 import { api, fmt, markReady, notice, refill, session, start } from "./common.js";
 
-const me = await start();
+// Who is signed in and the versions to choose from, asked at once: one round trip instead of two.
+const [me, models] = await Promise.all([start(), api("/v1/models")]);
 const windowForm = document.getElementById("window");
 const commitForm = document.getElementById("commit");
 const query = new URLSearchParams(location.search);
@@ -12,7 +13,7 @@ const pairs = [["threshold", "threshold-number"], ["band", "band-number"]].map((
 let last = null;
 let timer = null;
 
-for (const v of (await api("/v1/models")).versions) windowForm.elements.model_version.append(new Option(v.version));
+for (const v of models.versions) windowForm.elements.model_version.append(new Option(v.version));
 for (const key of WINDOW) if (query.get(key)) windowForm.elements[key].value = query.get(key);
 if (!me.may_admin) {
   commitForm.querySelector("button").disabled = true;
