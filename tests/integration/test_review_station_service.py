@@ -52,6 +52,10 @@ def test_frames_posted_to_the_service_appear_in_the_line_view_and_open_with_thei
     wait_for(lambda: tiles.count() == 3, timeout_s=60, what="three frames in the line view")
     assert sorted(tiles.evaluate_all("els => els.map(e => e.dataset.frameId)")) == [f"station-{n}" for n in range(3)]
 
+    # the live half of the line view comes from the LineMonitor replica over its handle
+    summary = httpx.get(f"{service.url}/v1/lines", params={"line": "station"}, timeout=60).json()
+    assert summary["monitor"] == "ok" and [s["window_frames"] for s in summary["streams"]] == [3]
+
     frames = httpx.get(f"{service.url}/v1/frames", params={"line": "station", "order": "oldest"}).json()["frames"]
     first = frames[0]
     raw = httpx.get(f"{service.url}/v1/frames/{first['id']}/heatmap", params={"raw": "true"}, timeout=120)
