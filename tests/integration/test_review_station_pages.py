@@ -20,7 +20,12 @@ from inspectline.imaging import decode_image, encode_png
 from inspectline.serving.records import StreamStatus
 from inspectline.whatif import what_if
 from tests.browser import serve_app
-from tests.unit.serving.conftest import build_gateway, secret, tiny_registry  # noqa: F401 - a fixture
+from tests.unit.serving.conftest import (  # noqa: F401 - tiny_registry is a fixture
+    build_gateway,
+    make_tiny_registry,
+    secret,
+    tiny_registry,
+)
 from tests.unit.store.factories import record
 
 pytestmark = pytest.mark.integration
@@ -198,6 +203,35 @@ def test_moving_the_threshold_changes_the_recall_the_what_if_shows(station, page
     assert recall.inner_text() == f"{100 * moved.recall:.1f} %"
     assert page.locator("#scored").inner_text().startswith("20 labelled frames of v0001")
     screenshot("whatif")
+
+
+def test_an_admin_commits_the_operating_point_chosen_in_the_what_if(tmp_path, page, screenshot):
+    registry = make_tiny_registry(tmp_path / "own-registry")  # this test changes the version's operating point
+    gateway = build_gateway(tmp_path / "gateway", registry)
+    with gateway.store() as store:
+        store.add_frames(frames(10))
+        for n, frame in enumerate(store.query(limit=10)):
+            store.set_label(frame.id, "defective" if n % 2 else "ok", "ana")
+    with serve_app(gateway.app) as url:
+        sign_in(page, url, "admin", name="ana@plant", then="/ui/whatif")
+        count = ready(page)
+        for label, value in (("Threshold value", "0.35"), ("UNSURE band value", "0.05")):
+            page.get_by_label(label).fill(value)
+            page.get_by_label(label).dispatch_event("change")
+        ready(page, count)
+        page.wait_for_function(  # a busy machine may score the threshold alone first, then both
+            "document.getElementById('proposed-head').textContent === 'proposed (0.35 ± 0.05)'"
+        )
+        page.get_by_label("Why").fill("fewer escapes on this week's frames")
+        page.get_by_role("button", name="Commit operating point").click()
+        page.wait_for_function("document.getElementById('committed').textContent.startsWith('Committed')")
+        screenshot("whatif-committed")
+    gateway.monitor.recorder.close()
+    gateway.services.frames.outbox.journal.close()
+    point = registry.operating_point("v0001")
+    assert (point.threshold, point.unsure_band, point.actor) == (0.35, 0.05, "it-admin")
+    assert point.reason == "fewer escapes on this week's frames (chosen by ana@plant)"
+    assert point.expected["frames"] == 10.0 and "10 labelled frames of v0001" in point.basis
 
 
 def test_a_read_only_token_sees_the_queue_but_cannot_label(station, page, screenshot):
