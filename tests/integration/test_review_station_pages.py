@@ -151,6 +151,25 @@ def test_three_frames_labelled_with_the_keyboard_reach_the_store_and_undo_takes_
     screenshot("queue")
 
 
+def test_skip_and_arrows_move_through_a_filtered_queue_least_sure_first(station, page):
+    gateway, url = station
+    with gateway.store() as store:
+        store.add_frames(frames(6) + frames(3, start=6, camera_id="cam-2"))
+        order = [f.frame_id for f in store.query(order="uncertainty", labelled=False, camera="cam-2")]
+    sign_in(page, url, "reviewer", then="/ui/queue?camera=cam-2")
+    title = page.locator("#frame-title [data-field=frame_id]")
+    assert page.locator("#left").inner_text() == "3 left to review" and title.inner_text() == order[0]
+    seen = []
+    count = ready(page)
+    for key in ("s", "ArrowRight", "ArrowLeft", "ArrowLeft"):
+        page.keyboard.press(key)
+        count = ready(page, count)
+        seen.append(title.inner_text())
+    assert seen == [order[1], order[2], order[1], order[0]]
+    with gateway.store() as store:
+        assert store.count(labelled=True) == 0  # moving labels nothing
+
+
 def shown(page, url: str, timeout_ms: int = 30_000) -> None:
     """Wait until the queue's large image shows ``url`` and has loaded."""
     page.wait_for_function(
