@@ -19,7 +19,7 @@ import pytest
 from inspectline.imaging import decode_image, encode_png
 from inspectline.serving.records import StreamStatus
 from inspectline.whatif import what_if
-from tests.browser import serve_app
+from tests.browser import colourfulness, serve_app
 from tests.unit.serving.conftest import (  # noqa: F401 - tiny_registry is a fixture
     build_gateway,
     make_tiny_registry,
@@ -30,18 +30,6 @@ from tests.unit.store.factories import record
 
 pytestmark = pytest.mark.integration
 SIZE = 96
-# Mean |red - blue| of the queue's large image as drawn: 0 for a gray frame, tens for the heatmap's colours.
-COLOURFULNESS = """() => {
-    const img = document.getElementById("frame-image");
-    const canvas = document.createElement("canvas");
-    [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
-    const context = canvas.getContext("2d");
-    context.drawImage(img, 0, 0);
-    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    let sum = 0;
-    for (let i = 0; i < data.length; i += 4) sum += Math.abs(data[i] - data[i + 2]);
-    return sum / (data.length / 4);
-}"""
 
 
 def frame_image(n: int) -> bytes:
@@ -187,10 +175,10 @@ def test_a_heatmap_opens_over_the_frame_in_the_queue(station, page, screenshot):
         first = store.query(order="uncertainty", limit=1)[0]
     sign_in(page, url, "reviewer", then="/ui/queue")
     shown(page, f"/v1/frames/{first.id}/image")
-    assert page.evaluate(COLOURFULNESS) == 0  # the gray frame as the camera sent it
+    assert colourfulness(page, "#frame-image") == 0  # the gray frame as the camera sent it
     page.keyboard.press("h")
     shown(page, f"/v1/frames/{first.id}/heatmap", timeout_ms=60_000)  # computed now by the heatmap service
-    assert page.evaluate(COLOURFULNESS) > 20  # the colour map over it
+    assert colourfulness(page, "#frame-image") > 20  # the colour map over it
     image = page.locator("#frame-image")
     assert image.evaluate("el => [el.naturalWidth, el.naturalHeight]") == [SIZE, SIZE]
     assert page.get_by_role("button", name="Heatmap").get_attribute("aria-pressed") == "true"

@@ -15,23 +15,12 @@ import numpy as np
 import pytest
 
 from inspectline.imaging import decode_image, encode_png
+from tests.browser import colourfulness
 from tests.helpers import make_cell
 from tests.integration.conftest import wait_for
 
 pytestmark = pytest.mark.integration
 IDS = {"line_id": "station", "camera_id": "cam-1"}
-# Mean |red - blue| of the queue's large image as drawn: 0 for a gray frame, tens for the heatmap's colours.
-COLOURFULNESS = """() => {
-    const img = document.getElementById("frame-image");
-    const canvas = document.createElement("canvas");
-    [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
-    const context = canvas.getContext("2d");
-    context.drawImage(img, 0, 0);
-    const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
-    let sum = 0;
-    for (let i = 0; i < data.length; i += 4) sum += Math.abs(data[i] - data[i + 2]);
-    return sum / (data.length / 4);
-}"""
 
 
 def test_frames_posted_to_the_service_appear_in_the_line_view_and_open_with_their_heatmap(service, page, screenshot):
@@ -73,5 +62,5 @@ def test_frames_posted_to_the_service_appear_in_the_line_view_and_open_with_thei
         arg=f"/v1/frames/{first['id']}/heatmap",
         timeout=120_000,
     )
-    assert page.evaluate(COLOURFULNESS) > 20  # the overlay, not the gray frame
+    assert colourfulness(page, "#frame-image") > 20  # the overlay, not the gray frame
     screenshot("queue-heatmap-service")
