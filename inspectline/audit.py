@@ -145,6 +145,33 @@ class AuditLog:
         events = [event for _, event in self._lines()]
         return [e for e in events if (since is None or e.at >= since) and (action is None or e.action == action)]
 
+    def follow(self, offset: int = 0, *, actions: tuple[str, ...] = ACTIONS) -> tuple[list[AuditEvent], int]:
+        """Events of ``actions`` appended after byte ``offset``, and the offset to follow from next time.
+
+        For readers that poll a long trail (the review station's model history, among every label): only
+        the new lines are read, and lines of other actions are skipped before they are parsed. An offset
+        past the end (a trail replaced by a shorter one) starts again from the beginning.
+        """
+        unknown = sorted(set(actions) - set(ACTIONS))
+        if unknown:
+            msg = f"audit actions {unknown} are not among {', '.join(ACTIONS)}"
+            raise ConfigError(msg)
+        if not self.path.is_file():
+            return [], 0
+        wanted = tuple(f'"action":"{a}"'.encode() for a in actions)
+        with self.path.open("rb") as fh:
+            if offset > fh.seek(0, os.SEEK_END):
+                offset = 0
+            fh.seek(offset)
+            events = []
+            for raw in fh:
+                if not raw.endswith(b"\n"):  # a line being appended right now: read it next time
+                    break
+                if any(w in raw for w in wanted):
+                    events.append(_parse(raw.decode().rstrip("\n"), self.path, f"byte {offset}"))
+                offset += len(raw)
+        return events, offset
+
     def verify(self) -> list[str]:
         """Problems with the chain (empty when intact): edited, removed or reordered lines."""
         problems, prev, expected_seq = [], _GENESIS, 1
@@ -194,7 +221,7 @@ def _digest(line: str) -> str:
     return hashlib.sha256(line.encode()).hexdigest()
 
 
-def _parse(line: str, path: Path, number: int) -> AuditEvent:
+def _parse(line: str, path: Path, number: int | str) -> AuditEvent:
     try:
         doc = json.loads(line)
         return AuditEvent(**(doc | {"at": datetime.fromisoformat(doc["at"])}))

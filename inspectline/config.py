@@ -535,6 +535,20 @@ class MonitorOptions(_Section):
     )
 
 
+class HeatmapOptions(_Section):
+    """``user_config`` of the heatmap worker: the review station's heatmaps, on demand and precomputed."""
+
+    method: str | None = Field(None, description="CAM method (explain.METHODS); None: explain.DEFAULT_METHOD")
+    stages: tuple[str, ...] | None = Field(None, description="backbone stages to explain; None: explain's default")
+    max_models: int = Field(2, ge=1, description="model versions' explainers kept in memory")
+    threads: int = Field(1, ge=1, le=256, description="torch threads of the worker (it reserves no CPU of its own)")
+    precompute: bool = Field(
+        False, description="compute heatmaps of new DEFECTIVE/UNSURE frames in the background, before anyone asks"
+    )
+    precompute_interval_s: float = Field(10.0, gt=0, description="how often the worker looks for new frames")
+    precompute_lookback_h: float = Field(24.0, ge=0, description="how far back the first pass after a start looks")
+
+
 class ServiceConfig(_Section):
     """The inspection service's own settings in this file, so the CLI and the service agree on locations.
 

@@ -79,3 +79,22 @@ def serve_app(app, *, timeout_s: float = 20.0) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=timeout_s)
         sock.close()
+
+
+def colourfulness(page, selector: str) -> float:
+    """Mean |red - blue| of the image at ``selector`` as the browser decoded it: 0 for a gray frame, tens for
+    a heatmap's colours (it must be same-origin or an object URL, so a canvas may read it)."""
+    return page.evaluate(
+        """selector => {
+            const img = document.querySelector(selector);
+            const canvas = document.createElement("canvas");
+            [canvas.width, canvas.height] = [img.naturalWidth, img.naturalHeight];
+            const context = canvas.getContext("2d");
+            context.drawImage(img, 0, 0);
+            const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            let sum = 0;
+            for (let i = 0; i < data.length; i += 4) sum += Math.abs(data[i] - data[i + 2]);
+            return sum / (data.length / 4);
+        }""",
+        selector,
+    )

@@ -25,6 +25,7 @@ from ray.serve import Application
 from inspectline.config import InspectConfig, StoreConfig, load_config
 from inspectline.errors import ConfigError, validation_messages
 from inspectline.serving.gateway import Gateway
+from inspectline.serving.heatmaps import HeatmapWorker
 from inspectline.serving.inspector import Inspector
 from inspectline.serving.monitor import LineMonitor
 
@@ -101,7 +102,7 @@ def service_locations(config_path: Path, base: Path) -> ServiceLocations:
 
 
 def build_app(args: dict) -> Application:
-    """Gateway -> Inspector replicas, Gateway -> LineMonitor, with the locations from ``inspect.yaml``."""
+    """Gateway -> Inspector replicas, LineMonitor and the Heatmaps worker, with the locations from ``inspect.yaml``."""
     try:
         parsed = AppArgs.model_validate(args or {})
     except ValidationError as exc:
@@ -113,5 +114,11 @@ def build_app(args: dict) -> Application:
     registry, store, spool = str(where.registry), where.store.model_dump(mode="json"), str(where.spool_dir)
     tokens = str(where.tokens_file) if where.tokens_file else None
     return Gateway.bind(
-        Inspector.bind(registry), LineMonitor.bind(registry, store, spool), registry, store, spool, tokens
+        Inspector.bind(registry),
+        LineMonitor.bind(registry, store, spool),
+        registry,
+        store,
+        spool,
+        tokens,
+        heatmaps=HeatmapWorker.bind(registry, store),
     )

@@ -28,12 +28,17 @@ import httpx
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from inspectline.config import GatewayOptions, InspectorOptions, MonitorOptions
+from inspectline.config import GatewayOptions, HeatmapOptions, InspectorOptions, MonitorOptions
 from inspectline.errors import ConfigError, InspectError, validation_messages
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
-_OPTIONS = {"Gateway": GatewayOptions, "Inspector": InspectorOptions, "LineMonitor": MonitorOptions}
+_OPTIONS = {
+    "Gateway": GatewayOptions,
+    "Inspector": InspectorOptions,
+    "LineMonitor": MonitorOptions,
+    "Heatmaps": HeatmapOptions,
+}
 
 
 def load_serve_config(path: Path) -> dict[str, Any]:

@@ -8,6 +8,8 @@ follower in :mod:`inspectline.serving.judging`. Here each of them gets its Ray-b
     prepare_everywhere(m) -> every inspector replica loads and warms m (handle.broadcast), or it raises
     send(batch)           -> the line monitor (handle.observe); acknowledged once the frames are durable
     lookup(key)           -> the frame store (the authority on frame ids judged before)
+    heatmap(frame, kind)  -> the heatmap worker (handle.render), for the review station's pages
+    line_status()         -> the line monitor's live windows and drift state (handle.line_status)
 
 The gateway reserves no CPU: it checks headers and limits, hashes bytes and forwards encoded images;
 decoding happens in the inspectors.
@@ -28,14 +30,17 @@ from ray.serve.handle import DeploymentHandle
 
 from inspectline.audit import AUDIT_NAME, AuditLog
 from inspectline.config import GatewayOptions, StoreConfig
-from inspectline.errors import OverloadedError
+from inspectline.errors import NotReadyError, OverloadedError
 from inspectline.registry import ModelRegistry
-from inspectline.serving import routes
+from inspectline.serving import model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenTable
+from inspectline.serving.heatmaps import heatmap_bytes
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
+from inspectline.serving.model_book import ModelBook
 from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, MonitorBatch, ServedModel
-from inspectline.store import FrameStore
+from inspectline.serving.review import ReviewServices
+from inspectline.store import FrameStore, StoredFrame
 
 log = logging.getLogger("ray.serve")
 
@@ -51,8 +56,9 @@ class Gateway:
         store: dict,
         spool_dir: str,
         tokens_file: str | None = None,
+        heatmaps: DeploymentHandle | None = None,
     ):
-        self.inspector, self.monitor = inspector, monitor
+        self.inspector, self.monitor, self.heatmaps = inspector, monitor, heatmaps
         self.options = GatewayOptions()
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
@@ -92,8 +98,16 @@ class Gateway:
                 audit=AuditLog(self.registry.root / AUDIT_NAME),
                 describe_model=lambda model: self.inspector.describe.remote(model),
                 render_metrics=lambda: self.monitor.render.remote(),
+                review=ReviewServices(
+                    models=ModelBook(self.registry),
+                    heatmap=self._heatmap,
+                    line_status=lambda: self.monitor.line_status.remote(),
+                ),
             ),
             routes.router,
+            review_routes.router,
+            model_routes.router,
+            ui.router,
         )
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -109,6 +123,16 @@ class Gateway:
             return await self.inspector.judge.remote(job)
         except BackPressureError:
             msg = "the inspectors' queues are full; retry shortly"
+            raise OverloadedError(msg, headers={"Retry-After": str(self.options.retry_after_s)}) from None
+
+    async def _heatmap(self, frame: StoredFrame, kind: str) -> bytes:
+        if self.heatmaps is None:
+            msg = "this service was deployed without the Heatmaps deployment (see serve_config.yaml)"
+            raise NotReadyError(msg)
+        try:
+            return heatmap_bytes(await self.heatmaps.render.remote(frame, kind))
+        except BackPressureError:
+            msg = "the heatmap worker is busy with other frames; retry shortly"
             raise OverloadedError(msg, headers={"Retry-After": str(self.options.retry_after_s)}) from None
 
     async def _prepare_everywhere(self, model: ServedModel) -> None:

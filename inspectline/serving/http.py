@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -37,6 +37,7 @@ from inspectline.errors import (
     InvalidImageError,
     InvalidLabelError,
     InvalidRequestError,
+    ModelNotFoundError,
     NotReadyError,
     OverloadedError,
     PayloadTooLargeError,
@@ -50,6 +51,9 @@ from inspectline.errors import (
 from inspectline.serving.auth import Principal, TokenTable
 from inspectline.serving.judging import FrameService, StoreAccess
 from inspectline.serving.records import ErrorObservation, ServedModel
+
+if TYPE_CHECKING:
+    from inspectline.serving.review import ReviewServices
 
 log = logging.getLogger("ray.serve")
 MAX_STORE_ID = 2**63 - 1
@@ -71,6 +75,7 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     UnauthorizedError: ErrorSpec(401, "unauthorized", "no bearer token"),
     ForbiddenError: ErrorSpec(403, "forbidden", "a wrong token, or one without the scope this route needs"),
     FrameNotFoundError: ErrorSpec(404, "frame_not_found", "no stored frame has this id"),
+    ModelNotFoundError: ErrorSpec(404, "model_not_found", "no registered model version has this name"),
     FrameIdConflictError: ErrorSpec(409, "frame_id_conflict", "this frame id was judged for other image bytes"),
     PayloadTooLargeError: ErrorSpec(413, "payload_too_large", "the body is over max_body_bytes"),
     UnsupportedMediaTypeError: ErrorSpec(415, "unsupported_media_type", "a content type this route does not take"),
@@ -158,6 +163,7 @@ class Services:
     audit: AuditLog
     describe_model: Callable[[ServedModel], Awaitable[dict[str, Any]]]
     render_metrics: Callable[[], Awaitable[tuple[bytes, str]]]
+    review: ReviewServices | None = None  # the review station's heatmaps, line status and models (serving.review)
 
 
 # --- request parts: auth, body, frame metadata ----------------------------------------------------

@@ -29,7 +29,7 @@ from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference
 from inspectline.monitoring.metrics import LineMetrics
 from inspectline.registry import ModelRegistry
 from inspectline.serving.recorder import FrameRecorder
-from inspectline.serving.records import FrameObservation, Judgement, MonitorBatch, ShadowObservation
+from inspectline.serving.records import FrameObservation, Judgement, MonitorBatch, ShadowObservation, StreamStatus
 from inspectline.store import FrameStore
 
 log = logging.getLogger("ray.serve")
@@ -88,6 +88,29 @@ class LineMonitor:
         """The Prometheus text exposition of every metric."""
         self.metrics.store_backlog.set(self.recorder.backlog)
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
+
+    async def line_status(self) -> list[StreamStatus]:
+        """Per (line, camera) stream seen since start: its window's verdict shares and drift state (the line view)."""
+        out = []
+        for (line, camera), verdicts in self._verdicts.items():
+            detector = self._detectors.get((line, camera))
+            last = detector.last if detector is not None else None
+            drift = "off" if self.reference is None else "filling" if last is None else "ok"
+            if last is not None and last.alarm:
+                drift = "alarm"
+            out.append(
+                StreamStatus(
+                    line_id=line,
+                    camera_id=camera,
+                    window_frames=len(verdicts),
+                    defect_ratio=verdicts.count("DEFECTIVE") / len(verdicts),
+                    unsure_ratio=verdicts.count("UNSURE") / len(verdicts),
+                    drift=drift,
+                    drift_signals=tuple(s for s, alarm in last.alarms.items() if alarm) if last else (),
+                    drift_p_value=min(last.p_values.values()) if last else None,
+                )
+            )
+        return out
 
     async def flush_store(self, timeout_s: float = 30.0) -> int:
         """Wait until the spool has drained into the store (tests, orderly shutdown); returns the backlog left."""

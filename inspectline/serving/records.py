@@ -160,3 +160,26 @@ class MonitorBatch:
 
     batch_id: str
     observations: tuple[Observation, ...]
+
+
+# --- the review station ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamStatus:
+    """The line monitor's live view of one (line, camera): its drift window's verdict shares and drift state."""
+
+    line_id: str
+    camera_id: str
+    window_frames: int  # frames in the current window (up to drift_window)
+    defect_ratio: float  # DEFECTIVE share of the window
+    unsure_ratio: float  # UNSURE share of the window
+    drift: str  # "off" (the model has no reference), "filling" (no window evaluated yet), "ok" or "alarm"
+    drift_signals: tuple[str, ...] = ()  # signals in alarm at the last evaluation
+    drift_p_value: float | None = None  # smallest corrected p-value of the last evaluation
+
+
+@dataclass(frozen=True)
+class HeatmapFailure:
+    """Why the heatmap worker could not render a frame's heatmap; ``kind`` selects the HTTP error."""
+
+    kind: str  # "model_not_found", "image_not_kept", "store_unavailable", "unprocessable"
+    detail: str

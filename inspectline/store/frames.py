@@ -297,6 +297,33 @@ class FrameStore:
         """Every labelled frame received in ``[since, until)``, oldest first."""
         return list(self.iter_query(since=since, until=until, labelled=True, order="oldest"))
 
+    def labelled_scores(self, **filters: Any) -> tuple[list[int], list[float], list[str]]:
+        """The threshold what-if's columns for the labelled frames matching ``filters`` (as :meth:`query`'s):
+        labels (1 defective, 0 ok) and calibrated defect probabilities, and the model versions among them.
+
+        Two columns instead of whole rows: 100,000 labelled frames are read in a fraction of a second.
+        """
+        queries.check_filters(filters)
+        where = queries.conditions(**{**filters, "labelled": True})
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(frames.c.label, frames.c.defect_probability).where(*where)).all()
+            versions = conn.scalars(sa.select(frames.c.model_version).where(*where).distinct()).all()
+        return [int(label == "defective") for label, _ in rows], [p for _, p in rows], sorted(versions)
+
+    def active_streams(self, *, recent: int = 2000, line: str | None = None) -> list[tuple[str, str]]:
+        """The (line, camera) pairs among the ``recent`` newest frames (of ``line``), sorted: the cameras active
+        lately, for the line view. Two columns of an index-ordered range, not whole rows."""
+        newest = (
+            sa.select(frames.c.line_id, frames.c.camera_id)
+            .where(*queries.conditions(line=line))
+            .order_by(frames.c.received_at.desc())
+            .limit(recent)
+            .subquery()
+        )
+        with self._db.read() as conn:
+            rows = conn.execute(sa.select(newest.c.line_id, newest.c.camera_id).distinct()).all()
+        return sorted((row.line_id, row.camera_id) for row in rows)
+
     # --- images ----------------------------------------------------------------------------------
     def image(self, id: int) -> tuple[bytes, str]:
         """The frame's image bytes and format; StoreError if retention did not keep them."""
@@ -348,6 +375,15 @@ class FrameStore:
             conn.execute(stmt, values)
         stored = self.get_many(v["fid"] for v in values)
         return [stored[u.id] for u in updates]
+
+    def clear_label(self, id: int) -> StoredFrame:
+        """Take a frame's label away (a reviewer's undo): it is unlabelled again, back in the review queue."""
+        self.get(id)
+        with self._db.write() as conn:
+            conn.execute(
+                sa.update(frames).where(frames.c.id == id).values(label=None, labelled_by=None, labelled_at=None)
+            )
+        return self.get(id)
 
     def create_snapshot(self, name: str, frame_ids: Sequence[int]) -> int:
         """Record which frames a training run used; clean-up never removes their images. Returns its id."""

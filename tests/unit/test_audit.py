@@ -69,3 +69,22 @@ def test_an_edited_or_removed_line_is_detected(tmp_path: Path):
     path.write_text("\n".join([lines[0], lines[2]]) + "\n")
     problems = log.verify()
     assert any("changed or removed" in p for p in problems) and any("expected sequence number 2" in p for p in problems)
+
+
+def test_follow_reads_only_new_events_of_the_asked_actions(tmp_path: Path):
+    log = AuditLog(tmp_path / "audit.jsonl")
+    assert log.follow() == ([], 0)  # no trail yet
+    log.append("promote", actor="ana", subject="production", after="v0001")
+    for n in range(3):
+        log.append("label", actor="ana", subject=f"frame {n}", after={"label": "ok"})
+    events, offset = log.follow(actions=("promote", "operating_point"))
+    assert [e.action for e in events] == ["promote"] and offset == log.path.stat().st_size
+    log.append("operating_point", actor="ben", subject="v0001", after={"threshold": 0.3})
+    events, offset = log.follow(offset, actions=("promote", "operating_point"))
+    assert [(e.seq, e.action, e.actor) for e in events] == [(5, "operating_point", "ben")]
+    # a line still being written is left for the next call
+    with log.path.open("a") as fh:
+        fh.write('{"seq": 6, "action": "promote"')
+    assert log.follow(offset, actions=("promote",)) == ([], offset)
+    with pytest.raises(ConfigError, match="rename"):
+        log.follow(actions=("rename",))

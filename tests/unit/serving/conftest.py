@@ -1,5 +1,6 @@
 """The gateway's HTTP app wired to real, Ray-free parts: a real (tiny, untrained) model judging in process,
-a real frame store on SQLite, the real journal and recorder. Only Ray's hops are replaced by calls.
+a real frame store on SQLite, the real journal and recorder, the real heatmap service and model book. Only
+Ray's hops are replaced by calls; the line monitor's live windows are whatever a test puts in ``live``.
 
     client = gateway.client(token="...")       # a TestClient; auth as configured on the gateway
 """
@@ -19,15 +20,18 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from inspectline.audit import AuditLog
 from inspectline.config import GatewayOptions, StoreConfig
 from inspectline.data import Preprocessing
+from inspectline.heatmap_cache import HeatmapCache
 from inspectline.model import ModelCard, build_model, save_checkpoint
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
-from inspectline.serving import routes
+from inspectline.serving import model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenEntry, TokenTable
+from inspectline.serving.heatmaps import HeatmapService, heatmap_bytes
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.inspector import judge_prepared, prepare_frame
 from inspectline.serving.journal import Journal
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
+from inspectline.serving.model_book import ModelBook
 from inspectline.serving.recorder import FrameRecorder
 from inspectline.serving.records import (
     ErrorObservation,
@@ -38,8 +42,12 @@ from inspectline.serving.records import (
     MonitorBatch,
     ServedModel,
     ShadowObservation,
+    StreamStatus,
 )
-from inspectline.store import FrameStore
+from inspectline.serving.review import ReviewServices
+from inspectline.store import FrameStore, StoredFrame
+
+ROUTERS = (routes.router, review_routes.router, model_routes.router, ui.router)
 
 TOKENS = {
     "camera": ("cam-line1", "frames:write"),
@@ -53,10 +61,9 @@ def secret(role: str) -> str:
     return f"secret-of-{role}"
 
 
-@pytest.fixture(scope="session")
-def tiny_registry(tmp_path_factory) -> ModelRegistry:
-    """A registry with one tiny, untrained gray ResNet18 at 32 px, promoted: fast and deterministic."""
-    run = tmp_path_factory.mktemp("tiny-model")
+def make_tiny_registry(root: Path) -> ModelRegistry:
+    """A registry under ``root`` with one tiny, untrained gray ResNet18 at 32 px, promoted: fast and deterministic."""
+    root.mkdir(parents=True, exist_ok=True)
     card = ModelCard(
         arch="resnet18",
         class_names=("ok", "defective"),
@@ -66,12 +73,17 @@ def tiny_registry(tmp_path_factory) -> ModelRegistry:
         threshold=0.5,
     )
     save_checkpoint(
-        run / "model.pt", build_model("resnet18", in_channels=1, head_dims=(16,), head_dropout=(0.0, 0.0)), card
+        root / "model.pt", build_model("resnet18", in_channels=1, head_dims=(16,), head_dropout=(0.0, 0.0)), card
     )
-    registry = ModelRegistry(run / "models")
-    registry.register(run / "model.pt")
+    registry = ModelRegistry(root / "models")
+    registry.register(root / "model.pt")
     registry.promote("v0001")
     return registry
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory) -> ModelRegistry:
+    return make_tiny_registry(tmp_path_factory.mktemp("tiny-model"))
 
 
 class InProcessInspector:
@@ -137,6 +149,7 @@ class Gateway:
     monitor: DirectMonitor
     store_config: StoreConfig
     registry: ModelRegistry
+    live: list[StreamStatus] = field(default_factory=list)  # what the line monitor would say now
     clients: list[TestClient] = field(default_factory=list)
 
     def client(self, role: str | None = None) -> TestClient:
@@ -191,6 +204,14 @@ def build_gateway(
     async def render() -> tuple[bytes, str]:
         return b"# metrics of the line monitor\n", CONTENT_TYPE_LATEST
 
+    heatmaps = HeatmapService(HeatmapCache.from_registry(FrameStore(store_config), registry))
+
+    async def heatmap(frame: StoredFrame, kind: str) -> bytes:
+        return heatmap_bytes(await heatmaps.render(frame, kind))
+
+    async def line_status() -> list[StreamStatus]:
+        return list(gateway.live)
+
     services = Services(
         options=lambda: gateway_options,
         tokens=tokens,
@@ -199,8 +220,10 @@ def build_gateway(
         audit=AuditLog(tmp_path / "audit.jsonl"),
         describe_model=inspector.describe,
         render_metrics=render,
+        review=ReviewServices(models=ModelBook(registry), heatmap=heatmap, line_status=line_status),
     )
-    return Gateway(create_app(services, routes.router), services, inspector, monitor, store_config, registry)
+    gateway = Gateway(create_app(services, *ROUTERS), services, inspector, monitor, store_config, registry)
+    return gateway
 
 
 @pytest.fixture
@@ -211,3 +234,12 @@ def gateway(tmp_path: Path, tiny_registry: ModelRegistry) -> Iterator[Gateway]:
         client.close()
     gw.monitor.recorder.close()
     gw.services.frames.outbox.journal.close()
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path, tiny_registry: ModelRegistry) -> ModelRegistry:
+    """The tiny model in a registry of this test's own, for tests that change operating points or versions."""
+    registry = ModelRegistry(tmp_path / "own-models")
+    registry.register(tiny_registry.get("v0001").checkpoint)
+    registry.promote("v0001")
+    return registry

@@ -167,6 +167,48 @@ def test_labelled_lists_the_labelled_frames_of_a_window_oldest_first(store):
     assert [f.frame_id for f in store.labelled(since=T0, until=T0 + timedelta(minutes=3))] == ["a", "c"]
 
 
+def test_labelled_scores_are_the_what_ifs_two_columns_of_the_labelled_frames_matching(store):
+    ids = _queue_fixture(store)
+    store.set_label(ids["a"], "defective", "ana")
+    store.set_label(ids["c"], "ok", "ana")
+    store.set_label(ids["d"], "defective", "ben")
+    labels, probabilities, versions = store.labelled_scores()
+    assert sorted(zip(probabilities, labels, strict=True)) == [(0.10, 0), (0.40, 1), (0.52, 1)]  # b is unlabelled
+    assert versions == ["v0001", "v0002"]
+    labels, probabilities, _ = store.labelled_scores(model_version="v0002", line="line-b")
+    assert sorted(zip(probabilities, labels, strict=True)) == [(0.10, 0), (0.40, 1)]
+    assert store.labelled_scores(since=T0 + timedelta(minutes=3)) == ([1], [0.40], ["v0002"])
+    assert store.labelled_scores(camera="cam9") == ([], [], [])
+    with pytest.raises(StoreError, match="colour"):
+        store.labelled_scores(colour="red")
+
+
+def test_active_streams_are_the_line_camera_pairs_of_the_newest_frames(store):
+    store.add_frames(
+        [
+            record("a", minutes=0, line_id="line-a", camera_id="cam1"),
+            record("b", minutes=1, line_id="line-b", camera_id="cam2", shade=1),
+            record("c", minutes=2, line_id="line-a", camera_id="cam3", shade=2),
+            record("d", minutes=3, line_id="line-a", camera_id="cam3", shade=3),
+        ]
+    )
+    assert store.active_streams() == [("line-a", "cam1"), ("line-a", "cam3"), ("line-b", "cam2")]
+    assert store.active_streams(recent=2) == [("line-a", "cam3")]  # the two newest are both cam3's
+    assert store.active_streams(line="line-b") == [("line-b", "cam2")]
+    assert store.active_streams(line="line-z") == []
+
+
+def test_a_cleared_label_puts_the_frame_back_in_the_review_queue(store):
+    ids = _queue_fixture(store)
+    store.set_label(ids["a"], "defective", "ana")
+    cleared = store.clear_label(ids["a"])
+    assert (cleared.label, cleared.labelled_by, cleared.labelled_at) == (None, None, None)
+    assert ids["a"] in {f.id for f in store.query(labelled=False)}
+    assert store.clear_label(ids["b"]).label is None  # an unlabelled frame stays unlabelled
+    with pytest.raises(FrameNotFoundError, match="9999"):
+        store.clear_label(9999)
+
+
 def test_shadow_verdicts_are_kept_once_per_model_and_listed_per_frame(store):
     store.add_frames([record("f1"), record("f2")])
     shadow = [
