@@ -98,7 +98,10 @@ class LineMetrics:
             "inspect_defect_ratio", "Share of DEFECTIVE verdicts in the current drift window.", stream, registry=r
         )
         self.model_info = Gauge(
-            "inspect_model_info", "The model version being served (value 1).", ("version", "arch"), registry=r
+            "inspect_model_info",
+            "The model version being served (value 1), and the inference engine and precision judging with it.",
+            ("version", "arch", "engine", "precision"),
+            registry=r,
         )
         self.model_version = Gauge(
             "inspect_model_version",

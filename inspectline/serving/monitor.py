@@ -47,6 +47,8 @@ class LineMonitor:
         self.metrics = LineMetrics()
         self.options = MonitorOptions()
         self.version: str | None = None
+        self.arch = "unknown"
+        self._shown: tuple[str | None, ...] | None = None  # the labels inspect_model_info carries now
         self.reference: DriftReference | None = None
         self._detectors: dict[tuple[str, str], DriftDetector] = {}
         self._verdicts: dict[tuple[str, str], deque[str]] = {}
@@ -128,6 +130,7 @@ class LineMonitor:
         j = o.judgement
         if j.model_version != self.version:
             self._switch_model(j.model_version)
+        self._show_model(j.engine)
         self.metrics.threshold.set(j.threshold)
         line, camera = self._stream(o.meta.line_id, o.meta.camera_id)
         m = self.metrics
@@ -188,14 +191,22 @@ class LineMonitor:
         except Exception as exc:  # noqa: BLE001 - metrics must keep counting even if the reference is unreadable
             log.warning("cannot read the drift reference of %s: %s", version, exc)
             arch, self.reference = "unknown", None
-        self.version = version
-        m.model_info.labels(version, arch).set(1)
+        self.version, self.arch, self._shown = version, arch, None
         m.model_version.set(int(version.removeprefix("v")) if version.removeprefix("v").isdigit() else 0)
         m.reference_defect_ratio.set(self.reference.defect_rate if self.reference is not None else float("nan"))
         # Windows of another model's outputs are not comparable with the new reference.
         self._detectors.clear()
         for gauge in (m.drift_score, m.drift_p_value, m.drift_alarm, m.drift_window):
             gauge.clear()
+
+    def _show_model(self, engine: str) -> None:
+        """``inspect_model_info`` names the served version and the engine that judged its latest frame."""
+        name, _, precision = engine.partition(" ")
+        shown = (self.version, self.arch, name, precision or "unknown")
+        if shown != self._shown:
+            self.metrics.model_info.clear()
+            self.metrics.model_info.labels(*shown).set(1)
+            self._shown = shown
 
     def _stream(self, line: str, camera: str) -> tuple[str, str]:
         """Bound label cardinality: past ``max_streams`` pairs, new ones count as 'other'."""

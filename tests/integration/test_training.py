@@ -73,7 +73,10 @@ def test_the_model_learned_and_is_calibrated(trained_run):
     """The tiny set's crack is learnt for certain in the fixture's budget, on any CPU (see tests.helpers)."""
     m = trained_run.evaluation.metrics
     assert m["roc_auc"] > 0.8, m
-    assert trained_run.fit.history[-1]["train_accuracy"] > 0.8  # learnt, not guessed
+    # learnt, not guessed: over the second half of training the (class-balanced) batches are mostly right,
+    # where guessing gets half; one epoch of batches of 4 is too noisy to judge alone
+    late = [row["train_accuracy"] for row in trained_run.fit.history[len(trained_run.fit.history) // 2 :]]
+    assert sum(late) / len(late) >= 0.7, late
     card = trained_run.card
     assert card.temperature != 1.0 and 0 < card.threshold < 1
     assert card.metrics["roc_auc"] == pytest.approx(m["roc_auc"])
@@ -162,7 +165,7 @@ def test_a_retrained_version_with_line_frames_evaluates_like_any_other(trained_r
     )
     with FrameStore(cfg.store) as store:
         store.add_frames([record(f"f{i}", shade=40 * i, verdict="DEFECTIVE") for i in range(3)])
-        ids = [store.find("cam1", f"f{i}").id for i in range(3)]
+        ids = [store.find("line-a", "cam1", f"f{i}").id for i in range(3)]
         for i, frame_id in enumerate(ids):
             store.set_label(frame_id, "defective" if i else "ok", "ana@plant")
     run_dir = tmp_path / "retrained"

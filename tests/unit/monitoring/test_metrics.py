@@ -23,7 +23,7 @@ def _exercised() -> bytes:
     m.confidence.labels("line-1", "cam-1").observe(0.8)
     m.disagreement.labels("line-1", "cam-1").observe(0.01)
     m.unsure_ratio.labels("line-1", "cam-1").set(0.0)
-    m.model_info.labels("v0001", "resnet50").set(1)
+    m.model_info.labels("v0001", "resnet50", "openvino", "int8").set(1)
     for gauge in (m.drift_score, m.drift_p_value, m.drift_alarm):
         gauge.labels("line-1", "cam-1", "output").set(0.5)
     c = CameraMetrics()
