@@ -527,12 +527,6 @@ class MonitorOptions(_Section):
     max_streams: int = Field(
         256, ge=1, description="distinct (line, camera) label pairs; more are counted under 'other'"
     )
-    store_memory_bytes: int = Field(
-        64 * 2**20,
-        ge=2**20,
-        description="judged frames held in memory for the frame store; while it is unavailable the rest go to the "
-        "spool on disk",
-    )
 
 
 class HeatmapOptions(_Section):
