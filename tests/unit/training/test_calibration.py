@@ -50,9 +50,33 @@ def test_target_recall_threshold_is_the_highest_meeting_the_target():
     prob = np.clip(labels * 0.4 + rng.random(500) * 0.6, 0, 1)
     chosen = choose_threshold(labels, prob, "target_recall", 0.99)
     assert classification_metrics(labels, prob, chosen)["recall"] >= 0.99
-    higher = np.unique(prob[prob > chosen])[0]
+    edge, higher = np.unique(prob[prob > chosen])[:2]  # same decisions as `chosen`; one defect fewer let in
+    assert ((prob >= edge) == (prob >= chosen)).all()
     assert classification_metrics(labels, prob, higher)["recall"] < 0.99
     assert chosen > choose_threshold(labels, prob, "target_recall", 1.0) or chosen == prob.min()
+
+
+def test_threshold_sits_mid_gap_between_neighbouring_scores():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    prob = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])
+    assert choose_threshold(labels, prob, "max_f1") == pytest.approx(0.5)
+    assert choose_threshold(labels, prob, "target_recall", 1.0) == pytest.approx(0.5)
+
+
+def test_a_perfectly_separated_split_keeps_a_usable_temperature_and_threshold():
+    """Separable validation: the plain NLL falls all the way to T's bound and saturates probabilities
+    to exactly 0 and 1, which made the chosen threshold 1.0 (every frame OK but a certain one)."""
+    margin = np.array([-3.0, -2.0, -1.5, -1.0, 1.0, 1.5, 2.0, 3.0])
+    logits = np.stack([np.zeros_like(margin), margin], axis=1)
+    labels = (margin > 0).astype(int)
+    t = fit_temperature(logits, labels)
+    assert 0.1 < t < 1.0, t  # sharpened, since every frame is right, but not to the bound
+    prob = 1 / (1 + np.exp(-margin / t))
+    assert 0.01 < prob.max() < 0.9999 or prob.max() < 1.0
+    for policy in ("max_f1", "target_recall"):
+        threshold = choose_threshold(labels, prob, policy, 0.99)
+        assert prob[labels == 0].max() < threshold < prob[labels == 1].min(), (policy, threshold)
+        assert threshold < 1.0
 
 
 def test_metrics_are_none_when_undefined_and_diversity_detects_one_class():
