@@ -1,5 +1,11 @@
 """A promotion under load: every inspector replica warms the new version first, nothing fails, and every
-answer names the version that judged it — checked against each version's own offline probabilities."""
+answer names the version that judged it — checked against each version's own offline probabilities.
+
+The promotion is also one between engines: v0001 runs its checkpoint in torch fp32, v0002 has an
+OpenVINO INT8 export that passed parity, which the replicas' ``engine: auto`` must pick up with the
+promotion (hot reload works the same for exported models). The tiny test model is not one INT8 keeps
+every verdict of, so the export is held to a low agreement bound; the test is about serving it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
+from inspectline.engines import EnginePreference
+from inspectline.export import ExportRequest, export_version
 from inspectline.imaging import decode_image, encode_png
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
@@ -26,11 +34,16 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     registry.register(trained_run.checkpoint)
     registry.register(other_run.checkpoint)
     registry.promote("v0001")
-    offline = {  # what each version says about each frame, judged in this process
-        version: [
-            Predictor.load(registry.resolve(version)).predict([decode_image(f)])[0].defect_probability for f in FRAMES
-        ]
-        for version in ("v0001", "v0002")
+    int8 = ExportRequest(format="openvino", precision="int8", min_agreement=0.01, calibration_frames=20)
+    export_version(registry, "v0002", int8.model_copy(update={"measure_speed": False}))
+    offline, engines = {}, {}  # what each version says about each frame, judged in this process as a replica would
+    for version in ("v0001", "v0002"):
+        predictor = Predictor.from_version(registry.get(version), EnginePreference(torch_autocast=False), threads=1)
+        engines[version] = {"engine": predictor.engine.name, "precision": predictor.engine.precision}
+        offline[version] = [predictor.predict([decode_image(f)])[0].defect_probability for f in FRAMES]
+    assert engines == {
+        "v0001": {"engine": "torch", "precision": "fp32"},
+        "v0002": {"engine": "openvino", "precision": "int8"},
     }
     assert max(abs(a - b) for a, b in zip(offline["v0001"], offline["v0002"], strict=True)) > 1e-3  # truly different
     app = app_config(
@@ -64,6 +77,7 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     try:
         service.deploy(service.base_app, app)
         wait_for(lambda: httpx.get(f"{url}/readyz").status_code == 200, timeout_s=300, what="the promo app")
+        served = {v: httpx.get(f"{url}/v1/model").json() for v in ("v0001",)}
         threads = [threading.Thread(target=client, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
@@ -75,6 +89,7 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
                 timeout_s=120,
                 what="the switch",
             )
+            served["v0002"] = httpx.get(f"{url}/v1/model").json()
         finally:
             stop.set()
             for t in threads:
@@ -82,6 +97,9 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     finally:
         service.restore()
     assert failures == []
+    for version, model in served.items():  # /v1/model names the engine that judges each version
+        assert model["version"] == version
+        assert {k: model["engine"][k] for k in ("engine", "precision")} == engines[version], model["engine"]
     for sequence in answers:
         versions = [v for _, v, _ in sequence]
         switch = versions.index("v0002")
