@@ -76,20 +76,29 @@ for (const [range, number] of pairs) {
 
 function chart(report) {
   const svg = document.getElementById("chart");
-  const [w, h, left, bottom] = [640, 300, 40, 30];
+  const [w, h, left, bottom, top] = [640, 300, 40, 30, 34];
   const x = (t) => left + t * (w - left - 30);
-  const y = (v) => 10 + (1 - v) * (h - bottom - 10);
+  const y = (v) => top + (1 - v) * (h - bottom - top);
   const parts = [];
   for (const v of [0, 0.25, 0.5, 0.75, 1]) {
     parts.push(el("line", { x1: x(0), x2: x(1), y1: y(v), y2: y(v), class: "grid" }));
     parts.push(el("text", { x: 4, y: y(v) + 4, class: "axis" }, v.toFixed(2)));
     parts.push(el("text", { x: x(v) - 10, y: h - 8, class: "axis" }, v.toFixed(2)));
   }
+  // The legend sits above the plot, each name after a sample of its line's colour and dash pattern.
+  let at = left;
+  const legend = (cls, name) => {
+    parts.push(el("line", { x1: at, x2: at + 22, y1: 12, y2: 12, class: cls }));
+    parts.push(el("text", { x: at + 26, y: 16, class: "legend" }, name));
+    at += 26 + name.length * 6 + 12; // about 6 px a character at the legend's 12 px
+  };
   RATES.forEach((rate, i) => {
     const points = report.sweep.filter((p) => p[rate] !== null).map((p) => `${x(p.threshold)},${y(p[rate])}`);
     parts.push(el("polyline", { points: points.join(" "), class: `series s${i}` }));
-    parts.push(el("text", { x: x(0.02) + i * 150, y: 24, class: `legend s${i}` }, rate.replaceAll("_", " ")));
+    legend(`series s${i}`, rate.replaceAll("_", " "));
   });
+  legend("marker current", "in force");
+  legend("marker proposed", "proposed");
   parts.push(el("line", { x1: x(report.current.threshold), x2: x(report.current.threshold), y1: y(0), y2: y(1), class: "marker current" }));
   parts.push(el("line", { x1: x(report.proposed.threshold), x2: x(report.proposed.threshold), y1: y(0), y2: y(1), class: "marker proposed" }));
   svg.replaceChildren(...parts);
