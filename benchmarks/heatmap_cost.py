@@ -104,7 +104,7 @@ def cache_costs(predictor: Predictor, frame: np.ndarray, runs: int) -> dict[str,
                     image_format="png",
                 )
                 store.add_frames([record])
-                frames.append(store.find("cam1", f"f{i}"))
+                frames.append(store.find("line-a", "cam1", f"f{i}"))
             cache = HeatmapCache(store, lambda _: root / "model.pt")
             pending = iter(frames)
             miss = median_ms(lambda: cache.png(next(pending)), runs)
