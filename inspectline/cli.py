@@ -221,7 +221,7 @@ def demo(
     ),
     frames: Annotated[int, typer.Option(help="Test-split cells posted to the service.")] = 200,
 ) -> None:
-    """Train a quick model on ELPV, register it, serve it and post frames to it."""
+    """Train a quick model on ELPV, register it, export it for this CPU, serve it and post frames to it."""
     from inspectline.demo import run_demo
 
     cfg = resolve_config(config, None if config else "demo", overrides)

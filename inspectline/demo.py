@@ -3,10 +3,14 @@
 1. train a quick model on ELPV (the ``demo`` profile: ResNet18 at 128 px, minutes on two CPU cores), and
    print its test numbers at the shipped operating point (target recall) and at max F1;
 2. evaluate it on the test split, register it, and promote it when nothing is in production yet;
-3. start the inspection service (``serve_config.yaml`` on a local Ray);
-4. replay the test split's cells to it through the replay camera adapter, as a line camera would,
+3. export it for this CPU (OpenVINO INT8, accuracy-controlled, and OpenVINO at the CPU's fastest
+   floating-point precision), each checked for parity with the checkpoint; one below its bound is
+   refused and said so;
+4. start the inspection service (``serve_config.yaml`` on a local Ray), whose replicas run the
+   fastest export that passed parity (else the checkpoint in torch), and say which and why;
+5. replay the test split's cells to it through the replay camera adapter, as a line camera would,
    and print verdicts, agreement with the labels and throughput;
-5. shut the service down.
+6. shut the service down.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import httpx
 import typer
 
 from inspectline.camera_adapters.replay import ReplaySettings
@@ -26,6 +31,9 @@ from inspectline.camera_adapters.source import safe_id
 from inspectline.camera_adapters.uploader import UploadSettings
 from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import CLASS_NAMES, Sample, load_samples, load_split_manifest
+from inspectline.errors import EngineUnavailableError, ParityError
+from inspectline.export import ExportRequest, export_version
+from inspectline.hardware import cpu_capabilities
 from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import (
     deploy,
@@ -42,14 +50,14 @@ from inspectline.training import run_training
 def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml"), frames: int = 200) -> None:
     started = time.perf_counter()
     typer.echo(
-        f"[1/5] training {cfg.model.arch} at {cfg.data.image_size} px on {cfg.data.source} for up to "
+        f"[1/6] training {cfg.model.arch} at {cfg.data.image_size} px on {cfg.data.source} for up to "
         f"{cfg.train.epochs} epochs"
     )
     run = run_training(cfg, progress=True)
     m = run.evaluation.metrics
     four = run.evaluation.four_class
     typer.echo(
-        f"[2/5] test split ({m['n']} cells): accuracy {m['accuracy']:.4f}, defect F1 {m['f1']:.4f}, "
+        f"[2/6] test split ({m['n']} cells): accuracy {m['accuracy']:.4f}, defect F1 {m['f1']:.4f}, "
         f"recall {m['recall']:.4f}, ROC-AUC {m['roc_auc']:.4f}, ECE {run.evaluation.ece_after:.4f}, "
         f"threshold {run.card.threshold:.3f} ({run.card.threshold_policy}), temperature {run.card.temperature:.3f}"
         + (f", 4-class accuracy {four['accuracy']:.4f}" if four else "")
@@ -70,21 +78,50 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
         f"report: {version.path / 'report' / 'report.md'}"
     )
 
+    _export(registry, version.name)
+
     config = resolve_paths(load_serve_config(serve_config), Path.cwd())
     for app in config["applications"]:
         app["args"]["registry"] = str(registry.root.resolve())
     url = service_url(config)
-    typer.echo(f"[3/5] starting the inspection service at {url}")
+    typer.echo(f"[4/6] starting the inspection service at {url}")
     try:
         deploy(config, start_local_ray())
         ready = wait_until_ready(url, timeout_s=600)
-        typer.echo(f"      ready, serving {ready['model_version']}")
+        engine = httpx.get(f"{url}/v1/model", timeout=30).json().get("engine") or {}
+        typer.echo(
+            f"      ready, serving {ready['model_version']} on {engine.get('engine')} {engine.get('precision')}: "
+            f"{engine.get('reason')}"
+        )
         test = load_split_manifest(version.path / "splits.json", load_samples(cfg.data)).test[:frames]
         _replay(url, test, Path(cfg.paths.runs) / "demo")
     finally:
-        typer.echo("[5/5] shutting the service down")
+        typer.echo("[6/6] shutting the service down")
         stop_local_ray()
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def _export(registry: ModelRegistry, version: str) -> None:
+    """Export ``version`` in the precisions that can be fastest on this CPU; the service picks among those that pass."""
+    caps = cpu_capabilities()
+    # OpenVINO's default precision runs bf16 on CPUs with native bf16 and fp32 elsewhere.
+    kinds = [("openvino", "int8"), ("openvino", "fp16" if caps.bf16 else "fp32")]
+    typer.echo(f"[3/6] exporting {version} for this CPU ({caps.describe()}), each checked against the checkpoint")
+    for fmt, precision in kinds:
+        request = ExportRequest(format=fmt, precision=precision, max_drop=0.01 if precision == "int8" else None)
+        try:
+            record = export_version(registry, version, request, actor="make demo").record
+        except EngineUnavailableError as exc:
+            typer.echo(f"      no exports: {exc}; the service runs the checkpoint in torch")
+            return
+        except ParityError as exc:
+            typer.echo(f"      {fmt} {precision}: {str(exc).splitlines()[0]}")
+            continue
+        test = record.parity.get("test", {})
+        typer.echo(
+            f"      {fmt} {precision}: agreement {test.get('agreement', 0):.2%} with the checkpoint on the test split, "
+            f"{record.images_per_s or 0:.1f} images/s = {record.speedup or 0:.2f}× torch fp32 here"
+        )
 
 
 def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> None:
@@ -104,7 +141,7 @@ def _replay(url: str, cells: list[Sample], workdir: Path, fps: float = 25.0) -> 
         csv.writer(fh).writerows([("path", "label"), *entries])
     labels = {safe_id(cell.path.name): cell.label for cell in cells}
     results = workdir / f"results-{stamp}.jsonl"
-    typer.echo(f"[4/5] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
+    typer.echo(f"[5/6] replaying {len(cells)} test cells at {fps:g} frames/s as camera {camera} on line demo-line")
     summary = run_camera(
         ReplaySettings(data=DataConfig(source="manifest", path=manifest), fps=fps),
         AdapterSettings(

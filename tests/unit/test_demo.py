@@ -1,0 +1,49 @@
+"""``make demo``'s export step: the demo model is exported for this CPU, each export checked for parity,
+and what passed or was refused is said, so the service's ``engine: auto`` has the fastest passed one."""
+
+from __future__ import annotations
+
+import pytest
+
+from inspectline import demo
+from inspectline.engines import choose_engine
+from inspectline.errors import EngineUnavailableError
+from inspectline.hardware import cpu_capabilities
+from inspectline.registry import ModelRegistry
+
+
+@pytest.fixture
+def registry(trained_run, tmp_path) -> ModelRegistry:
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(trained_run.checkpoint)
+    return reg
+
+
+def test_the_demo_exports_for_this_cpu_and_says_what_passed(registry, capsys):
+    demo._export(registry, "v0001")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[3/6] exporting v0001 for this CPU")
+    exports = {e.precision: e for e in registry.get("v0001").manifest.exports}
+    floating = "fp16" if cpu_capabilities().bf16 else "fp32"
+    for precision in ("int8", floating):
+        line = next(line for line in lines if line.strip().startswith(f"openvino {precision}:"))
+        if precision in exports:  # recorded only when it passed: the demo never forces an export
+            assert exports[precision].passed and "agreement" in line and "torch fp32 here" in line, line
+        else:
+            assert "refused" in line and "below the bound" in line, line
+    if floating == "fp32":  # an fp32 export judges like the checkpoint on every CPU
+        assert exports["fp32"].parity["test"]["agreement"] == 1.0
+    choice = choose_engine(registry.get("v0001"))
+    assert choice.engine == "torch" or (choice.export is not None and choice.export.passed)
+
+
+def test_without_openvino_the_demo_says_the_checkpoint_serves_and_how_to_install_it(registry, monkeypatch, capsys):
+    def missing(*_args, **_kwargs):
+        raise EngineUnavailableError("openvino is not installed; install it with: pip install 'inspectline[openvino]'")
+
+    monkeypatch.setattr(demo, "export_version", missing)
+    demo._export(registry, "v0001")
+    out = capsys.readouterr().out
+    assert "no exports: openvino is not installed" in out and "pip install 'inspectline[openvino]'" in out
+    assert "the service runs the checkpoint in torch" in out
+    assert not registry.get("v0001").manifest.exports
