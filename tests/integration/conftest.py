@@ -29,6 +29,10 @@ from inspectline.serving.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# The line whose parts the service decides: three cameras, all required, a deadline a loaded CI machine meets.
+PARTS_LINE = "line-parts"
+PARTS_CAMERAS = ("top", "bottom", "side")
+PARTS_DEADLINE_MS = 3000
 
 
 def free_port() -> int:
@@ -51,7 +55,17 @@ def inspect_yaml(registry: Path, name: str = "inspectline", *, tokens_file: Path
     service = {"spool_dir": str(registry.parent / f"data-{name}" / "spool")}
     if tokens_file is not None:
         service["tokens_file"] = str(tokens_file)
-    doc = {"paths": {"registry": str(registry)}, "store": store_config(registry, name), "service": service}
+    station = {"name": "final", "cameras": list(PARTS_CAMERAS), "deadline_ms": PARTS_DEADLINE_MS}
+    plant = {
+        "outbox": str(registry.parent / f"data-{name}" / "outbox.sqlite3"),
+        "lines": {PARTS_LINE: {"stations": [station]}},
+    }
+    doc = {
+        "paths": {"registry": str(registry)},
+        "store": store_config(registry, name),
+        "service": service,
+        "plant": plant,
+    }
     # a file of its own per variant: Serve redeploys an app when its args change, not when a file it names does
     path = registry.parent / f"inspect-{name}{'-auth' if tokens_file else ''}.yaml"
     path.write_text(yaml.safe_dump(doc))
