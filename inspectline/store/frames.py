@@ -218,6 +218,20 @@ class FrameStore:
         with self._db.read() as conn:
             return [parts.to_part(row) for row in conn.execute(stmt)]
 
+    def count_parts(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        verdict: str | None = None,
+    ) -> int:
+        """How many part verdicts :meth:`query_parts` would find with these filters, ignoring pages."""
+        stmt = parts.count_parts(since=since, until=until, line=line, station=station, verdict=verdict)
+        with self._db.read() as conn:
+            return conn.scalar(stmt)
+
     # --- reading ---------------------------------------------------------------------------------
     def get(self, id: int) -> StoredFrame:
         """The stored frame with this id; FrameNotFoundError if there is none."""

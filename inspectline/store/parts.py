@@ -64,6 +64,25 @@ def select_parts(
     if order not in _ORDER_BY:
         msg = f"order {order!r} is not one of {', '.join(PART_ORDERS)}"
         raise StoreError(msg)
+    where = _conditions(since, until, line, station, verdict)
+    return sa.select(parts).where(*where).order_by(*_ORDER_BY[order]).limit(limit).offset(offset or None)
+
+
+def count_parts(
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    line: str | None = None,
+    station: str | None = None,
+    verdict: str | None = None,
+) -> sa.Select:
+    """SELECT COUNT(*) of the parts :func:`select_parts` would page through."""
+    return sa.select(sa.func.count()).select_from(parts).where(*_conditions(since, until, line, station, verdict))
+
+
+def _conditions(
+    since: datetime | None, until: datetime | None, line: str | None, station: str | None, verdict: str | None
+) -> list:
     where = []
     if since is not None:
         where.append(parts.c.decided_at >= since)
@@ -75,7 +94,7 @@ def select_parts(
         where.append(parts.c.station == station)
     if verdict is not None:
         where.append(parts.c.verdict == normalize_part_verdict(verdict))
-    return sa.select(parts).where(*where).order_by(*_ORDER_BY[order]).limit(limit).offset(offset or None)
+    return where
 
 
 def normalize_part_verdict(value: str) -> str:

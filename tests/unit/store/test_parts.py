@@ -65,6 +65,7 @@ def test_parts_are_filtered_by_line_station_verdict_and_time_and_paged(store):
     assert ids(line="line-a", station="main") == ["P-3", "P-2", "P-1"]
     assert ids(verdict="no_result") == ["P-3"]
     assert ids(since=T0 + timedelta(minutes=1), until=T0 + timedelta(minutes=3)) == ["P-3", "P-2"]
+    assert store.count_parts() == 5 and store.count_parts(line="line-a", verdict="OK") == 2
 
 
 @pytest.mark.parametrize(
