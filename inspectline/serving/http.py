@@ -5,9 +5,10 @@
 Errors: every exception becomes ``{"error": code, "detail": message}`` through :data:`ERRORS`, one table
 from exception type to status, code and description (the most specific class wins); :func:`documented`
 writes the same table into each route's OpenAPI responses, so the document cannot drift from behaviour.
-Routes live in ``serving.routes`` (frames, model, probes); request bodies and frame metadata are read in
-``serving.uploads``; response models are in ``serving.schemas``. Every route reaches the services through
-the ``ServicesDep`` dependency and its caller's scope through ``Writer``/``Reader``/``Reviewer``/``Admin``.
+Routes live in ``serving.routes`` (frames, model, probes) and ``serving.line_routes`` (parts, audit);
+request bodies and frame metadata are read in ``serving.uploads``; response models are in
+``serving.schemas``. Every route reaches the services through the ``ServicesDep`` dependency and its
+caller's scope through ``Writer``/``Reader``/``Reviewer``/``Admin``.
 """
 
 from __future__ import annotations
