@@ -106,6 +106,10 @@ class FrameNotFoundError(StoreError):
     """No stored frame has the requested id."""
 
 
+class PartNotFoundError(StoreError):
+    """No part verdict is stored for the requested part id."""
+
+
 class InvalidLabelError(StoreError):
     """A label that is not one of ok/defective, or a review file that cannot be imported."""
 

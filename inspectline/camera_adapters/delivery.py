@@ -16,7 +16,10 @@ Failures, per frame:
 * the service's own 5xx for a frame (``Retry.server_error``) is retried the same way, and after
   ``quarantine_after`` such answers the frame is set aside in the spool's ``quarantine/`` folder with
   the reason, settled as ``quarantined`` (counted in ``inspect_camera_frames_quarantined_total``), and
-  the queue moves on.
+  the queue moves on;
+* a frame the service answers with 409 ``frame_id_conflict`` (its id was judged before for other
+  bytes; see ``uploader.classify``) is quarantined the same way at once, with the service's reason and
+  both content hashes, and never retried.
 
 A frame the service answered but that is not settled when the adapter stops stays spooled and is sent
 again by the next run; its stable frame id makes the service answer from memory, and the results log
@@ -183,6 +186,11 @@ class Delivery:
         slot.in_flight = False
         slot.attempts += 1
         if isinstance(answer, Outcome):
+            if answer.kind == "quarantined":  # the service says a person must see this frame: no retry helps
+                body = answer.body
+                reason = f"HTTP {answer.status} {body.get('error')}: {body.get('detail', '')}"
+                hashes = {k: body[k] for k in ("first_sha256", "sent_sha256") if k in body}
+                answer = self._quarantine(slot, reason, answer.status, **hashes)
             slot.answer = answer
             if self.failures:
                 for other in self.window.values():  # the outage is over: the frames held back go now
@@ -201,7 +209,8 @@ class Delivery:
         self.metrics.retries.labels(*self.labels).inc()
         slot.server_errors += answer.server_error
         if answer.server_error and slot.server_errors >= self.limits.quarantine_after:
-            slot.answer = self._quarantine(slot, answer)
+            reason = f"{slot.server_errors} answers with a server error, the last: {answer.reason}"
+            slot.answer = self._quarantine(slot, reason, answer.status)
             self.failures = 0  # the service answers; it is this frame it cannot judge
             self.backlog.recovered()
             return
@@ -227,15 +236,15 @@ class Delivery:
             )
         slot.retry_at = time.monotonic() + backoff_delay(slot.attempts, self.upload, answer.retry_after_s, self.rng)
 
-    def _quarantine(self, slot: _Slot, answer: Retry) -> Outcome:
-        reason = f"{slot.server_errors} answers with a server error, the last: {answer.reason}"
+    def _quarantine(self, slot: _Slot, reason: str, status: int | None, **details: str) -> Outcome:
+        """Set the frame aside in the spool's ``quarantine/`` with ``reason``; counted, settled as quarantined."""
         path = self.backlog.spool.quarantine(
-            slot.frame, {"reason": reason, "attempts": slot.attempts, "status": answer.status}
+            slot.frame, {"reason": reason, "attempts": slot.attempts, "status": status, **details}
         )
         self.summary.quarantined += 1
         self.metrics.quarantined.labels(*self.labels).inc()
         log.error("frame %s quarantined to %s after %s; moving on", slot.frame.frame_id, path, reason)
-        return Outcome("quarantined", answer.status, {"error": "quarantined", "detail": reason, "path": str(path)})
+        return Outcome("quarantined", status, {"error": "quarantined", "detail": reason, "path": str(path)})
 
     def _settle_in_order(self) -> None:
         while self.window:

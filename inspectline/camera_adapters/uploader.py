@@ -7,6 +7,9 @@ rejection) or a :class:`Retry` (try again later). The rules, which the adapter r
   a frame id it had judged before with that first verdict);
 * our JSON error envelope ``{"error", "detail"}`` with 400/401/403/413/415/422 (any 4xx but 408 and
   429) is final: sending the same frame again cannot help;
+* 409 ``frame_id_conflict`` (the service judged this frame id before, for other image bytes) is to be
+  quarantined at once (``Outcome("quarantined")``): sending it again gets the same answer, and a person
+  must find out why a camera reused an id, so the image is kept with the reason, not only logged;
 * 408, 429, 5xx, connection errors and timeouts are retried, and so is any answer *without* our JSON
   envelope: while Ray Serve (re)deploys, its HTTP proxy answers 404 or 503 in plain text, which means
   "the service is not there yet", not "this frame is wrong";
@@ -34,6 +37,7 @@ from pydantic import Field, field_validator
 from inspectline.camera_adapters.source import Frame, Outcome, Settings
 
 RETRY_STATUSES = {408, 429}
+QUARANTINE_ERRORS = {409: "frame_id_conflict"}  # final answers whose frame a person must look at
 
 
 class UploadSettings(Settings):
@@ -121,6 +125,8 @@ def classify(response: httpx.Response) -> Outcome | Retry:
             status=status,
             server_error=status >= 500 and status != 503,
         )
+    if QUARANTINE_ERRORS.get(status) == body.get("error"):
+        return Outcome("quarantined", status, body)
     if 400 <= status < 500:
         return Outcome("rejected", status, body)
     reason = f"HTTP {status} is not an answer the adapter understands: {body}"

@@ -5,9 +5,10 @@
         args: {config: inspect.yaml}
 
 The service reads where things are — the model registry (``paths.registry``), the frame store
-(``store``), its spool and API tokens (``service``) — from the same ``inspect.yaml`` the ``inspect``
-command reads, so ``inspect retrain`` learns from exactly the frames the service stored. Relative paths
-resolve against the working directory, as they do for the CLI. At start it logs which file set each
+(``store``), its spool and API tokens (``service``) — and the lines it decides part verdicts for, with
+their outputs and outbox (``plant``), from the same ``inspect.yaml`` the ``inspect`` command reads, so
+``inspect retrain`` learns from exactly the frames the service stored. Relative paths resolve against
+the working directory, as they do for the CLI. At start it logs which file set each
 location. Per-deployment settings (replicas, CPUs/GPUs, queue limits, ``user_config``) stay in the
 Serve config's ``deployments`` section, so they can change without touching code.
 """
@@ -22,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ray.serve import Application
 
-from inspectline.config import InspectConfig, StoreConfig, load_config
+from inspectline.config import InspectConfig, PlantConfig, StoreConfig, load_config
 from inspectline.errors import ConfigError, validation_messages
 from inspectline.serving.gateway import Gateway
 from inspectline.serving.heatmaps import HeatmapWorker
@@ -62,6 +63,7 @@ class ServiceLocations:
     store: StoreConfig
     spool_dir: Path
     tokens_file: Path | None
+    plant: PlantConfig  # its outbox absolute
     origins: dict[str, str]
 
     def describe(self) -> list[str]:
@@ -70,6 +72,8 @@ class ServiceLocations:
             f"frame store {self.store.database_url}, images in {self.store.storage_url}  ({self.origins['store']})",
             f"spool       {self.spool_dir}  ({self.origins['service.spool_dir']})",
             f"API tokens  {self.tokens_file or 'INSPECT_API_TOKEN only'}  ({self.origins['service.tokens_file']})",
+            f"lines       {', '.join(self.plant.lines) or 'none (no part verdicts)'}, outbox {self.plant.outbox}  "
+            f"({self.origins['plant']})",
         ]
 
 
@@ -97,7 +101,10 @@ def service_locations(config_path: Path, base: Path) -> ServiceLocations:
         store=cfg.store.resolved(base),
         spool_dir=(base / cfg.service.spool_dir).resolve(),
         tokens_file=(base / tokens).resolve() if tokens is not None else None,
-        origins={k: origin(k) for k in ("paths.registry", "store", "service.spool_dir", "service.tokens_file")},
+        plant=cfg.plant.model_copy(update={"outbox": (base / cfg.plant.outbox).resolve()}),
+        origins={
+            k: origin(k) for k in ("paths.registry", "store", "service.spool_dir", "service.tokens_file", "plant")
+        },
     )
 
 
@@ -113,9 +120,10 @@ def build_app(args: dict) -> Application:
         log.info("inspectline: %s", line)
     registry, store, spool = str(where.registry), where.store.model_dump(mode="json"), str(where.spool_dir)
     tokens = str(where.tokens_file) if where.tokens_file else None
+    plant = where.plant.model_dump(mode="json")
     return Gateway.bind(
         Inspector.bind(registry),
-        LineMonitor.bind(registry, store, spool),
+        LineMonitor.bind(registry, store, spool, plant),
         registry,
         store,
         spool,

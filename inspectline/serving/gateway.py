@@ -32,7 +32,7 @@ from inspectline.audit import AUDIT_NAME, AuditLog
 from inspectline.config import GatewayOptions, StoreConfig
 from inspectline.errors import NotReadyError, OverloadedError
 from inspectline.registry import ModelRegistry
-from inspectline.serving import model_routes, review_routes, routes, ui
+from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenTable
 from inspectline.serving.heatmaps import heatmap_bytes
 from inspectline.serving.http import Services, create_app
@@ -107,6 +107,7 @@ class Gateway:
             routes.router,
             review_routes.router,
             model_routes.router,
+            line_routes.router,
             ui.router,
         )
 

@@ -5,9 +5,10 @@
 Errors: every exception becomes ``{"error": code, "detail": message}`` through :data:`ERRORS`, one table
 from exception type to status, code and description (the most specific class wins); :func:`documented`
 writes the same table into each route's OpenAPI responses, so the document cannot drift from behaviour.
-Routes live in ``serving.routes`` (frames, model, probes); request bodies and frame metadata are read in
-``serving.uploads``; response models are in ``serving.schemas``. Every route reaches the services through
-the ``ServicesDep`` dependency and its caller's scope through ``Writer``/``Reader``/``Reviewer``/``Admin``.
+Routes live in ``serving.routes`` (frames, model, probes) and ``serving.line_routes`` (parts, audit);
+request bodies and frame metadata are read in ``serving.uploads``; response models are in
+``serving.schemas``. Every route reaches the services through the ``ServicesDep`` dependency and its
+caller's scope through ``Writer``/``Reader``/``Reviewer``/``Admin``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from inspectline.audit import AuditLog
+from inspectline.audit import AuditError, AuditLog
 from inspectline.config import GatewayOptions
 from inspectline.errors import (
     ConfigError,
@@ -40,6 +41,7 @@ from inspectline.errors import (
     ModelNotFoundError,
     NotReadyError,
     OverloadedError,
+    PartNotFoundError,
     PayloadTooLargeError,
     RequestError,
     StoreError,
@@ -75,6 +77,7 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     UnauthorizedError: ErrorSpec(401, "unauthorized", "no bearer token"),
     ForbiddenError: ErrorSpec(403, "forbidden", "a wrong token, or one without the scope this route needs"),
     FrameNotFoundError: ErrorSpec(404, "frame_not_found", "no stored frame has this id"),
+    PartNotFoundError: ErrorSpec(404, "part_not_found", "no part verdict is stored for this part id"),
     ModelNotFoundError: ErrorSpec(404, "model_not_found", "no registered model version has this name"),
     FrameIdConflictError: ErrorSpec(409, "frame_id_conflict", "this frame id was judged for other image bytes"),
     PayloadTooLargeError: ErrorSpec(413, "payload_too_large", "the body is over max_body_bytes"),
@@ -86,6 +89,7 @@ ERRORS: dict[type[Exception], ErrorSpec] = {
     NotReadyError: ErrorSpec(503, "not_ready", "no model loaded yet"),
     OverloadedError: ErrorSpec(503, "overloaded", "the in-flight or queue limit is reached"),
     StoreError: ErrorSpec(503, "store_unavailable", "the frame store cannot be reached"),
+    AuditError: ErrorSpec(503, "audit_unavailable", "the audit trail cannot be read"),
 }
 NOT_FOUND = ErrorSpec(404, "not_found", "no such path, or a stored frame without its image")
 RETRY_AFTER = {503}

@@ -9,6 +9,12 @@ store is down), so until then the gateway keeps them in its journal. Drift
 windows must see every frame of a camera anyway, so they live here too. The monitor does little
 work per frame (a few counter updates and a window append), so one replica keeps up with many
 inspectors; it reserves no CPU.
+
+Part verdicts need every view of a part in one place for the same reason, so the monitor also runs the
+line's :class:`~inspectline.outputs.line.LineResults` (``plant`` in ``inspect.yaml``): each judged frame
+that carries a ``part_id`` is submitted once its batch is durable, each decided part is recorded in the
+frame store (through the recorder, so an outage spools it) and sent to the line's outputs, and the part
+metrics are in the same registry as the frame metrics. It starts with the replica and stops with it.
 """
 
 from __future__ import annotations
@@ -24,13 +30,15 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
-from inspectline.config import MonitorOptions, StoreConfig
+from inspectline.config import MonitorOptions, PlantConfig, StoreConfig
 from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference
-from inspectline.monitoring.metrics import LineMetrics
+from inspectline.monitoring.metrics import LineMetrics, PartMetrics
+from inspectline.outputs.line import LineResults
 from inspectline.registry import ModelRegistry
+from inspectline.serving.parts import FrameVerdict, PartVerdict
 from inspectline.serving.recorder import FrameRecorder
 from inspectline.serving.records import FrameObservation, Judgement, MonitorBatch, ShadowObservation, StreamStatus
-from inspectline.store import FrameStore
+from inspectline.store import FrameRecord, FrameStore, ShadowVerdict
 
 log = logging.getLogger("ray.serve")
 OTHER = "other"
@@ -38,13 +46,19 @@ OTHER = "other"
 
 @serve.deployment(name="LineMonitor", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
 class LineMonitor:
-    def __init__(self, registry: str, store: dict, spool_dir: str):
+    def __init__(self, registry: str, store: dict, spool_dir: str, plant: dict | None = None):
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
         self.recorder = FrameRecorder(
             lambda: FrameStore(store_config), spool_dir=Path(spool_dir) / "store", legacy_spool_dir=Path(spool_dir)
         )
         self.metrics = LineMetrics()
+        self.parts = LineResults(
+            PlantConfig.model_validate(plant or {}),
+            metrics=PartMetrics(self.metrics.registry),
+            on_part=self._record_part,
+        )
+        self.parts.start()
         self.options = MonitorOptions()
         self.version: str | None = None
         self.arch = "unknown"
@@ -67,12 +81,14 @@ class LineMonitor:
         A batch delivered twice (its acknowledgement was lost) is counted once; the store keeps one row per
         frame anyway.
         """
-        frames, shadows = [], []
+        frames, shadows, views = [], [], []
         counted = batch.batch_id in self._seen_batches
         for observation in batch.observations:
             if isinstance(observation, FrameObservation):
                 if not counted:
                     self._frame(observation)
+                    if observation.meta.part_id:
+                        views.append(_frame_verdict(observation))
                 frames.append(observation.store_record())
             elif isinstance(observation, ShadowObservation):
                 if not counted:
@@ -81,7 +97,7 @@ class LineMonitor:
             elif not counted:
                 self.metrics.errors.labels(observation.code).inc()
         self._seen_batches.append(batch.batch_id)
-        refused = await asyncio.to_thread(self.recorder.record, frames, shadows)
+        refused = await asyncio.to_thread(self._record, frames, shadows, views)
         if refused:
             self.metrics.errors.labels("store_refused_record").inc(refused)
         return len(batch.observations)
@@ -89,6 +105,7 @@ class LineMonitor:
     async def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric."""
         self.metrics.store_backlog.set(self.recorder.backlog)
+        await asyncio.to_thread(self.parts.backlog)  # sets inspect_outbox_backlog (a read of the outbox)
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
 
     async def line_status(self) -> list[StreamStatus]:
@@ -122,9 +139,24 @@ class LineMonitor:
         return self.recorder.backlog
 
     def __del__(self) -> None:
+        parts = getattr(self, "parts", None)
+        if parts is not None:  # first: its last decisions are recorded through the recorder
+            parts.stop()
         recorder = getattr(self, "recorder", None)
         if recorder is not None:
             recorder.close()
+
+    def _record(self, frames: list[FrameRecord], shadows: list[ShadowVerdict], views: list[FrameVerdict]) -> int:
+        """Make a batch durable, then hand its part views to the line (a part never names a frame not yet durable)."""
+        refused = self.recorder.record(frames, shadows)
+        for view in views:
+            self.parts.submit(view)  # the parts it decides are recorded by _record_part
+        return refused
+
+    def _record_part(self, part: PartVerdict) -> None:
+        """A decided part into the frame store (or the recorder's spool), whichever thread decided it."""
+        if self.recorder.record([], parts=[part.store_record()]):
+            self.metrics.errors.labels("store_refused_record").inc()
 
     def _frame(self, o: FrameObservation) -> None:
         j = o.judgement
@@ -214,3 +246,17 @@ class LineMonitor:
         if key in self._verdicts or len(self._verdicts) < self.options.max_streams:
             return key
         return OTHER, OTHER
+
+
+def _frame_verdict(o: FrameObservation) -> FrameVerdict:
+    """A judged frame as the part aggregator takes it."""
+    return FrameVerdict(
+        line_id=o.meta.line_id,
+        camera_id=o.meta.camera_id,
+        part_id=o.meta.part_id,
+        frame_id=o.meta.frame_id,
+        verdict=o.judgement.verdict,
+        defect_probability=o.judgement.defect_probability,
+        received_at=o.received_at,
+        model_version=o.judgement.model_version,
+    )

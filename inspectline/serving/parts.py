@@ -35,9 +35,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from inspectline.config import LineConfig, StationConfig
+from inspectline.store.records import PART_VIEW_FIELDS, VERDICTS, PartRecord
 
-PART_VERDICTS = ("OK", "DEFECTIVE", "UNSURE", "NO_RESULT")
-FRAME_VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
+FRAME_VERDICTS = VERDICTS
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class PartVerdict:
     line_id: str
     station: str
     part_id: str
-    verdict: str  # one of PART_VERDICTS
+    verdict: str  # one of store.PART_VERDICTS
     disposition: str  # "reject" or "pass": what the line's reject gate does with it
     reason: str
     views: tuple[PartView, ...]
@@ -98,6 +98,24 @@ class PartVerdict:
         doc["decided_at"] = self.decided_at.isoformat()
         doc["missing"] = list(self.missing)
         return doc
+
+    def store_record(self) -> PartRecord:
+        """What the frame store keeps of this verdict: each view's ids, verdict, probability, model and time."""
+        views = self.to_dict()["views"]
+        return PartRecord(
+            line_id=self.line_id,
+            station=self.station,
+            part_id=self.part_id,
+            verdict=self.verdict,
+            disposition=self.disposition,
+            reason=self.reason,
+            views=tuple({name: view[name] for name in PART_VIEW_FIELDS} for view in views),
+            missing=self.missing,
+            deadline_missed=self.deadline_missed,
+            first_view_at=self.first_view_at,
+            decided_at=self.decided_at,
+            decision_seconds=self.seconds,
+        )
 
 
 def decide(views: Iterable[PartView], required: Iterable[str]) -> tuple[str, str, tuple[str, ...]]:

@@ -1,4 +1,4 @@
-"""Makes judged frames durable in the frame store, and never loses one while the store is down.
+"""Makes judged frames and decided part verdicts durable in the frame store, and never loses one while it is down.
 
 The line monitor calls :meth:`FrameRecorder.record` with each micro-batch of frames (in a worker thread)
 and acknowledges the batch to the gateway only when it returns: by then every frame is either in the
@@ -9,7 +9,8 @@ While the store is healthy a batch is written directly. When a write fails (data
 network storage unreachable) the batch is spilled to the spool — one fsynced JSON file per batch, images
 base64-encoded — and so are the following batches, without trying the store each time: a drain thread
 retries with exponential backoff, writes the spool back oldest first, and only then lets batches go
-straight to the store again. Memory is bounded by one batch; the spool by the disk.
+straight to the store again. Memory is bounded by one batch; the spool by the disk. Part verdicts (from
+the monitor's :class:`~inspectline.outputs.line.LineResults`) take the same path, in their own batches.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from pathlib import Path
 
 from inspectline.errors import StoreError
 from inspectline.files import atomic_write_json
-from inspectline.store import FrameRecord, FrameStore, ShadowVerdict, check_record
+from inspectline.store import FrameRecord, FrameStore, PartRecord, ShadowVerdict, check_record
+from inspectline.store.records import check_part
 
 log = logging.getLogger("ray.serve")
 
@@ -63,30 +65,28 @@ class FrameRecorder:
         """Frames waiting in the spool for the store."""
         return sum(_spooled_count(p) for p in self._spool_files())
 
-    def record(self, frames: Sequence[FrameRecord], shadows: Sequence[ShadowVerdict] = ()) -> int:
+    def record(
+        self, frames: Sequence[FrameRecord], shadows: Sequence[ShadowVerdict] = (), parts: Sequence[PartRecord] = ()
+    ) -> int:
         """Make a batch durable (stored, or spooled); returns how many records were refused as invalid.
 
         Records are checked first: a record the store would refuse must not hold up the others behind it.
         """
-        valid = []
-        for record in frames:
-            try:
-                check_record(record)
-                valid.append(record)
-            except StoreError as exc:
-                log.error("frame record refused, not stored: %s", exc)
-        if not valid and not shadows:
-            return len(frames) - len(valid)
+        valid = _checked(frames, check_record, "frame record")
+        valid_parts = _checked(parts, check_part, "part verdict")
+        refused = len(frames) - len(valid) + len(parts) - len(valid_parts)
+        if not valid and not shadows and not valid_parts:
+            return refused
         with self._lock:
             if not self._spool_files():
                 try:
-                    self._write(valid, list(shadows))
-                    return len(frames) - len(valid)
+                    self._write(valid, list(shadows), valid_parts)
+                    return refused
                 except Exception as exc:  # noqa: BLE001 - any store failure: spool and let the drain thread retry
                     self._failed(exc)
-            self._spill(valid, list(shadows))
+            self._spill(valid, list(shadows), valid_parts)
         self._wake.set()
-        return len(frames) - len(valid)
+        return refused
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the drain thread (the spool stays for the next start) and close the store."""
@@ -97,7 +97,7 @@ class FrameRecorder:
             self._store.close()
 
     # --- the store ---------------------------------------------------------------------------------
-    def _write(self, frames: list[FrameRecord], shadows: list[ShadowVerdict]) -> None:
+    def _write(self, frames: list[FrameRecord], shadows: list[ShadowVerdict], parts: list[PartRecord]) -> None:
         if self._store is None:
             self._store = self._open_store()
         if frames:
@@ -105,6 +105,8 @@ class FrameRecorder:
             self.written += len(frames)
         if shadows:
             self._store.add_shadow_verdicts(shadows)
+        if parts:
+            self._store.add_parts(parts)
 
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
@@ -121,8 +123,7 @@ class FrameRecorder:
             while (spooled := self._spool_files()) and not self._stop.is_set():
                 with self._lock:
                     try:
-                        frames, shadows = _read_spool(spooled[0])
-                        self._write(frames, shadows)
+                        self._write(*_read_spool(spooled[0]))
                         spooled[0].unlink()
                         backoff = 0.5
                         continue
@@ -136,8 +137,12 @@ class FrameRecorder:
     def _spool_files(self) -> list[Path]:
         return sorted(self.spool_dir.glob("batch-*.json"))
 
-    def _spill(self, frames: list[FrameRecord], shadows: list[ShadowVerdict]) -> None:
-        doc = {"frames": [_encode(asdict(f)) for f in frames], "shadows": [_encode(asdict(v)) for v in shadows]}
+    def _spill(self, frames: list[FrameRecord], shadows: list[ShadowVerdict], parts: list[PartRecord]) -> None:
+        doc = {
+            "frames": [_encode(asdict(f)) for f in frames],
+            "shadows": [_encode(asdict(v)) for v in shadows],
+            "parts": [_encode(asdict(p)) for p in parts],
+        }
         # the frame count is in the name, so the backlog gauge never has to read a spooled file
         final = self.spool_dir / f"batch-{time.time_ns():020d}-{len(frames)}.json"
         atomic_write_json(final, doc, indent=None, sync_dir=True)
@@ -166,13 +171,30 @@ def _decode(doc: dict) -> dict:
     return out
 
 
-def _read_spool(path: Path) -> tuple[list[FrameRecord], list[ShadowVerdict]]:
+def _read_spool(path: Path) -> tuple[list[FrameRecord], list[ShadowVerdict], list[PartRecord]]:
     doc = json.loads(path.read_text())
     frames = [FrameRecord(**_decode(d)) for d in doc["frames"]]
     # shadow verdicts spooled before frames were keyed by line carry none: the line of their frame, if known
     lines = {(f.camera_id, f.frame_id): f.line_id for f in frames}
     shadows = [_decode(d) for d in doc.get("shadows", [])]
-    return frames, [ShadowVerdict(**({"line_id": lines.get((d["camera_id"], d["frame_id"]), "")} | d)) for d in shadows]
+    parts = [_decode(d) for d in doc.get("parts", [])]  # batches spooled before parts were stored have none
+    return (
+        frames,
+        [ShadowVerdict(**({"line_id": lines.get((d["camera_id"], d["frame_id"]), "")} | d)) for d in shadows],
+        [PartRecord(**(d | {"views": tuple(d["views"]), "missing": tuple(d["missing"])})) for d in parts],
+    )
+
+
+def _checked(records: Sequence, check: Callable[[object], None], what: str) -> list:
+    """The records ``check`` accepts; each refused one is logged with the reason."""
+    valid = []
+    for record in records:
+        try:
+            check(record)
+            valid.append(record)
+        except StoreError as exc:
+            log.error("%s refused, not stored: %s", what, exc)
+    return valid
 
 
 def _spooled_count(path: Path) -> int:

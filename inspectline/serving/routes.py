@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -84,7 +86,7 @@ Since = Annotated[
     str | None,
     Query(
         max_length=40,
-        description=f"received at or after: {SINCE_FORMS}",
+        description=f"at or after (until: before): {SINCE_FORMS}",
         json_schema_extra={
             "anyOf": [
                 {"type": "string", "format": "date-time"},
@@ -94,6 +96,37 @@ Since = Annotated[
         },
     ),
 ]
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What every listing route takes alike: a ``[since, until)`` time range, a line, and a page."""
+
+    since: datetime | None
+    until: datetime | None
+    line: str | None
+    limit: int
+    offset: int
+
+
+def listing(
+    since: Since = None,
+    until: Since = None,
+    line: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+) -> Listing:
+    """The shared listing parameters, validated and parsed once for ``GET /v1/frames`` and ``GET /v1/parts``."""
+    return Listing(
+        since=parse_since(since, name="since") if since is not None else None,
+        until=parse_since(until, name="until") if until is not None else None,
+        line=line,
+        limit=limit,
+        offset=offset,
+    )
+
+
+ListingDep = Annotated[Listing, Depends(listing)]
 
 # Each frame a listing returns can be read, its image fetched and labelled by its store id.
 _FRAME_LINKS = {
@@ -262,29 +295,25 @@ async def post_batch(
 async def list_frames(
     s: ServicesDep,
     _: Reader,
-    since: Since = None,
-    until: Since = None,
-    line: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    page: ListingDep,
     camera: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     verdict: Annotated[Literal[VERDICTS] | None, Query(description="OK, DEFECTIVE or UNSURE")] = None,  # type: ignore[valid-type]
     labelled: Annotated[bool | None, Query(description="true: reviewed only; false: still to review")] = None,
     has_image: Annotated[bool | None, Query(description="true: only frames whose image was kept")] = None,
     order: Annotated[Literal[ORDERS], Query(description="least sure first, newest or oldest")] = "uncertainty",  # type: ignore[valid-type]
-    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict:
     filters = {
-        "since": parse_since(since, name="since") if since is not None else None,
-        "until": parse_since(until, name="until") if until is not None else None,
-        "line": line,
+        "since": page.since,
+        "until": page.until,
+        "line": page.line,
         "camera": camera,
         "verdict": verdict,
         "labelled": labelled,
         "has_image": has_image,
     }
-    frames = await s.store.call("query", **filters, order=order, limit=limit, offset=offset)
+    frames = await s.store.call("query", **filters, order=order, limit=page.limit, offset=page.offset)
     total = await s.store.call("count", **filters)
-    return {"frames": [frame_view(f) for f in frames], "total": total, "limit": limit, "offset": offset}
+    return {"frames": [frame_view(f) for f in frames], "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get(

@@ -85,6 +85,72 @@ class FrameList(BaseModel):
     offset: int
 
 
+class PartViewOut(BaseModel):
+    """One camera's view of a part, as it was when the part was decided."""
+
+    camera_id: str
+    frame_id: str = Field(description="the camera's frame id (GET /v1/frames?line=...&camera=... finds the frame)")
+    verdict: Literal["OK", "DEFECTIVE", "UNSURE"]
+    defect_probability: float = Field(ge=0, le=1)
+    model_version: str | None
+    received_at: datetime
+
+
+class StoredPartView(BaseModel):
+    """A part's verdict at one station of its line."""
+
+    id: int
+    line_id: str
+    station: str
+    part_id: str
+    verdict: Literal["OK", "DEFECTIVE", "UNSURE", "NO_RESULT"] = Field(
+        description="DEFECTIVE if any view is, else UNSURE if any view is, else OK with every required view, "
+        "else NO_RESULT (a required view missed the deadline)"
+    )
+    disposition: Literal["reject", "pass"] = Field(description="what the line's reject gate does with the part")
+    reason: str
+    views: list[PartViewOut]
+    missing: list[str] = Field(description="required views that had not arrived when the part was decided")
+    deadline_missed: bool
+    first_view_at: datetime
+    decided_at: datetime
+    decision_seconds: float = Field(ge=0, description="from the part's first view to its verdict")
+
+
+class PartDetail(BaseModel):
+    part_id: str
+    stations: list[StoredPartView] = Field(description="one verdict per station that saw the part, first decided first")
+
+
+class PartList(BaseModel):
+    parts: list[StoredPartView]
+    total: int
+    limit: int
+    offset: int
+
+
+class AuditEventView(BaseModel):
+    """One change that affects verdicts (see ``inspect audit``)."""
+
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str
+    before: Any = None
+    after: Any = None
+    reason: str
+    prev: str = Field(
+        description="SHA-256 of the line before this one in the trail (the chain `inspect audit --verify` checks)"
+    )
+
+
+class AuditList(BaseModel):
+    events: list[AuditEventView] = Field(description="in the order they were appended; the latest `limit` of them")
+    total: int = Field(description="events at or after `since`")
+    limit: int
+
+
 class LabelRequest(BaseModel):
     label: Literal["ok", "defective", "OK", "DEFECTIVE", "Ok", "Defective"] = Field(description="ok or defective")
     reviewer: str = Field(min_length=1, max_length=200, pattern=r"\S", description="who labelled it (name or e-mail)")

@@ -9,6 +9,7 @@ A library with no Ray and no HTTP in it; the service's recorder writes to it, th
     database.py   engine set-up, transactions, locks, errors
     images.py     content-addressed, atomically written image files on fsspec storage
     retention.py  which images are kept at write time, and age-based clean-up
+    parts.py      the line's part verdicts: writing them and the parts API's filters
     frames.py     FrameStore, the one entry point
     review.py     CSV and Label Studio export / import of review labels
 """
@@ -18,13 +19,16 @@ from inspectline.store.records import (
     IMAGE_FORMATS,
     LABELS,
     ORDERS,
+    PART_VERDICTS,
     VERDICTS,
     CleanupReport,
     FrameKey,
     FrameRecord,
     LabelUpdate,
+    PartRecord,
     ShadowVerdict,
     StoredFrame,
+    StoredPart,
     check_record,
 )
 from inspectline.store.retention import keeps_image
@@ -44,6 +48,7 @@ __all__ = [
     "LABELS",
     "LABEL_STUDIO_CONFIG",
     "ORDERS",
+    "PART_VERDICTS",
     "VERDICTS",
     "CleanupReport",
     "FrameKey",
@@ -51,8 +56,10 @@ __all__ = [
     "FrameStore",
     "ImportReport",
     "LabelUpdate",
+    "PartRecord",
     "ShadowVerdict",
     "StoredFrame",
+    "StoredPart",
     "check_record",
     "export_csv",
     "export_label_studio",

@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from inspectline.config import StoreConfig
 from inspectline.errors import FrameNotFoundError, StoreError
-from inspectline.store import queries, retention
+from inspectline.store import parts, queries, retention
 from inspectline.store.database import Database
 from inspectline.store.images import ImageStore
 from inspectline.store.queries import FRAME_COLUMNS
@@ -40,8 +40,10 @@ from inspectline.store.records import (
     FrameKey,
     FrameRecord,
     LabelUpdate,
+    PartRecord,
     ShadowVerdict,
     StoredFrame,
+    StoredPart,
     check_record,
     check_shadow_verdict,
     image_format_of,
@@ -180,6 +182,55 @@ class FrameStore:
                 .order_by(sv.received_at, sv.model_version)
             )
             return [ShadowVerdict(**row._mapping) for row in result]
+
+    def add_parts(self, records: Sequence[PartRecord]) -> int:
+        """Record decided part verdicts; one per (line_id, station, part_id), repeats ignored (``store.parts``)."""
+        return parts.add_parts(self._db, records)
+
+    def find_part(self, part_id: str, *, line: str | None = None) -> list[StoredPart]:
+        """Every station's verdict on ``part_id`` (on ``line`` when given), first decided first; [] when none."""
+        with self._db.read() as conn:
+            return parts.find_parts(conn, part_id, line)
+
+    def query_parts(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        verdict: str | None = None,
+        order: str = "newest",
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[StoredPart]:
+        """Part verdicts decided in ``[since, until)`` matching every filter given, ``newest`` or ``oldest`` first."""
+        stmt = parts.select_parts(
+            since=since,
+            until=until,
+            line=line,
+            station=station,
+            verdict=verdict,
+            order=order,
+            limit=limit,
+            offset=offset,
+        )
+        with self._db.read() as conn:
+            return [parts.to_part(row) for row in conn.execute(stmt)]
+
+    def count_parts(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        line: str | None = None,
+        station: str | None = None,
+        verdict: str | None = None,
+    ) -> int:
+        """How many part verdicts :meth:`query_parts` would find with these filters, ignoring pages."""
+        stmt = parts.count_parts(since=since, until=until, line=line, station=station, verdict=verdict)
+        with self._db.read() as conn:
+            return conn.scalar(stmt)
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, id: int) -> StoredFrame:

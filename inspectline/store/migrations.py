@@ -12,6 +12,9 @@ not hashed when they arrived, and only retained images could be hashed now, so n
 some). Every row keeps its id, so labels, image references and snapshot memberships survive as they are.
 A shadow verdict takes the line of its frame; one whose frame never arrived gets the line ``""`` (unknown).
 
+Version 2 -> 3 adds the ``parts`` table (the line's part verdicts) and changes nothing else, so it is the
+same ``create_all`` that makes a new store's tables; a version 1 store goes through 2 on the way.
+
 PostgreSQL changes the tables with ``ALTER TABLE``. SQLite cannot drop a constraint, so each table is
 rebuilt the way SQLite documents (foreign keys off, create the new table, copy, drop the old one, rename
 the new one into its place, then ``PRAGMA foreign_key_check``); the caller turns foreign keys off before
@@ -70,6 +73,8 @@ def bring_up_to_date(conn: Connection, dialect: str, url: str) -> None:
         )
     metadata.create_all(conn)
     _create_missing_indexes(conn)
+    if version in (1, 2):
+        log.warning("migrated the frame store %s from schema version 2 to 3 (a parts table for part verdicts)", url)
     if version != SCHEMA_VERSION:
         conn.execute(sa.delete(store_meta))
         conn.execute(sa.insert(store_meta).values(id=1, schema_version=SCHEMA_VERSION))

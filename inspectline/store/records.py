@@ -18,6 +18,8 @@ from inspectline.errors import InvalidLabelError, StoreError, UnsupportedImageEr
 from inspectline.imaging import FORMAT_NAMES, format_named, sniff_format
 
 VERDICTS = ("OK", "DEFECTIVE", "UNSURE")
+PART_VERDICTS = (*VERDICTS, "NO_RESULT")  # a part may also have no verdict: a required view missed its deadline
+PART_VIEW_FIELDS = ("camera_id", "frame_id", "verdict", "defect_probability", "model_version", "received_at")
 LABELS = ("ok", "defective")
 IMAGE_FORMATS = FORMAT_NAMES  # the names images are stored under; the full table is imaging.IMAGE_FORMATS
 ORDERS = ("uncertainty", "newest", "oldest")
@@ -133,6 +135,45 @@ class ShadowVerdict:
 
 
 @dataclass(frozen=True)
+class PartRecord:
+    """One part's verdict at one station as the line was told it, with the views it was decided from.
+
+    ``views`` holds one JSON-ready dict per view with :data:`PART_VIEW_FIELDS` (``received_at`` as ISO
+    8601 text, ``frame_id`` the camera's id); ``missing`` names the required views that never came.
+    """
+
+    line_id: str
+    station: str
+    part_id: str
+    verdict: str
+    disposition: str
+    reason: str
+    views: tuple[dict[str, Any], ...] = field(hash=False)
+    missing: tuple[str, ...]
+    deadline_missed: bool
+    first_view_at: datetime
+    decided_at: datetime
+    decision_seconds: float
+
+
+@dataclass(frozen=True)
+class StoredPart(PartRecord):
+    """A part verdict as read back from the store; ``id`` is its row."""
+
+    id: int = field(kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict: every field, ISO 8601 datetimes, views and missing as lists."""
+        out: dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            out[name] = value.isoformat() if isinstance(value, datetime) else value
+        out["views"] = [dict(v) for v in self.views]
+        out["missing"] = list(self.missing)
+        return out
+
+
+@dataclass(frozen=True)
 class LabelUpdate:
     """One review decision: frame ``id`` is ``label`` according to ``reviewer`` (at ``at``, default now)."""
 
@@ -245,3 +286,28 @@ def check_record(record: FrameRecord) -> None:
         raise StoreError(msg)
     if record.image is not None:
         image_format_of(record)
+
+
+def check_part(part: PartRecord) -> None:
+    """Refuse a part verdict the database would store wrongly; the message names the part and the bad field."""
+    where = f"part {part.line_id!r}/{part.station!r}/{part.part_id!r}"
+    for name in ("line_id", "station", "part_id", "reason"):
+        value = getattr(part, name)
+        if not isinstance(value, str) or not value:
+            msg = f"{where}: {name} {value!r} must be a non-empty string"
+            raise StoreError(msg)
+    if part.verdict not in PART_VERDICTS:
+        msg = f"{where}: verdict {part.verdict!r} is not one of {', '.join(PART_VERDICTS)}"
+        raise StoreError(msg)
+    if part.disposition not in ("reject", "pass"):
+        msg = f"{where}: disposition {part.disposition!r} is not one of reject, pass"
+        raise StoreError(msg)
+    for view in part.views:
+        if not isinstance(view, dict) or set(view) != set(PART_VIEW_FIELDS):
+            got = sorted(view) if isinstance(view, dict) else type(view).__name__
+            msg = f"{where}: each view must have exactly the fields {', '.join(PART_VIEW_FIELDS)}, got {got}"
+            raise StoreError(msg)
+    for name in ("first_view_at", "decided_at"):
+        if not isinstance(getattr(part, name), datetime):
+            msg = f"{where}: {name} {getattr(part, name)!r} must be a datetime"
+            raise StoreError(msg)

@@ -6,6 +6,7 @@
     shadow_verdicts   a shadow model's verdict per (line_id, camera_id, frame_id, model_version)
     snapshots         named training snapshots ...
     snapshot_frames   ... and the frames each one holds, which clean-up must not touch
+    parts             one row per decided (line_id, station, part_id): the part verdict and every view it came from
 
 ``frames.image_sha256`` is a foreign key into ``images``, so the database itself refuses a frame row
 pointing at an image the store has not recorded as completely written, and refuses to forget an image a
@@ -13,7 +14,9 @@ frame still uses. ``frames.content_sha256`` is the hash of the image as the came
 every frame (also when retention drops the image), so a reused frame id can be told from a retry of the
 same frame; where the image is kept, ``image_sha256`` is the same hash. ``frames.uncertainty``
 (``|defect_probability - threshold|``) is stored rather than computed so the review queue ("unlabelled,
-most uncertain first") is an index scan on both databases.
+most uncertain first") is an index scan on both databases. ``parts.views`` keeps each view's camera,
+frame id (the camera's), verdict, defect probability, model version and arrival time as JSON, so a part
+verdict can be explained after its frames' images are gone.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
-from inspectline.store.records import LABELS, VERDICTS, to_utc
+from inspectline.store.records import LABELS, PART_VERDICTS, VERDICTS, to_utc
 
 
 class UtcDateTime(TypeDecorator):
@@ -59,7 +62,8 @@ _Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # 1: frames keyed by (camera_id, frame_id), no content hash (stores made before versions were recorded).
 # 2: frames and shadow verdicts keyed by line too; frames.content_sha256; indexes for the review page.
-SCHEMA_VERSION = 2
+# 3: parts, the line's part verdicts.
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -147,4 +151,30 @@ snapshot_frames = sa.Table(
     sa.Column("snapshot_id", _Id, sa.ForeignKey("snapshots.id", name="fk_snapshot_frames_snapshot"), primary_key=True),
     sa.Column("frame_id", _Id, sa.ForeignKey("frames.id", name="fk_snapshot_frames_frame"), primary_key=True),
     sa.Index("ix_snapshot_frames_frame_id", "frame_id"),
+)
+
+parts = sa.Table(
+    "parts",
+    metadata,
+    sa.Column("id", _Id, primary_key=True, autoincrement=True),
+    sa.Column("line_id", sa.String, nullable=False),
+    sa.Column("station", sa.String, nullable=False),
+    sa.Column("part_id", sa.String, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("disposition", sa.String(8), nullable=False),
+    sa.Column("reason", sa.String, nullable=False),
+    sa.Column("views", sa.JSON, nullable=False),
+    sa.Column("missing", sa.JSON, nullable=False),
+    sa.Column("deadline_missed", sa.Boolean, nullable=False),
+    sa.Column("first_view_at", UtcDateTime, nullable=False),
+    sa.Column("decided_at", UtcDateTime, nullable=False),
+    sa.Column("decision_seconds", sa.Float, nullable=False),
+    # A part is decided once per station; a second decision (a replayed spool) is the same one.
+    sa.UniqueConstraint("line_id", "station", "part_id", name="uq_parts_line_station_part"),
+    sa.CheckConstraint(_in("verdict", PART_VERDICTS), name="ck_parts_verdict"),
+    sa.CheckConstraint(_in("disposition", ("reject", "pass")), name="ck_parts_disposition"),
+    sa.Index("ix_parts_part_id", "part_id"),
+    sa.Index("ix_parts_decided_at", "decided_at"),
+    sa.Index("ix_parts_line_decided", "line_id", "decided_at"),
+    sa.Index("ix_parts_verdict_decided", "verdict", "decided_at"),
 )

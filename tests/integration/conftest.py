@@ -8,10 +8,13 @@ they return, so test order does not matter.
 from __future__ import annotations
 
 import copy
+import json
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -29,6 +32,38 @@ from inspectline.serving.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# The line whose parts the service decides: three cameras, all required, a deadline a loaded CI machine meets.
+PARTS_LINE = "line-parts"
+PARTS_CAMERAS = ("top", "bottom", "side")
+PARTS_DEADLINE_MS = 3000
+
+
+class PartsReceiver:
+    """The line controller's end of the parts line's webhook output: a loopback HTTP server keeping each verdict."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/parts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+_receivers: list[PartsReceiver] = []  # the session's receiver, once started: every app's inspect.yaml names it
 
 
 def free_port() -> int:
@@ -51,7 +86,17 @@ def inspect_yaml(registry: Path, name: str = "inspectline", *, tokens_file: Path
     service = {"spool_dir": str(registry.parent / f"data-{name}" / "spool")}
     if tokens_file is not None:
         service["tokens_file"] = str(tokens_file)
-    doc = {"paths": {"registry": str(registry)}, "store": store_config(registry, name), "service": service}
+    station = {"name": "final", "cameras": list(PARTS_CAMERAS), "deadline_ms": PARTS_DEADLINE_MS}
+    line: dict = {"stations": [station]}
+    if _receivers:
+        line["outputs"] = {"webhook": {"url": _receivers[0].url}}
+    plant = {"outbox": str(registry.parent / f"data-{name}" / "outbox.sqlite3"), "lines": {PARTS_LINE: line}}
+    doc = {
+        "paths": {"registry": str(registry)},
+        "store": store_config(registry, name),
+        "service": service,
+        "plant": plant,
+    }
     # a file of its own per variant: Serve redeploys an app when its args change, not when a file it names does
     path = registry.parent / f"inspect-{name}{'-auth' if tokens_file else ''}.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -128,7 +173,16 @@ def ray_address() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def service(ray_address: str, trained_run, tmp_path_factory) -> Iterator[Service]:
+def parts_receiver() -> Iterator[PartsReceiver]:
+    receiver = PartsReceiver()
+    _receivers.append(receiver)
+    yield receiver
+    _receivers.remove(receiver)
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def service(ray_address: str, trained_run, tmp_path_factory, parts_receiver: PartsReceiver) -> Iterator[Service]:
     registry = ModelRegistry(tmp_path_factory.mktemp("service") / "models")
     registry.register(trained_run.checkpoint)
     registry.register(trained_run.checkpoint)  # v0002: the same weights, a different version for switching

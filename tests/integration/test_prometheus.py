@@ -29,8 +29,9 @@ from prometheus_client import start_http_server
 
 from inspectline.monitoring.metrics import CameraMetrics
 from inspectline.monitoring.prometheus import GRAFANA_BUILTINS, PrometheusServer, dashboard_queries, start_prometheus
-from tests.integration.conftest import free_port, wait_for
+from tests.integration.conftest import PARTS_CAMERAS, PARTS_LINE, free_port, wait_for
 from tests.integration.test_service_metrics import post_many
+from tests.integration.test_service_parts import post_views
 from tests.unit.monitoring.test_prometheus_config import ALERTS, DASHBOARD, PROMETHEUS_CONFIG, REPO, needs_prometheus
 
 pytestmark = [pytest.mark.integration, needs_prometheus]
@@ -43,9 +44,15 @@ DRIFT_WINDOW = next(
     if d["name"] == "LineMonitor"
 )
 FRAMES = DRIFT_WINDOW + 20  # a full drift window, so drift gauges exist for CAMERA
-# What Grafana would put in the queries for this line and camera; windows short enough that the
-# frames just posted are inside them, long enough for several 1 s scrapes.
-VARIABLES = {**GRAFANA_BUILTINS, "line": LINE, "camera": CAMERA, "__rate_interval": "1m", "__range": "5m"}
+# What Grafana would put in the queries for this line (and the parts line, selected with it) and camera;
+# windows short enough that the frames just posted are inside them, long enough for several 1 s scrapes.
+VARIABLES = {
+    **GRAFANA_BUILTINS,
+    "line": f"({LINE}|{PARTS_LINE})",
+    "camera": CAMERA,
+    "__rate_interval": "1m",
+    "__range": "5m",
+}
 INSPECT = str(Path(sys.executable).with_name("inspect"))
 
 
@@ -128,7 +135,8 @@ class Traffic:
 
 @pytest.fixture(scope="module")
 def line_traffic(service, prometheus: PrometheusServer) -> Iterator[Traffic]:
-    """A promotion and a rollback (model version annotations), FRAMES frames on LINE/CAMERA and a bad frame."""
+    """A promotion and a rollback (model version annotations), FRAMES frames on LINE/CAMERA, a bad frame, and
+    on PARTS_LINE one part with every view and one whose last view never comes (the Parts row)."""
     started = time.time()
     try:
         service.registry.promote("v0002", reason="test_prometheus: a version change for the board's annotations")
@@ -170,12 +178,16 @@ def line_traffic(service, prometheus: PrometheusServer) -> Iterator[Traffic]:
         params={"line_id": LINE, "camera_id": CAMERA, "frame_id": "broken"},
     )
     assert bad.status_code == 422
+    part = f"P-prom-{uuid.uuid4().hex[:6]}"
+    post_views(service.url, part, PARTS_CAMERAS)
+    post_views(service.url, f"{part}-missed", PARTS_CAMERAS[:2], defective=None)
 
     def scraped() -> bool:
         frames = query(prometheus, f'sum(inspect_frames_total{{line="{LINE}", camera="{CAMERA}"}})')
         window = query(prometheus, f'inspect_drift_window_frames{{line="{LINE}", camera="{CAMERA}"}}')
+        missed = query(prometheus, f'sum(inspect_parts_deadline_missed_total{{line="{PARTS_LINE}"}})')
         return (
-            bool(frames and window)
+            bool(frames and window and missed)
             and frames[0]["value"][1] == str(FRAMES)
             and window[0]["value"][1] == str(DRIFT_WINDOW)
         )

@@ -107,6 +107,43 @@ def test_a_frame_that_keeps_getting_5xx_is_quarantined_and_the_queue_moves_on(tm
     assert metrics.registry.get_sample_value("inspect_camera_frames_quarantined_total", LABELS) == 1
 
 
+def test_a_frame_id_conflict_is_quarantined_at_once_with_the_reason_and_never_retried(tmp_path):
+    service = FakeService()
+    attempts = []
+    conflict = {
+        "error": "frame_id_conflict",
+        "detail": "frame id f001 was judged before for other image bytes",
+        "first_sha256": "a" * 64,
+        "sent_sha256": "b" * 64,
+    }
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.params["frame_id"] == "f001":
+            attempts.append(request)
+            return httpx.Response(409, json=conflict)
+        return service.handle(request)
+
+    frames = make_frames(4)
+    source = ListSource(frames)
+    metrics = CameraMetrics()
+    summary = run_adapter(
+        source, settings(tmp_path, quarantine_after=3), metrics=metrics, transport=httpx.MockTransport(handle)
+    )
+    assert len(attempts) == 1  # not retried
+    assert [(r["frame_id"], r["outcome"]) for r in read_log(tmp_path)] == [
+        (f.frame_id, "quarantined" if f.frame_id == "f001" else "judged") for f in frames
+    ]
+    (image,) = (tmp_path / "spool" / "quarantine").glob("*.png")
+    assert image.read_bytes() == frames[1].image
+    reason = json.loads(image.with_name(image.name + ".json").read_text())
+    assert (reason["frame_id"], reason["status"], reason["attempts"]) == ("f001", 409, 1)
+    assert reason["reason"] == f"HTTP 409 frame_id_conflict: {conflict['detail']}"
+    assert (reason["first_sha256"], reason["sent_sha256"]) == ("a" * 64, "b" * 64)
+    assert summary.quarantined == 1 and summary.rejected == 0 and summary.retries == 0 and summary.judged == 3
+    assert metrics.registry.get_sample_value("inspect_camera_frames_quarantined_total", LABELS) == 1
+    assert metrics.registry.get_sample_value("inspect_camera_frames_rejected_total", LABELS | {"status": "409"}) is None
+
+
 def test_busy_answers_never_quarantine_a_frame(tmp_path):
     busy = (503, '{"error": "overloaded", "detail": "busy"}', {"Retry-After": "0"})
     service = FakeService(script=[busy] * 6)

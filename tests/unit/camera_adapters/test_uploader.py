@@ -37,6 +37,15 @@ def test_our_json_4xx_is_final(status):
     assert "bad frame" in answer.reason and str(status) in answer.reason
 
 
+def test_a_frame_id_conflict_is_to_be_quarantined_and_other_409s_are_final():
+    conflict = {"error": "frame_id_conflict", "detail": "f1 was judged for other bytes", "sent_sha256": "ab"}
+    answer = classify(response(409, conflict))
+    assert isinstance(answer, Outcome) and (answer.kind, answer.status) == ("quarantined", 409)
+    assert answer.body["sent_sha256"] == "ab"
+    other = classify(response(409, {"error": "something_else", "detail": "no"}))
+    assert isinstance(other, Outcome) and other.kind == "rejected"
+
+
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
 def test_408_429_and_5xx_are_retried_with_retry_after(status):
     answer = classify(response(status, {"error": "overloaded", "detail": "busy"}, {"Retry-After": "3"}))

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from inspectline.errors import ConfigError, InspectError
-from inspectline.monitoring.metrics import CameraMetrics, LineMetrics
+from inspectline.monitoring.metrics import CameraMetrics, LineMetrics, PartMetrics
 from inspectline.monitoring.prometheus import (
     GRAFANA_BUILTINS,
     dashboard_queries,
@@ -67,10 +67,10 @@ def panels() -> list[dict]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name LineMetrics and CameraMetrics can expose (histograms as _bucket/_sum/_count)."""
+    """Every series name LineMetrics, PartMetrics and CameraMetrics can expose (histograms as _bucket/_sum/_count)."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     names = set()
-    for registry in (LineMetrics().registry, CameraMetrics().registry):
+    for registry in (LineMetrics().registry, PartMetrics().registry, CameraMetrics().registry):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
@@ -202,6 +202,10 @@ def test_the_board_shows_what_quality_engineers_watch():
         "inspect_camera_retries_total",
         "inspect_camera_spooled_frames",
         "inspect_camera_frames_dropped_total",
+        "inspect_parts_total",
+        "inspect_parts_deadline_missed_total",
+        "inspect_part_decision_seconds_bucket",
+        "inspect_outbox_backlog",
     ):
         assert metric in everything, f"no panel shows {metric}"
     latency = exprs["Latency p50 / p99 (end to end)"]
@@ -213,6 +217,8 @@ def test_the_board_shows_what_quality_engineers_watch():
     assert "sum by (line, camera) (rate(inspect_frames_total" in exprs["Throughput per camera"]
     assert "inspect_reference_defect_ratio" in exprs["Defect rate with baseline"]
     assert "by (verdict)" in exprs["Verdict mix"]
+    assert "by (verdict)" in exprs["Parts by verdict"] and "by (line, output)" in exprs["Outbox backlog per line"]
+    assert "histogram_quantile(0.95," in exprs["First view to verdict p95"]
     assert "inspect_drift_alpha" in exprs["Drift p-value per signal (alarm below alpha)"]
     heatmaps = [p for p in panels() if p["type"] == "heatmap" and "inspect_confidence_bucket" in exprs[p["title"]]]
     assert heatmaps and heatmaps[0]["targets"][0]["format"] == "heatmap"

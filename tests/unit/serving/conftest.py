@@ -24,7 +24,7 @@ from inspectline.heatmap_cache import HeatmapCache
 from inspectline.model import ModelCard, build_model, save_checkpoint
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
-from inspectline.serving import model_routes, review_routes, routes, ui
+from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenEntry, TokenTable
 from inspectline.serving.heatmaps import HeatmapService, heatmap_bytes
 from inspectline.serving.http import Services, create_app
@@ -47,7 +47,7 @@ from inspectline.serving.records import (
 from inspectline.serving.review import ReviewServices
 from inspectline.store import FrameStore, StoredFrame
 
-ROUTERS = (routes.router, review_routes.router, model_routes.router, ui.router)
+ROUTERS = (routes.router, review_routes.router, model_routes.router, line_routes.router, ui.router)
 
 TOKENS = {
     "camera": ("cam-line1", "frames:write"),

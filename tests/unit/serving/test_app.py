@@ -25,8 +25,18 @@ def test_locations_come_from_inspect_yaml_and_say_which_file_set_them(tmp_path: 
     lines = "\n".join(where.describe())
     assert f"set in {tmp_path / 'inspect.yaml'} (paths.registry)" in lines
     assert "does not set store" in lines
+    assert where.plant.outbox == tmp_path / "data" / "outbox.sqlite3" and "lines       none (no part verdicts)" in lines
     without = service_locations(Path("inspect.yaml"), tmp_path / "elsewhere")
     assert without.registry == tmp_path / "elsewhere" / "models" and "default; no " in without.describe()[0]
+
+
+def test_the_line_monitor_gets_the_plants_lines_with_the_outbox_resolved(tmp_path: Path):
+    line = {"stations": [{"name": "final", "cameras": ["top", "bottom"], "deadline_ms": 800}]}
+    (tmp_path / "inspect.yaml").write_text(yaml.safe_dump({"plant": {"outbox": "q/outbox.db", "lines": {"l1": line}}}))
+    where = service_locations(Path("inspect.yaml"), tmp_path)
+    assert where.plant.outbox == tmp_path / "q" / "outbox.db"
+    assert where.plant.lines["l1"].stations[0].required_views == ("top", "bottom")
+    assert f"lines       l1, outbox {tmp_path / 'q' / 'outbox.db'}  (set in" in "\n".join(where.describe())
 
 
 def test_the_cli_and_the_service_agree_on_the_store(tmp_path: Path, monkeypatch):

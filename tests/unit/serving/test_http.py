@@ -10,6 +10,7 @@ from PIL import Image
 
 from inspectline.imaging import encode_png
 from inspectline.serving.http import ERRORS
+from inspectline.serving.line_routes import router as line_router
 from inspectline.serving.routes import router
 from tests.helpers import make_cell
 from tests.unit.serving.conftest import build_gateway
@@ -162,18 +163,26 @@ ROUTE_SCOPES = {
     ("GET", "/v1/frames/{id:int}/image"): "reviewer",
     ("PUT", "/v1/frames/{id:int}/label"): "reviewer",
     ("GET", "/v1/model"): "viewer",
+    ("GET", "/v1/parts"): "viewer",
+    ("GET", "/v1/parts/{part_id}"): "viewer",
+    ("GET", "/v1/audit"): "admin",
 }
-WHO_MAY = {"camera": {"camera", "admin"}, "viewer": {"viewer", "reviewer", "admin"}, "reviewer": {"reviewer", "admin"}}
+WHO_MAY = {
+    "camera": {"camera", "admin"},
+    "viewer": {"viewer", "reviewer", "admin"},
+    "reviewer": {"reviewer", "admin"},
+    "admin": {"admin"},
+}
 
 
 def test_every_v1_route_is_in_the_scope_table(gateway):
-    routes = {(m, r.path) for r in router.routes if r.path.startswith("/v1") for m in r.methods}
-    assert routes == set(ROUTE_SCOPES)
+    found = {(m, r.path) for r in (*router.routes, *line_router.routes) if r.path.startswith("/v1") for m in r.methods}
+    assert found == set(ROUTE_SCOPES)
 
 
 @pytest.mark.parametrize(("method", "path"), list(ROUTE_SCOPES))
 def test_every_v1_route_refuses_missing_wrong_and_out_of_scope_tokens(gateway, method, path):
-    url = path.replace("{id:int}", "1")
+    url = path.replace("{id:int}", "1").replace("{part_id}", "P-1")
     kwargs = {"json": {"label": "ok", "reviewer": "ana"}} if method == "PUT" else {}
 
     def call(client):

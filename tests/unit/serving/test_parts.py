@@ -6,9 +6,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from inspectline.config import build_config
+from inspectline.config import StoreConfig, build_config
 from inspectline.errors import ConfigError
 from inspectline.serving.parts import FrameVerdict, PartAggregator
+from inspectline.store import FrameStore
 
 T0 = datetime(2026, 11, 30, 8, 0, tzinfo=timezone.utc)
 
@@ -96,6 +97,29 @@ def test_views_keep_their_verdict_probability_and_heatmap_and_the_reason_names_t
     assert part.reason == "DEFECTIVE in view top p=0.910"
     doc = part.to_dict()
     assert doc["views"][1]["received_at"] == T0.isoformat() and doc["decided_at"] == T0.isoformat()
+
+
+def test_the_store_keeps_each_views_ids_verdict_probability_model_and_time(tmp_path):
+    clock = Clock()
+    parts = aggregator(clock)
+    parts.add(frame("top", "DEFECTIVE", p=0.91))
+    clock.t += 0.25
+    (part,) = parts.add(frame("bottom", "OK", p=0.12))
+    with FrameStore(
+        StoreConfig(database_url=f"sqlite:///{tmp_path / 'frames.db'}", storage_url=str(tmp_path))
+    ) as store:
+        assert store.add_parts([part.store_record()]) == 1
+        [stored] = store.find_part("P1", line="line-1")
+    assert (stored.station, stored.verdict, stored.disposition) == ("final", "DEFECTIVE", "reject")
+    assert stored.reason == "DEFECTIVE in view top p=0.910" and stored.decision_seconds == pytest.approx(0.25)
+    assert stored.views[0] == {
+        "camera_id": "top",
+        "frame_id": "top-P1",
+        "verdict": "DEFECTIVE",
+        "defect_probability": 0.91,
+        "model_version": "v0003",
+        "received_at": T0.isoformat(),
+    }
 
 
 @pytest.mark.parametrize(

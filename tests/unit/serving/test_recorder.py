@@ -14,7 +14,7 @@ from inspectline.config import StoreConfig
 from inspectline.errors import StoreError
 from inspectline.imaging import encode_png
 from inspectline.serving.recorder import FrameRecorder
-from inspectline.store import FrameRecord, FrameStore, ShadowVerdict
+from inspectline.store import FrameRecord, FrameStore, PartRecord, ShadowVerdict
 
 T0 = datetime(2026, 11, 22, 8, tzinfo=timezone.utc)
 
@@ -60,6 +60,12 @@ class Switchable:
     def add_shadow_verdicts(self, rows):
         self.store = self.store or FrameStore(self.config)
         return self.store.add_shadow_verdicts(rows)
+
+    def add_parts(self, parts):
+        if not self.up:
+            raise StoreError("database unreachable (test outage)")
+        self.store = self.store or FrameStore(self.config)
+        return self.store.add_parts(parts)
 
     def close(self) -> None:
         pass
@@ -115,6 +121,50 @@ def test_the_spool_survives_a_restart_and_drains_into_the_store(config, tmp_path
         shadow = reopened.shadow_verdicts(reopened.find("line-1", "cam-1", "f0000").id)
         assert [v.model_version for v in shadow] == ["v0002"]
         assert not list(spool.glob("batch-*.json"))
+    finally:
+        again.close()
+
+
+def part(part_id: str, verdict: str = "DEFECTIVE") -> PartRecord:
+    view = {
+        "camera_id": "cam-1",
+        "frame_id": f"f-{part_id}",
+        "verdict": "DEFECTIVE",
+        "defect_probability": 0.9,
+        "model_version": "v0001",
+        "received_at": T0.isoformat(),
+    }
+    return PartRecord(
+        line_id="line-1",
+        station="main",
+        part_id=part_id,
+        verdict=verdict,
+        disposition="reject",
+        reason="DEFECTIVE in view cam-1 p=0.900",
+        views=(view,),
+        missing=("cam-2",),
+        deadline_missed=True,
+        first_view_at=T0,
+        decided_at=T0 + timedelta(seconds=1),
+        decision_seconds=1.0,
+    )
+
+
+def test_part_verdicts_decided_while_the_store_is_down_are_spooled_and_survive_a_restart(config, tmp_path):
+    store = Switchable(config)
+    spool = tmp_path / "spool"
+    recorder = FrameRecorder(store.open, spool_dir=spool, max_backoff_s=0.2)
+    assert recorder.record([], parts=[part("P-1"), part("P-2", verdict="MAYBE")]) == 1  # the bad one refused
+    recorder.close(timeout_s=1)
+    assert len(list(spool.glob("batch-*.json"))) == 1
+    store.up = True
+    again = FrameRecorder(store.open, spool_dir=spool, max_backoff_s=0.2)
+    try:
+        wait(lambda: not list(spool.glob("batch-*.json")))
+        [stored] = FrameStore(config).find_part("P-1")
+        assert stored.views == part("P-1").views and stored.missing == ("cam-2",) and stored.deadline_missed
+        again.record([record(0)], parts=[part("P-3")])  # healthy: straight to the store, frames and parts together
+        assert [p.part_id for p in FrameStore(config).query_parts(order="oldest")] == ["P-1", "P-3"]
     finally:
         again.close()
 

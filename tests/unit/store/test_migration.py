@@ -1,8 +1,9 @@
-"""Opening a store made by the previous version migrates it in place, keeping every row, label, image and link.
+"""Opening a store made by an earlier version migrates it in place, keeping every row, label, image and link.
 
-``V1`` below is the schema as inspectline wrote it before schema versions were recorded, frozen here on
-purpose: it must never follow ``inspectline/store/schema.py``, or these tests would stop testing the
-migration of real plant databases.
+``V1`` below is the schema as inspectline wrote it before schema versions were recorded, and ``V2`` the
+one it wrote from then until part verdicts were stored; both are frozen here on purpose: they must never
+follow ``inspectline/store/schema.py``, or these tests would stop testing the migration of real plant
+databases.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from inspectline.errors import StoreError
 from inspectline.store import FrameStore, ShadowVerdict, migrations
 from inspectline.store.images import ImageStore
 from inspectline.store.schema import SCHEMA_VERSION, UtcDateTime, metadata, store_meta
-from tests.unit.store.factories import T0, png, record
+from tests.unit.store.factories import T0, part_record, png, record
 
 # --- the frozen version 1 schema -----------------------------------------------------------------
 V1 = sa.MetaData()
@@ -89,6 +90,90 @@ sa.Table(
 sa.Table(
     "snapshot_frames",
     V1,
+    sa.Column(
+        "snapshot_id", _V1_ID, sa.ForeignKey("snapshots.id", name="fk_snapshot_frames_snapshot"), primary_key=True
+    ),
+    sa.Column("frame_id", _V1_ID, sa.ForeignKey("frames.id", name="fk_snapshot_frames_frame"), primary_key=True),
+    sa.Index("ix_snapshot_frames_frame_id", "frame_id"),
+)
+
+
+# --- the frozen version 2 schema (version 1 keyed by line, content hashes, review indexes) ---------
+V2 = sa.MetaData()
+sa.Table(
+    "store_meta",
+    V2,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("schema_version", sa.Integer, nullable=False),
+)
+sa.Table(
+    "images",
+    V2,
+    sa.Column("sha256", sa.String(64), primary_key=True),
+    sa.Column("format", sa.String(8), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("stored_at", UtcDateTime, nullable=False),
+)
+sa.Table(
+    "frames",
+    V2,
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
+    sa.Column("camera_id", sa.String, nullable=False),
+    sa.Column("frame_id", sa.String, nullable=False),
+    sa.Column("line_id", sa.String, nullable=False),
+    sa.Column("part_id", sa.String),
+    sa.Column("captured_at", UtcDateTime),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("defect_probability", sa.Float, nullable=False),
+    sa.Column("confidence", sa.Float, nullable=False),
+    sa.Column("threshold", sa.Float, nullable=False),
+    sa.Column("uncertainty", sa.Float, nullable=False),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("views", sa.JSON, nullable=False),
+    sa.Column("content_sha256", sa.String(64)),
+    sa.Column("image_sha256", sa.String(64), sa.ForeignKey("images.sha256", name="fk_frames_image")),
+    sa.Column("image_format", sa.String(8)),
+    sa.Column("label", sa.String(16)),
+    sa.Column("labelled_by", sa.String),
+    sa.Column("labelled_at", UtcDateTime),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", name="uq_frames_line_camera_frame"),
+    sa.CheckConstraint(_VERDICTS, name="ck_frames_verdict"),
+    sa.CheckConstraint("label IS NULL OR label IN ('ok', 'defective')", name="ck_frames_label"),
+    sa.Index("ix_frames_received_at", "received_at"),
+    sa.Index("ix_frames_line_received", "line_id", "received_at"),
+    sa.Index("ix_frames_camera_received", "camera_id", "received_at"),
+    sa.Index("ix_frames_verdict_received", "verdict", "received_at"),
+    sa.Index("ix_frames_line_verdict_received", "line_id", "verdict", "received_at"),
+    sa.Index("ix_frames_uncertainty", "uncertainty"),
+    sa.Index("ix_frames_label_uncertainty", "label", "uncertainty"),
+    sa.Index("ix_frames_line_label_uncertainty", "line_id", "label", "uncertainty"),
+    sa.Index("ix_frames_image_sha256", "image_sha256"),
+)
+sa.Table(
+    "shadow_verdicts",
+    V2,
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
+    sa.Column("line_id", sa.String, nullable=False),
+    sa.Column("camera_id", sa.String, nullable=False),
+    sa.Column("frame_id", sa.String, nullable=False),
+    sa.Column("model_version", sa.String, nullable=False),
+    sa.Column("verdict", sa.String(16), nullable=False),
+    sa.Column("defect_probability", sa.Float, nullable=False),
+    sa.Column("received_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("line_id", "camera_id", "frame_id", "model_version", name="uq_shadow_line_camera_frame_model"),
+    sa.CheckConstraint(_VERDICTS, name="ck_shadow_verdict"),
+)
+sa.Table(
+    "snapshots",
+    V2,
+    sa.Column("id", _V1_ID, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String, nullable=False, unique=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+)
+sa.Table(
+    "snapshot_frames",
+    V2,
     sa.Column(
         "snapshot_id", _V1_ID, sa.ForeignKey("snapshots.id", name="fk_snapshot_frames_snapshot"), primary_key=True
     ),
@@ -170,7 +255,7 @@ def _open(database_url: str, storage: str, **settings) -> FrameStore:
 def test_a_version_1_store_is_migrated_keeping_every_row_label_image_and_link(v1_store, caplog):
     database_url, storage, ids = v1_store
     with caplog.at_level(logging.INFO, logger="inspectline.store"), _open(database_url, storage) as store:
-        assert "from schema version 1 to 2" in caplog.text
+        assert "from schema version 1 to 2" in caplog.text and "from schema version 2 to 3" in caplog.text
         assert "4 frames, 2 labelled, 2 with images, 1 in snapshots, 2 shadow verdicts (1 of them" in caplog.text
         frames = {f.frame_id: f for f in store.query(order="oldest", limit=10)}
         assert {name: f.id for name, f in frames.items()} == ids  # ids kept: labels and snapshots still point right
@@ -275,3 +360,28 @@ def test_a_store_from_a_newer_version_is_refused_not_downgraded(make_store):
 def test_a_new_store_records_the_current_schema_version(store):
     with store._db.read() as conn:
         assert conn.execute(sa.select(store_meta)).all() == [(1, SCHEMA_VERSION)]
+
+
+def test_a_version_2_store_gains_the_parts_table_keeping_its_frames(database_url, tmp_path, caplog):
+    storage = str(tmp_path / "images")
+    engine = sa.create_engine(database_url)
+    t = V2.tables
+    with engine.begin() as conn:
+        V2.create_all(conn)
+        conn.execute(sa.insert(t["store_meta"]).values(id=1, schema_version=2))
+        row = _frame_row("f1") | {"content_sha256": hashlib.sha256(b"sent f1").hexdigest()}
+        conn.execute(sa.insert(t["frames"]), [row])
+    engine.dispose()
+    with caplog.at_level(logging.INFO, logger="inspectline.store"), _open(database_url, storage) as store:
+        assert "from schema version 2 to 3" in caplog.text and "from schema version 1 to 2" not in caplog.text
+        [frame] = store.query(limit=10)
+        assert (frame.frame_id, frame.content_sha256) == ("f1", row["content_sha256"])
+        assert store.add_parts([part_record("part-f1")]) == 1
+        assert [p.part_id for p in store.find_part("part-f1")] == ["part-f1"]
+        with store._db.read() as conn:
+            assert conn.scalar(sa.select(store_meta.c.schema_version)) == SCHEMA_VERSION == 3
+            names = {i["name"] for i in sa.inspect(conn).get_indexes("parts")}
+        assert {i.name for i in metadata.tables["parts"].indexes} <= names
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="inspectline.store"), _open(database_url, storage) as store:
+        assert store.count() == 1 and "migrated" not in caplog.text
