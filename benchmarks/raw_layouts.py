@@ -35,6 +35,7 @@ class LayoutResult:
     frames: int
     frames_per_s: float  # summed over the processes
     model_cpu_ms_per_frame: float  # the processes' CPU time over their frames
+    cores_used: float  # the processes' CPU time over the wall time: what neighbours left them
     engine: dict  # the engine choice (engine, precision, reason) every process made
 
     def as_dict(self) -> dict:
@@ -44,23 +45,6 @@ class LayoutResult:
 def layouts_for(cores: int) -> list[tuple[int, int]]:
     """(processes, threads) pairs that use exactly ``cores`` cores: 1 x cores and cores x 1."""
     return [(1, cores)] if cores == 1 else [(1, cores), (cores, 1)]
-
-
-def measure_layouts(
-    registry_root: Path,
-    version: str,
-    preference: EnginePreference,
-    frames: list[np.ndarray],
-    *,
-    cores: int,
-    batch: int,
-    seconds: float,
-) -> list[LayoutResult]:
-    """Every layout of ``cores``, one after the other."""
-    return [
-        measure_layout(registry_root, version, preference, frames, processes=p, threads=t, batch=batch, seconds=seconds)
-        for p, t in layouts_for(cores)
-    ]
 
 
 def measure_layout(
@@ -74,6 +58,7 @@ def measure_layout(
     batch: int,
     seconds: float,
 ) -> LayoutResult:
+    """``processes`` processes of ``threads`` threads each, predicting at once for ``seconds``."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(processes)
     queue = ctx.Queue()
@@ -96,6 +81,7 @@ def measure_layout(
         frames=frames_done,
         frames_per_s=sum(r["frames"] / r["seconds"] for r in reports),
         model_cpu_ms_per_frame=1000 * sum(r["cpu_seconds"] for r in reports) / frames_done,
+        cores_used=sum(r["cpu_seconds"] for r in reports) / max(r["seconds"] for r in reports),
         engine=reports[0]["engine"],
     )
 
