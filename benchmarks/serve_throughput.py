@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 import httpx
@@ -177,7 +178,7 @@ def main() -> None:
                     f"{res.percentile(99):.1f} ms"
                 )
         finally:
-            stop_local_ray()
+            _stop_ray_keeping_multiprocessing()
         passes["after"] = _raw_pass("after", cores, load, measure)
 
     layouts = {k: max((p[k] for p in passes.values()), key=lambda r: r.frames_per_s) for k in passes["before"]}
@@ -335,6 +336,16 @@ class Saturated:
 def _saturate(url: str, bodies: list[bytes], **kw) -> Saturated:
     cpu = ServiceCpu()
     return Saturated(run_in_process("closed", url, bodies, on_window=cpu, **kw), cpu)
+
+
+def _stop_ray_keeping_multiprocessing() -> None:
+    """``stop_local_ray`` ends every process below this one, multiprocessing's resource tracker too (it ignores
+    SIGTERM, so it gets SIGKILL). Wait until it is gone and start a new one, or the raw pass after the service
+    can race its death and fail creating a queue."""
+    trackers = [p for p in psutil.Process().children() if "resource_tracker" in " ".join(p.cmdline())]
+    stop_local_ray()
+    psutil.wait_procs(trackers, timeout=30)
+    resource_tracker.ensure_running()
 
 
 def _raw_pass(name: str, cores: int, load: LoadAverages, measure: dict) -> dict[str, LayoutResult]:
