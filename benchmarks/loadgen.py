@@ -1,11 +1,14 @@
 """HTTP load generator for the serving benchmark, run in its own process.
 
-* closed loop: ``concurrency`` clients post back to back for ``seconds`` -> throughput at saturation.
+* closed loop: ``concurrency`` clients post back to back for ``seconds`` -> throughput at saturation;
+  with ``frames_per_post`` > 1 each post is a multipart ``POST /v1/frames/batch`` of that many frames,
+  and throughput counts frames judged.
 * open loop: requests start on a fixed schedule at ``rate`` per second whatever the answers do
   (no coordinated omission), for ``seconds`` -> latency percentiles at a given load.
 
 Each run reports its own CPU time, so the benchmark can say how much of the machine the load
-generator itself used.
+generator itself used. A closed loop can also tell the caller, through ``on_window``, when its
+measured window opens and closes, so the caller can read other processes' CPU over exactly that window.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import multiprocessing as mp
 import resource
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -40,18 +44,27 @@ class LoadResult:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
 
-def run_in_process(mode: str, url: str, bodies: list[bytes], **kw) -> LoadResult:
-    """Run one load phase in a fresh process (its CPU use is then its own)."""
+def run_in_process(
+    mode: str, url: str, bodies: list[bytes], *, on_window: Callable[[str], None] | None = None, **kw
+) -> LoadResult:
+    """Run one load phase in a fresh process (its CPU use is then its own).
+
+    A closed loop calls ``on_window("open")`` as its measured window starts and ``on_window("close")``
+    as it ends (within a queue hop, a millisecond or so)."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, mode, url, bodies, kw))
     proc.start()
-    result = queue.get()
+    while not isinstance(message := queue.get(), LoadResult):
+        if on_window is not None:
+            on_window(message)
     proc.join()
-    return result
+    return message
 
 
 def _child(queue: mp.Queue, mode: str, url: str, bodies: list[bytes], kw: dict) -> None:
+    if mode == "closed":
+        kw = {**kw, "signal": queue.put}
     runner = _closed_loop if mode == "closed" else _open_loop
     before = resource.getrusage(resource.RUSAGE_SELF)
     result = asyncio.run(runner(url, bodies, **kw))
@@ -61,6 +74,7 @@ def _child(queue: mp.Queue, mode: str, url: str, bodies: list[bytes], kw: dict) 
 
 
 async def _post(client: httpx.AsyncClient, url: str, body: bytes, i: int) -> tuple[int, float]:
+    """One frame, raw bytes in the body; returns (status, ms)."""
     t0 = time.perf_counter()
     try:
         # A fresh frame id per request: a repeated id would be answered from the service's memory.
@@ -76,9 +90,32 @@ async def _post(client: httpx.AsyncClient, url: str, body: bytes, i: int) -> tup
     return status, (time.perf_counter() - t0) * 1000
 
 
+async def _post_batch(client: httpx.AsyncClient, url: str, bodies: list[bytes]) -> tuple[int, float, list[int]]:
+    """Several frames as one multipart post to ``/v1/frames/batch``; returns (status, ms, each frame's status).
+
+    The parts carry no X-Frame-Id, so the service names every frame afresh (never from the file name)."""
+    t0 = time.perf_counter()
+    files = [("files", (f"{k}.png", body, "image/png")) for k, body in enumerate(bodies)]
+    try:
+        r = await client.post(url, files=files, params={"line_id": "bench", "camera_id": f"cam-{len(bodies) % 4}"})
+        status = r.status_code
+        frames = [item["status"] for item in r.json()["results"]] if status == 200 else [status] * len(bodies)
+    except httpx.HTTPError:
+        status, frames = 0, [0] * len(bodies)
+    return status, (time.perf_counter() - t0) * 1000, frames
+
+
 async def _closed_loop(
-    url: str, bodies: list[bytes], *, concurrency: int, seconds: float, warmup_s: float = 3.0
+    url: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    seconds: float,
+    warmup_s: float = 3.0,
+    frames_per_post: int = 1,
+    signal: Callable[[str], None] | None = None,
 ) -> LoadResult:
+    """Counts the answers that arrive inside the measured window; ``ok`` counts frames judged (200)."""
     latencies: list[float] = []
     errors: dict[int, int] = {}
     counter = 0
@@ -94,16 +131,30 @@ async def _closed_loop(
             while time.perf_counter() < deadline:
                 counter += 1
                 i = counter
-                status, ms = await _post(client, url, bodies[i % len(bodies)], i)
-                if time.perf_counter() < measure_from:
+                if frames_per_post == 1:
+                    status, ms = await _post(client, url, bodies[i % len(bodies)], i)
+                    frames = [status]
+                else:
+                    chunk = [bodies[(i * frames_per_post + k) % len(bodies)] for k in range(frames_per_post)]
+                    status, ms, frames = await _post_batch(client, url, chunk)
+                if not measure_from <= time.perf_counter() < deadline:
                     continue
                 if status == 200:
-                    ok += 1
                     latencies.append(ms)
-                else:
-                    errors[status] = errors.get(status, 0) + 1
+                for frame_status in frames:
+                    if frame_status == 200:
+                        ok += 1
+                    else:
+                        errors[frame_status] = errors.get(frame_status, 0) + 1
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def window() -> None:
+            await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+            signal("open")
+            await asyncio.sleep(max(0.0, deadline - time.perf_counter()))
+            signal("close")
+
+        tasks = [worker() for _ in range(concurrency)]
+        await asyncio.gather(*tasks, *([window()] if signal is not None else []))
     return LoadResult(
         requests=ok + sum(errors.values()),
         ok=ok,
