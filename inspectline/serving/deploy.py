@@ -174,14 +174,15 @@ def start_local_ray(num_cpus: int | None = None) -> str:
 def stop_local_ray(timeout_s: float = 15.0) -> None:
     """Shut Serve and the local Ray down, then end any process Ray started that outlived it.
 
-    Ray's dashboard and runtime-env agents can outlive ``ray.shutdown()`` after a SIGTERM; every process
-    below this one when it stops is ours to end.
+    Ray's dashboard and runtime-env agents can outlive ``ray.shutdown()`` after a SIGTERM; every Ray process
+    below this one when it stops is ours to end. Other children (a multiprocessing resource tracker, a
+    caller's own workers) are left alone.
     """
     import psutil
     import ray
     from ray import serve
 
-    started = psutil.Process().children(recursive=True)
+    started = [p for p in psutil.Process().children(recursive=True) if _is_ray_process(p)]
     try:
         serve.shutdown()
     finally:
@@ -239,3 +240,14 @@ def serve_until_interrupted(
     finally:
         log.info("shutting down the service")
         stop_local_ray()
+
+
+def _is_ray_process(process) -> bool:
+    """Ray's workers are named ``ray::...``; its raylet, GCS and agents run from the ``ray`` package."""
+    import psutil
+
+    try:
+        command = " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+    return command.startswith("ray::") or f"{os.sep}ray{os.sep}" in command

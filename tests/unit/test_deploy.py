@@ -78,3 +78,29 @@ def test_units_pass_systemd_analyze_verify(tmp_path):
         [SYSTEMD_ANALYZE, "verify", "--man=no", "inspect-retrain.timer"], cwd=tmp_path, capture_output=True, text=True
     )
     assert bad.returncode != 0 and "calendar" in bad.stderr
+
+
+class _Process:
+    def __init__(self, *cmdline: str):
+        self._cmdline = list(cmdline)
+
+    def cmdline(self) -> list[str]:
+        return self._cmdline
+
+
+def test_stopping_local_ray_ends_ray_processes_only():
+    from inspectline.serving.deploy import _is_ray_process
+
+    ray_dir = f"{sys.prefix}/lib/python3.11/site-packages/ray"
+    for ray_process in (
+        _Process(f"{ray_dir}/core/src/ray/raylet/raylet", "--raylet_socket_name=x"),
+        _Process(sys.executable, "-u", f"{ray_dir}/_private/log_monitor.py"),
+        _Process("ray::ServeReplica:inspectline:Inspector"),
+        _Process("ray::IDLE"),
+    ):
+        assert _is_ray_process(ray_process), ray_process.cmdline()
+    for other in (  # a multiprocessing resource tracker and a caller's own spawned worker live on
+        _Process(sys.executable, "-c", "from multiprocessing.resource_tracker import main;main(8)"),
+        _Process(sys.executable, "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=6)"),
+    ):
+        assert not _is_ray_process(other), other.cmdline()
