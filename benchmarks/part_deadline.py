@@ -15,8 +15,10 @@ their first view being sent. A last run at the first rate has the side camera sk
 ``--drop-share`` of the parts, so those parts can only be decided at the deadline (NO_RESULT, or
 DEFECTIVE when another view saw a defect). The service starts a part's deadline when its first view
 reaches the line monitor (after judgement and the gateway's micro-batch), so first view sent -> NO_RESULT
-is the deadline plus that delay. Writes ``benchmarks/results/part_deadline.json`` with the machine and
-its 1-minute load average before and after, and prints a table.
+is the deadline plus that delay. With random weights the inspectors' threshold is 0.999 (``--threshold``)
+so views are OK and a part missing a view is NO_RESULT rather than DEFECTIVE. Writes
+``benchmarks/results/part_deadline.json`` with the machine and its 1-minute load average before and
+after, and prints a table.
 """
 
 from __future__ import annotations
