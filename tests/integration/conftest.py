@@ -129,7 +129,8 @@ def app_config(
     return app
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "condition") -> None:
+def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, what: str | Callable[[], str] = "condition") -> None:
+    """Poll ``predicate``; ``what`` (or what it returns, for a message that says what was last seen) names it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -138,7 +139,7 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, what: str = "
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what() if callable(what) else what}")
 
 
 @dataclass
