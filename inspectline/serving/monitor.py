@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +30,10 @@ import numpy as np
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from ray import serve
 
+from inspectline.challenge import export_last_results
 from inspectline.config import MonitorOptions, PlantConfig, StoreConfig
 from inspectline.monitoring.drift import SIGNALS, DriftDetector, DriftReference
-from inspectline.monitoring.metrics import LineMetrics, PartMetrics
+from inspectline.monitoring.metrics import ChallengeMetrics, LineMetrics, PartMetrics
 from inspectline.outputs.line import LineResults
 from inspectline.registry import ModelRegistry
 from inspectline.serving.parts import FrameVerdict, PartVerdict
@@ -42,6 +43,10 @@ from inspectline.store import FrameRecord, FrameStore, ShadowVerdict
 
 log = logging.getLogger("ray.serve")
 OTHER = "other"
+# Frames (and shadow verdicts) remembered as counted, newest last: a frame delivered again, whichever way
+# (a batch resent after a lost acknowledgement, a dead gateway's journal adopted and resent, two gateway
+# replicas judging one retried frame at once), is counted once. About 20 MB at this size.
+COUNTED_CAPACITY = 100_000
 
 
 @serve.deployment(name="LineMonitor", num_replicas=1, max_ongoing_requests=64, ray_actor_options={"num_cpus": 0})
@@ -59,6 +64,7 @@ class LineMonitor:
             on_part=self._record_part,
         )
         self.parts.start()
+        self.challenges = ChallengeMetrics(self.metrics.registry)
         self.options = MonitorOptions()
         self.version: str | None = None
         self.arch = "unknown"
@@ -67,7 +73,8 @@ class LineMonitor:
         self._detectors: dict[tuple[str, str], DriftDetector] = {}
         self._verdicts: dict[tuple[str, str], deque[str]] = {}
         self._shadow_recent: dict[str, deque[bool]] = {}
-        self._seen_batches: deque[str] = deque(maxlen=1024)
+        self._seen_batches: deque[str] = deque(maxlen=1024)  # for error observations, which name no frame
+        self._counted: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self.metrics.drift_alpha.set(self.options.drift_alpha)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -78,23 +85,25 @@ class LineMonitor:
     async def observe(self, batch: MonitorBatch) -> int:
         """Count a batch of observations and make its frames durable; returns once they are (the gateway's ack).
 
-        A batch delivered twice (its acknowledgement was lost) is counted once; the store keeps one row per
-        frame anyway.
+        Delivery from the gateways is at least once, so counting is idempotent: a frame is counted (and
+        its part view submitted) the first time its (line, camera, frame id) arrives, a shadow verdict
+        the first time its frame and model arrive, an error once per batch id. The store keeps one row
+        per frame anyway.
         """
         frames, shadows, views = [], [], []
-        counted = batch.batch_id in self._seen_batches
+        batch_seen = batch.batch_id in self._seen_batches
         for observation in batch.observations:
             if isinstance(observation, FrameObservation):
-                if not counted:
+                if self._first_time(observation.meta.key):
                     self._frame(observation)
                     if observation.meta.part_id:
                         views.append(_frame_verdict(observation))
                 frames.append(observation.store_record())
             elif isinstance(observation, ShadowObservation):
-                if not counted:
+                if self._first_time((*observation.meta.key, observation.model_version)):
                     self._shadow(observation)
                 shadows.append(observation.store_record())
-            elif not counted:
+            elif not batch_seen:
                 self.metrics.errors.labels(observation.code).inc()
         self._seen_batches.append(batch.batch_id)
         refused = await asyncio.to_thread(self._record, frames, shadows, views)
@@ -102,10 +111,21 @@ class LineMonitor:
             self.metrics.errors.labels("store_refused_record").inc(refused)
         return len(batch.observations)
 
+    def _first_time(self, key: tuple[str, ...]) -> bool:
+        """Whether ``key`` is new to the last COUNTED_CAPACITY keys; remembers it either way."""
+        if key in self._counted:
+            self._counted.move_to_end(key)
+            return False
+        self._counted[key] = None
+        if len(self._counted) > COUNTED_CAPACITY:
+            self._counted.popitem(last=False)
+        return True
+
     async def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of every metric."""
         self.metrics.store_backlog.set(self.recorder.backlog)
         await asyncio.to_thread(self.parts.backlog)  # sets inspect_outbox_backlog (a read of the outbox)
+        await asyncio.to_thread(export_last_results, self.registry.root, self.challenges)  # a few small files
         return generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST
 
     async def line_status(self) -> list[StreamStatus]:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from inspectline.errors import ConfigError, InspectError
-from inspectline.monitoring.metrics import CameraMetrics, LineMetrics, PartMetrics
+from inspectline.monitoring.metrics import CameraMetrics, ChallengeMetrics, LineMetrics, PartMetrics
 from inspectline.monitoring.prometheus import (
     GRAFANA_BUILTINS,
     dashboard_queries,
@@ -67,10 +67,10 @@ def panels() -> list[dict]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every series name LineMetrics, PartMetrics and CameraMetrics can expose (histograms as _bucket/_sum/_count)."""
+    """Every series name the service and the camera adapters can expose (histograms as _bucket/_sum/_count)."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
     names = set()
-    for registry in (LineMetrics().registry, PartMetrics().registry, CameraMetrics().registry):
+    for registry in (m().registry for m in (LineMetrics, PartMetrics, ChallengeMetrics, CameraMetrics)):
         for family in registry.collect():
             names.update(family.name + suffix for suffix in suffixes[family.type])
     return names
@@ -206,6 +206,8 @@ def test_the_board_shows_what_quality_engineers_watch():
         "inspect_parts_deadline_missed_total",
         "inspect_part_decision_seconds_bucket",
         "inspect_outbox_backlog",
+        "inspect_challenge_passed",
+        "inspect_challenge_last_run_timestamp_seconds",
     ):
         assert metric in everything, f"no panel shows {metric}"
     latency = exprs["Latency p50 / p99 (end to end)"]

@@ -113,3 +113,36 @@ def test_frames_without_a_part_or_of_a_line_without_stations_make_no_part(monito
     time.sleep(0.5)  # past any deadline
     assert store.query_parts() == [] and store.count() == 2
     assert replica.parts.parts.ignored == {"unknown_line": 1}  # a frame without a part is not even submitted
+
+
+def test_a_frame_delivered_again_in_another_batch_is_counted_once_and_makes_no_second_view(monitor):
+    """At-least-once delivery: a dead gateway's journal adopted and resent travels under a new batch id."""
+    replica, store = monitor
+    top, bottom = observation("top", "P-4", 0.1), observation("bottom", "P-4", 0.1)
+    asyncio.run(replica.observe(MonitorBatch("first", (top,))))
+    asyncio.run(replica.observe(MonitorBatch("resent", (top, bottom))))  # top again, beside a new frame
+    text = asyncio.run(replica.render())[0].decode()
+    assert metric(text, 'inspect_frames_total{camera="top",line="line-1"') == 1
+    assert metric(text, 'inspect_frames_total{camera="bottom",line="line-1"') == 1
+    assert store.count() == 2
+    asyncio.run(replica.observe(MonitorBatch("third", (observation("side", "P-4", 0.1),))))
+    [part] = store.find_part("P-4")
+    assert part.verdict == "OK" and [v["camera_id"] for v in part.views] == ["top", "bottom", "side"]
+    assert metric(text, "inspect_part_late_views_total") == 0
+
+
+def test_the_last_challenge_run_of_each_set_is_exported_with_the_line_metrics(monitor, tmp_path: Path):
+    from inspectline.challenge import ChallengeResult, SampleResult, _store
+
+    replica, _ = monitor
+    text = asyncio.run(replica.render())[0].decode()
+    assert "inspect_challenge_passed{" not in text  # no run yet: no series
+    verdicts = ("OK", "UNSURE")
+    samples = [SampleResult(f"s{i}", "OK", v, 0.1, "v0001", f"challenge-{i}") for i, v in enumerate(verdicts)]
+    run = ChallengeResult("shift-start", "line-1", "top", "failed", T0.isoformat(), T0.isoformat(), samples=samples)
+    _store(tmp_path / "models", run)
+    text = asyncio.run(replica.render())[0].decode()
+    labels = '{line="line-1",set="shift-start"}'
+    assert f"inspect_challenge_passed{labels} 0.0" in text
+    assert f"inspect_challenge_correct_ratio{labels} 0.5" in text
+    assert metric(text, f"inspect_challenge_last_run_timestamp_seconds{labels}") == T0.timestamp()
