@@ -1,7 +1,8 @@
 """The line's routes: part verdicts as the line was told them, and the audit trail.
 
     GET /v1/parts               [read]  part verdicts, filtered, newest first
-    GET /v1/parts/{part_id}     [read]  every station's verdict on one part, with its views
+    GET /v1/parts/{part_id}     [read]  every station's verdict on one part, with its views (and links to
+                                        each view's frame, image and heatmap)
     GET /v1/audit               [admin] the audit trail: who changed what affects verdicts, and when
 
 Part verdicts are decided by the line monitor (``outputs.line.LineResults``) and stored in the frame
@@ -21,10 +22,10 @@ from fastapi import APIRouter, Path, Query
 from inspectline.audit import AuditError
 from inspectline.errors import InvalidRequestError, PartNotFoundError, StoreError
 from inspectline.ids import ID_PATTERN
-from inspectline.serving.http import AUTH_ERRORS, Admin, Reader, ServicesDep, documented
+from inspectline.serving.http import AUTH_ERRORS, Admin, Reader, Services, ServicesDep, documented
 from inspectline.serving.routes import ListingDep, Since
 from inspectline.serving.schemas import AuditList, PartDetail, PartList
-from inspectline.store import PART_VERDICTS
+from inspectline.store import PART_VERDICTS, StoredPart
 from inspectline.store.parts import PART_ORDERS
 from inspectline.timeparse import parse_since
 
@@ -49,7 +50,8 @@ async def list_parts(
     filters = {"since": page.since, "until": page.until, "line": page.line, "station": station, "verdict": verdict}
     found = await s.store.call("query_parts", **filters, order=order, limit=page.limit, offset=page.offset)
     total = await s.store.call("count_parts", **filters)
-    return {"parts": [p.to_dict() for p in found], "total": total, "limit": page.limit, "offset": page.offset}
+    parts = await _with_links(s, found)
+    return {"parts": parts, "total": total, "limit": page.limit, "offset": page.offset}
 
 
 @router.get(
@@ -72,7 +74,22 @@ async def get_part(
             "views have arrived or its station's deadline has passed, and only on lines in plant.lines"
         )
         raise PartNotFoundError(msg)
-    return {"part_id": part_id, "stations": [p.to_dict() for p in found]}
+    return {"part_id": part_id, "stations": await _with_links(s, found)}
+
+
+async def _with_links(s: Services, parts: list[StoredPart]) -> list[dict]:
+    """Parts as JSON, each view with links to its stored frame, image and heatmap (one store lookup for all)."""
+    docs = [p.to_dict() for p in parts]
+    keys = [(doc["line_id"], view["camera_id"], view["frame_id"]) for doc in docs for view in doc["views"]]
+    frames = await s.store.call("find_many", keys) if keys else {}
+    for doc in docs:
+        for view in doc["views"]:
+            frame = frames.get((doc["line_id"], view["camera_id"], view["frame_id"]))
+            kept = frame is not None and frame.image_sha256 is not None
+            view["frame_url"] = f"/v1/frames/{frame.id}" if frame is not None else None
+            view["image_url"] = f"/v1/frames/{frame.id}/image" if kept else None
+            view["heatmap_url"] = f"/v1/frames/{frame.id}/heatmap" if kept else None
+    return docs
 
 
 @router.get(

@@ -94,6 +94,9 @@ class PartViewOut(BaseModel):
     defect_probability: float = Field(ge=0, le=1)
     model_version: str | None
     received_at: datetime
+    frame_url: str | None = Field(None, description="the stored frame (GET /v1/frames/{id}); None if not found")
+    image_url: str | None = Field(None, description="the frame's image (review scope), when it was kept")
+    heatmap_url: str | None = Field(None, description="where the model looked (review scope), when the image was kept")
 
 
 class StoredPartView(BaseModel):

@@ -6,7 +6,7 @@ import pytest
 
 from inspectline.store import PartRecord
 from tests.unit.serving.test_http import error_of
-from tests.unit.store.factories import T0, part_record
+from tests.unit.store.factories import T0, part_record, record
 
 
 @pytest.fixture
@@ -107,3 +107,23 @@ def test_the_openapi_document_lists_the_line_routes_errors(gateway):
     frames = {p["name"]: p["schema"] for p in spec["/v1/frames"]["get"]["parameters"]}
     assert all(listing[name] == frames[name] for name in ("since", "until", "line", "limit", "offset"))
     assert set(listing["order"]["enum"]) == {"newest", "oldest"}
+
+
+def test_each_view_links_to_its_stored_frame_image_and_heatmap(gateway, parts):
+    with gateway.store() as store:  # the frames the views name; cam2's image was not kept
+        store.add_frames([record("P-1-cam1", part_id="P-1"), record("P-1-cam2", camera_id="cam2", shade=None)])
+        kept, not_kept = store.find("line-a", "cam1", "P-1-cam1"), store.find("line-a", "cam2", "P-1-cam2")
+    body = gateway.client("viewer").get("/v1/parts/P-1", params={"line": "line-a"}).json()
+    links = {v["camera_id"]: (v["frame_url"], v["image_url"], v["heatmap_url"]) for v in body["stations"][0]["views"]}
+    assert links == {
+        "cam1": (f"/v1/frames/{kept.id}", f"/v1/frames/{kept.id}/image", f"/v1/frames/{kept.id}/heatmap"),
+        "cam2": (f"/v1/frames/{not_kept.id}", None, None),
+    }
+    reviewer = gateway.client("reviewer")
+    assert reviewer.get(links["cam1"][0]).json()["frame_id"] == "P-1-cam1"
+    heatmap = reviewer.get(links["cam1"][2])
+    assert heatmap.status_code == 200 and heatmap.headers["content-type"] == "image/png"
+    listed = gateway.client("viewer").get("/v1/parts", params={"line": "line-a", "verdict": "OK"}).json()["parts"]
+    assert [(p["part_id"], p["station"]) for p in listed] == [("P-1", "exit"), ("P-3", "main")]
+    assert [v["heatmap_url"] for v in listed[0]["views"]] == [links["cam1"][2], None]  # the same frames as above
+    assert [v["frame_url"] for v in listed[1]["views"]] == [None, None]  # P-3's frames are not stored
