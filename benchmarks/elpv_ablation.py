@@ -97,10 +97,12 @@ def table() -> str:
         return "no ablation results recorded yet"
     base = rows.get("base")
     first = next(iter(rows.values()))
+    loads = [r["load_average_before"][0] for r in rows.values()]
     lines = [
         f"ResNet18 from scratch, {first['config']['train']['epochs']} epochs, base at "
         f"{(base or first)['config']['data']['image_size']} px, accuracy at the max-F1 threshold, "
-        f"on {first['machine']['cpu']} ({first['machine']['cpu_cores']} cores, shared).",
+        f"on {first['machine']['cpu']} ({first['machine']['cpu_cores']} cores; 1-minute load average at the "
+        f"variants' starts {min(loads):.1f}-{max(loads):.1f}).",
         "",
         "| variant | change | accuracy | Δ vs base | ROC-AUC | Δ vs base | 4-class | train acc (last epoch) | "
         "val acc (last epoch) |",
