@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 import typer
+import yaml
 
 from inspectline.camera_adapters.replay import ReplaySettings
 from inspectline.camera_adapters.runner import AdapterSettings, run_camera
@@ -80,9 +81,7 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
 
     _export(registry, version.name)
 
-    config = resolve_paths(load_serve_config(serve_config), Path.cwd())
-    for app in config["applications"]:
-        app["args"]["registry"] = str(registry.root.resolve())
+    config = service_config(cfg, serve_config)
     url = service_url(config)
     typer.echo(f"[4/6] starting the inspection service at {url}")
     try:
@@ -99,6 +98,18 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
         typer.echo("[6/6] shutting the service down")
         stop_local_ray()
     typer.echo(f"done in {time.perf_counter() - started:.0f} s")
+
+
+def service_config(cfg: InspectConfig, serve_config: Path) -> dict:
+    """``serve_config`` with its application reading the demo's own configuration, so the service finds the
+    registry, store and spool the demo just used (written to ``<runs>/demo/inspect.yaml``)."""
+    path = (Path(cfg.paths.runs) / "demo" / "inspect.yaml").resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    config = resolve_paths(load_serve_config(serve_config), Path.cwd())
+    for app in config["applications"]:
+        app["args"] = {"config": str(path), "base": str(Path.cwd())}
+    return config
 
 
 def _export(registry: ModelRegistry, version: str) -> None:

@@ -3,6 +3,8 @@ and what passed or was refused is said, so the service's ``engine: auto`` has th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from inspectline import demo
@@ -47,3 +49,21 @@ def test_without_openvino_the_demo_says_the_checkpoint_serves_and_how_to_install
     assert "no exports: openvino is not installed" in out and "pip install 'inspectline[openvino]'" in out
     assert "the service runs the checkpoint in torch" in out
     assert not registry.get("v0001").manifest.exports
+
+
+def test_the_demo_service_reads_the_demos_registry_and_store(tmp_path, monkeypatch):
+    """The application args are what the service accepts, and lead it to where the demo trained and registered."""
+    from inspectline.cli import profile_path
+    from inspectline.config import load_config
+    from inspectline.serving.app import AppArgs, service_locations
+
+    monkeypatch.chdir(tmp_path)
+    overrides = [f"paths.registry={tmp_path / 'demo-models'}", "store.database_url=sqlite:///frames/demo.db"]
+    cfg = load_config(profile_path("demo"), overrides)
+    config = demo.service_config(cfg, Path(__file__).resolve().parents[2] / "serve_config.yaml")
+    (app,) = config["applications"]
+    args = AppArgs.model_validate(app["args"])  # build_app refuses what it does not accept
+    where = service_locations(args.config, args.base)
+    assert where.registry == (tmp_path / "demo-models").resolve()
+    assert where.store.database_url == f"sqlite:///{tmp_path / 'frames' / 'demo.db'}"
+    assert where.spool_dir == (tmp_path / cfg.service.spool_dir).resolve()
