@@ -156,7 +156,8 @@ Observation = FrameObservation | ErrorObservation | ShadowObservation
 
 @dataclass(frozen=True)
 class MonitorBatch:
-    """Observations sent to the line monitor in one call; ``batch_id`` makes a re-delivery harmless."""
+    """Observations sent to the line monitor in one call (at least once: the monitor counts frames and shadow
+    verdicts once by their keys, errors once per ``batch_id``)."""
 
     batch_id: str
     observations: tuple[Observation, ...]
