@@ -119,8 +119,15 @@ def wait_until(predicate, timeout: float = 30.0, what: str = "") -> float:
 
 
 def in_order_without_gaps(seqs: list[int], n: int) -> bool:
-    """At-least-once, in order: duplicates may repeat a verdict, never reorder or skip one."""
-    return seqs == sorted(seqs) and sorted(set(seqs)) == list(range(1, n + 1))
+    """At-least-once, in order: each verdict first arrives after every earlier one, none is skipped.
+
+    A duplicate may come late: a publish the client library still held from before the broker went away
+    can be delivered after the outbox's own retry of it and the verdicts that followed. A PLC keeps the
+    highest sequence number it has seen and ignores anything at or below it, so a late duplicate is
+    harmless; a verdict first arriving before an earlier one, or never, is not.
+    """
+    first = list(dict.fromkeys(seqs))
+    return first == list(range(1, n + 1))
 
 
 @needs_mosquitto
@@ -149,7 +156,7 @@ def test_mqtt_every_verdict_in_order_through_a_broker_restart(broker, tmp_path):
         results.stop()
         subscriber.close()
     seqs = subscriber.seqs()
-    assert in_order_without_gaps(seqs, 40), seqs
+    assert in_order_without_gaps(seqs, 40), f"arrival order {seqs}"
     first = {m["seq"]: m for m in reversed(subscriber.messages)}
     assert [first[s]["part_id"] for s in range(1, 41)] == [f"P{i:03d}" for i in range(1, 41)]
     assert first[4]["verdict"] == "DEFECTIVE" and first[4]["disposition"] == "reject"
