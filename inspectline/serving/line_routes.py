@@ -24,7 +24,7 @@ from inspectline.errors import InvalidRequestError, PartNotFoundError, StoreErro
 from inspectline.ids import ID_PATTERN
 from inspectline.serving.http import AUTH_ERRORS, Admin, Reader, Services, ServicesDep, documented
 from inspectline.serving.routes import ListingDep, Since
-from inspectline.serving.schemas import AuditList, PartDetail, PartList
+from inspectline.serving.schemas import AuditList, PartDetail, PartList, frame_links
 from inspectline.store import PART_VERDICTS, StoredPart
 from inspectline.store.parts import PART_ORDERS
 from inspectline.timeparse import parse_since
@@ -84,11 +84,7 @@ async def _with_links(s: Services, parts: list[StoredPart]) -> list[dict]:
     frames = await s.store.call("find_many", keys) if keys else {}
     for doc in docs:
         for view in doc["views"]:
-            frame = frames.get((doc["line_id"], view["camera_id"], view["frame_id"]))
-            kept = frame is not None and frame.image_sha256 is not None
-            view["frame_url"] = f"/v1/frames/{frame.id}" if frame is not None else None
-            view["image_url"] = f"/v1/frames/{frame.id}/image" if kept else None
-            view["heatmap_url"] = f"/v1/frames/{frame.id}/heatmap" if kept else None
+            view.update(frame_links(frames.get((doc["line_id"], view["camera_id"], view["frame_id"]))))
     return docs
 
 

@@ -36,7 +36,7 @@ from inspectline.serving.model_book import VERSION_PATTERN
 from inspectline.serving.review import ReviewServices, line_summary, whatif_report
 from inspectline.serving.review_schemas import LineSummary, Session, WhatIfReport
 from inspectline.serving.routes import Since
-from inspectline.serving.schemas import StoredFrameView, frame_view
+from inspectline.serving.schemas import StoredFrameView, frame_links, frame_view
 from inspectline.store import StoredFrame
 from inspectline.timeparse import parse_since
 
@@ -105,7 +105,7 @@ async def lines(
 
 
 def _live_view(frame: StoredFrame) -> dict[str, Any]:
-    return frame_view(frame) | {"heatmap_url": f"/v1/frames/{frame.id}/heatmap" if frame.image_sha256 else None}
+    return frame_view(frame) | {"heatmap_url": frame_links(frame)["heatmap_url"]}
 
 
 @router.get(

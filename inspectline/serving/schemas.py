@@ -218,5 +218,15 @@ def verdict_of(answer: Answer) -> Verdict:
     )
 
 
+def frame_links(frame: StoredFrame | None) -> dict[str, str | None]:
+    """Where a stored frame, its image and its heatmap are served; image and heatmap only when it was kept."""
+    kept = frame is not None and frame.image_sha256 is not None
+    return {
+        "frame_url": f"/v1/frames/{frame.id}" if frame is not None else None,
+        "image_url": f"/v1/frames/{frame.id}/image" if kept else None,
+        "heatmap_url": f"/v1/frames/{frame.id}/heatmap" if kept else None,
+    }
+
+
 def frame_view(frame: StoredFrame) -> dict[str, Any]:
-    return frame.to_dict() | {"image_url": f"/v1/frames/{frame.id}/image" if frame.image_sha256 else None}
+    return frame.to_dict() | {"image_url": frame_links(frame)["image_url"]}
