@@ -1,7 +1,8 @@
 """The line monitor runs the line's part verdicts: views in from judged frames, verdicts stored and counted.
 
 The replica's class is built without Ray (``LineMonitor.func_or_class``) on a real SQLite store, a real
-outbox and the real aggregator; only time passes for real, so deadlines are short.
+outbox and the real aggregator. Time passes for real: a test of the deadline sets a short one, the
+others a deadline no loaded machine reaches between two calls.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from inspectline.store import FrameStore
 
 T0 = datetime(2026, 12, 1, 8, tzinfo=timezone.utc)
 IMAGE = encode_png(np.full((4, 4), 7, dtype=np.uint8))
-PLANT = {
-    "lines": {
-        "line-1": {"stations": [{"name": "final", "cameras": ["top", "bottom", "side"], "deadline_ms": 300}]},
-    }
-}
+
+
+def plant(deadline_ms: int) -> dict:
+    station = {"name": "final", "cameras": ["top", "bottom", "side"], "deadline_ms": deadline_ms}
+    return {"lines": {"line-1": {"stations": [station]}}}
 
 
 def observation(camera: str, part: str | None, p: float) -> FrameObservation:
@@ -54,10 +55,15 @@ def observation(camera: str, part: str | None, p: float) -> FrameObservation:
 
 
 @pytest.fixture
-def monitor(tmp_path: Path):
+def deadline_ms() -> int:
+    return 60_000
+
+
+@pytest.fixture
+def monitor(tmp_path: Path, deadline_ms: int):
     store = StoreConfig(database_url=f"sqlite:///{tmp_path / 'frames.db'}", storage_url=str(tmp_path / "images"))
-    plant = PLANT | {"outbox": str(tmp_path / "outbox.sqlite3")}
-    replica = LineMonitor.func_or_class(str(tmp_path / "models"), store.model_dump(mode="json"), str(tmp_path), plant)
+    config = plant(deadline_ms) | {"outbox": str(tmp_path / "outbox.sqlite3")}
+    replica = LineMonitor.func_or_class(str(tmp_path / "models"), store.model_dump(mode="json"), str(tmp_path), config)
     yield replica, FrameStore(store)
     replica.__del__()  # what Serve calls when the replica stops: the deadline timer and the recorder end
 
@@ -91,11 +97,12 @@ def test_three_views_of_a_part_give_one_stored_and_counted_verdict_by_the_rule(m
     assert metric(text, 'inspect_part_decision_seconds_count{line="line-1",station="final"}') == 1
 
 
+@pytest.mark.parametrize("deadline_ms", [1000])
 def test_a_part_with_a_view_missing_is_stored_as_no_result_after_its_deadline(monitor):
     replica, store = monitor
     asyncio.run(replica.observe(MonitorBatch("b1", (observation("top", "P-2", 0.1), observation("side", "P-2", 0.1)))))
     assert store.find_part("P-2") == []  # still waiting for the bottom view
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while not store.find_part("P-2") and time.monotonic() < deadline:
         time.sleep(0.05)  # the deadline timer decides it, with no frame arriving
     [part] = store.find_part("P-2")
@@ -104,6 +111,7 @@ def test_a_part_with_a_view_missing_is_stored_as_no_result_after_its_deadline(mo
     assert metric(text, 'inspect_parts_deadline_missed_total{line="line-1",station="final"}') == 1
 
 
+@pytest.mark.parametrize("deadline_ms", [300])
 def test_frames_without_a_part_or_of_a_line_without_stations_make_no_part(monitor):
     replica, store = monitor
     other = FrameObservation(
