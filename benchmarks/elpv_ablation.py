@@ -81,6 +81,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "model.head_dropout=[0.5,0.3,0.2]",
         ],
     ),
+    # not regularisers: does bf16 autocast (CPUs with AMX / AVX512-BF16) learn as well as fp32? Run both on one machine.
+    "precision-fp32": ("base trained in fp32", ["train.precision=fp32"]),
+    "precision-bf16": ("base trained with bf16 autocast (needs native bf16)", ["train.precision=bf16"]),
     "resolution-96": ("base at 96 px", ["data.image_size=96"]),
     "resolution-128": ("base at 128 px", ["data.image_size=128"]),
 }
