@@ -14,7 +14,9 @@
     measured window the CPU seconds of every service process (all of Ray's, which this process
     started) per frame served, and that less the model's cost: the service's plumbing;
 (c) latency p50/p95/p99 at open-loop rates of 50 % and 80 % of (b), and of a single frame on an
-    idle service.
+    idle service;
+(d) the service at rest: its CPU while no frame arrives (Ray's and the app's background loops), and
+    how much of (b)'s plumbing per frame that floor accounts for at the single-post throughput.
 
 The machine may be shared: the 1-minute load average before and after each measured phase is
 recorded, and the ratios, measured minutes apart in one run, are what to compare across runs.
@@ -31,6 +33,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from multiprocessing import resource_tracker
 from pathlib import Path
@@ -158,6 +161,9 @@ def main() -> None:
             )
             with load.phase("idle"):
                 idle = _idle_latency(frames_url, bodies, args.seconds)
+            with load.phase("at_rest"):
+                rest = _at_rest(args.seconds)
+            print(f"at rest: the service uses {rest['cores_used']:.3f} cores with no frames arriving")
             open_loop = {}
             for share in (0.5, 0.8):
                 rate = share * single.result.throughput
@@ -242,6 +248,14 @@ def main() -> None:
         "batch_service_cores_used": batch.cores_used,
         "batch_loadgen_cpu_share": batch.result.cpu_seconds / (batch.result.seconds * cores),
         "idle_single_frame_ms": idle,
+        # the service's CPU with no frame arriving (Ray's and the app's background loops), and the share of
+        # the single-post plumbing that is this floor spread over the frames rather than work per frame
+        "at_rest_cores_used": rest["cores_used"],
+        "at_rest_cores_by_process": rest["by_process"],
+        "plumbing_at_rest_share": 1000
+        * rest["cores_used"]
+        / single.result.throughput
+        / (single.cpu_ms_per_frame - model_ms),
         "open_loop": open_loop,
         "p99_at_50pct_over_idle": open_loop["50%"]["p99_ms"] / idle["median_ms"],
         "load_average_1m": load.phases,
@@ -336,6 +350,16 @@ class Saturated:
 def _saturate(url: str, bodies: list[bytes], **kw) -> Saturated:
     cpu = ServiceCpu()
     return Saturated(run_in_process("closed", url, bodies, on_window=cpu, **kw), cpu)
+
+
+def _at_rest(seconds: float) -> dict:
+    """The service's CPU while no frame arrives: cores in all, and per kind of process."""
+    cpu = ServiceCpu()
+    cpu("open")
+    time.sleep(seconds)
+    cpu("close")
+    by_process = sorted(cpu.by_process.items(), key=lambda kv: -kv[1])
+    return {"cores_used": cpu.seconds / seconds, "by_process": {k: round(v / seconds, 4) for k, v in by_process}}
 
 
 def _stop_ray_keeping_multiprocessing() -> None:
@@ -488,6 +512,8 @@ def _table(r: dict) -> None:
             t["plumbing_cpu_ms_per_frame"],
         ),
         ("idle single frame, median ms", f"{r['idle_single_frame_ms']['median_ms']:.1f}", ""),
+        ("service at rest (no frames), cores", f"{r['at_rest_cores_used']:.3f}", ""),
+        ("share of single-post plumbing that is the rest floor", f"{r['plumbing_at_rest_share']:.2f}", ""),
     ]
     for key, v in r["open_loop"].items():
         rows.append(
