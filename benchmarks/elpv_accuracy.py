@@ -130,8 +130,8 @@ def print_result(result: dict) -> None:
 def table(prefix: str = "elpv_") -> str:
     """A Markdown table of every recorded ELPV result whose file name starts with ``prefix``."""
     lines = [
-        "| result | arch @ px | epochs | accuracy | ROC-AUC | 4-class | recall / precision (shipped point) "
-        "| train acc (last) | precision | wall (load avg) |",
+        "| result | arch @ px | epochs | accuracy max F1 / shipped | ROC-AUC | 4-class "
+        "| recall / precision (shipped point) | train acc (last) | precision | wall (load avg) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(RESULTS.glob(f"{prefix}*.json")):
@@ -140,7 +140,8 @@ def table(prefix: str = "elpv_") -> str:
         load = r.get("load_average_before", [None])[0]
         lines.append(
             f"| `{path.stem}` | {cfg['model']['arch']} @ {cfg['data']['image_size']} | {r['epochs_run']} | "
-            f"{r['accuracy']:.4f} | {r['roc_auc']:.4f} | {_f(r.get('four_class_accuracy'))} | "
+            f"{_f(r.get('max_f1_accuracy'))} / {r['accuracy']:.4f} | {r['roc_auc']:.4f} | "
+            f"{_f(r.get('four_class_accuracy'))} | "
             f"{r['recall']:.3f} / {r['precision']:.3f} | {_f(r.get('final_train_accuracy'), 3)} | "
             f"{r.get('training_precision', 'fp32')} | {r['wall_seconds'] / 60:.0f} min"
             + (f" ({load:.1f})" if load is not None else "")
