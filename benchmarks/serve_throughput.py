@@ -101,7 +101,26 @@ def main() -> None:
         action="store_true",
         help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray Serve's own switch for its fast paths)",
     )
+    parser.add_argument(
+        "--gateway",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one of the Gateway's user_config settings, e.g. inspect_group_max=1 (one Inspector call per "
+        "frame); repeatable, recorded in the result",
+    )
+    parser.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for every Ray process of the service, e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 "
+        "(repeatable; recorded in the result)",
+    )
     args = parser.parse_args()
+    ray_env = dict(_key_value(item) for item in args.ray_env)
+    if args.throughput_optimized:
+        ray_env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
     cores = os.cpu_count() or 1
     concurrency = args.concurrency or 2 * args.max_batch_size * args.replicas
     batch_concurrency = args.batch_concurrency or max(1, concurrency // args.batch_frames)
@@ -130,8 +149,7 @@ def main() -> None:
             "seconds": args.seconds,
         }
         passes = {"before": _raw_pass("before", cores, load, measure)}
-        if args.throughput_optimized:
-            os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"  # read by every Ray process this one starts
+        os.environ.update(ray_env)  # read by every Ray process this one starts (after the raw pass: not by it)
         address = start_local_ray(num_cpus=cores)
         try:
             deploy(config, address)
@@ -205,6 +223,8 @@ def main() -> None:
         "engine_preference": preference.model_dump(),
         "served_engine": served_engine,
         "ray_serve_throughput_optimized": args.throughput_optimized,
+        "ray_env": ray_env,
+        "gateway_settings": _gateway_settings(args),
         "replicas": args.replicas,
         "cpus_per_replica": args.cpus_per_replica,
         "max_batch_size": args.max_batch_size,
@@ -305,6 +325,14 @@ class ServiceCpu:
             self.by_process[label] = self.by_process.get(label, 0.0) + spent
             self.niceness[label] = nice
         self.seconds = sum(self.by_process.values())
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        msg = f"--ray-env and --gateway take KEY=VALUE, not {item!r}"
+        raise SystemExit(msg)
+    return key, value
 
 
 def _service_cpu() -> dict[tuple[int, float], tuple[str, float, int]]:
@@ -461,12 +489,20 @@ def _serve_config(args: argparse.Namespace, registry: Path, version: str, workdi
         if deployment["name"] == "Gateway":
             deployment["user_config"]["model"] = version
             deployment["user_config"]["max_inflight"] = 4096  # measure the service, not its refusal path
+            deployment["user_config"].update(_gateway_settings(args))
     return config
+
+
+def _gateway_settings(args: argparse.Namespace) -> dict:
+    """``--gateway key=value`` overrides of the Gateway's user_config, as YAML scalars (numbers stay numbers)."""
+    return {key: yaml.safe_load(value) for key, value in map(_key_value, args.gateway)}
 
 
 def _table(r: dict) -> None:
     print(f"\nServing benchmark: {r['name']} on {r['machine']['cpu']} ({r['machine']['cpu_cores']} cores)")
     print(f"engine: {r['engine']} {r['precision']} ({r['engine_reason']})")
+    if r.get("gateway_settings") or r.get("ray_env"):
+        print(f"gateway overrides: {r.get('gateway_settings') or 'none'}; Ray environment: {r.get('ray_env') or 'default'}")
     print(f"| {'measure':<52} | {'value':>12} | {'target':<7} |")
     print(f"|{'-' * 54}|{'-' * 14}|{'-' * 9}|")
     t = r["targets"]

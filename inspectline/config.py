@@ -454,6 +454,10 @@ class GatewayOptions(_Section):
         100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id"
     )
     monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
+    inspect_window_s: float = Field(
+        0.001, ge=0, le=0.1, description="frames arriving within this of each other go to an inspector in one call"
+    )
+    inspect_group_max: int = Field(8, ge=1, le=256, description="most frames in one call to an inspector replica")
     max_pending_bytes: int = Field(
         256 * 2**20,
         ge=2**20,

@@ -4,7 +4,8 @@ Everything a request does lives elsewhere and is tested without Ray: the routes,
 error table in :mod:`inspectline.serving.http`, idempotent judging, the monitor outbox and the model
 follower in :mod:`inspectline.serving.judging`. Here each of them gets its Ray-backed callables:
 
-    inspect(job)          -> an inspector replica (handle.judge), backpressure -> 503 overloaded
+    inspect(job)          -> an inspector replica; jobs arriving together share one call
+                             (handle.judge_many, see serving.coalesce), backpressure -> 503 overloaded
     prepare_everywhere(m) -> every inspector replica loads and warms m (handle.broadcast), or it raises
     send(batch)           -> the line monitor (handle.observe); acknowledged once the frames are durable
     lookup(key)           -> the frame store (the authority on frame ids judged before)
@@ -34,6 +35,7 @@ from inspectline.errors import NotReadyError, OverloadedError
 from inspectline.registry import ModelRegistry
 from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenTable
+from inspectline.serving.coalesce import Coalescer
 from inspectline.serving.heatmaps import heatmap_bytes
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
@@ -73,6 +75,9 @@ class Gateway:
             prepare_everywhere=self._prepare_everywhere,
         )
         self.outbox = MonitorOutbox.open(self._send, Path(spool_dir), max_memory_bytes=self.options.max_pending_bytes)
+        self._inspect = Coalescer(
+            self._inspect_many, window_s=self.options.inspect_window_s, max_jobs=self.options.inspect_group_max
+        )
         self.frames = FrameService(
             inspect=self._inspect,
             lookup=self.store.find,
@@ -117,11 +122,12 @@ class Gateway:
         self.frames.retry_after_s = self.follower.retry_after_s = self.options.retry_after_s
         self.frames.recent_capacity = self.options.recent_frames
         self.outbox.max_memory_bytes = self.options.max_pending_bytes
+        self._inspect.window_s, self._inspect.max_jobs = self.options.inspect_window_s, self.options.inspect_group_max
 
     # --- what the gateway logic calls ------------------------------------------------------------------
-    async def _inspect(self, job: InspectJob) -> Judgement | JudgeFailure:
+    async def _inspect_many(self, jobs: list[InspectJob]) -> list[Judgement | JudgeFailure]:
         try:
-            return await self.inspector.judge.remote(job)
+            return await self.inspector.judge_many.remote(jobs)
         except BackPressureError:
             msg = "the inspectors' queues are full; retry shortly"
             raise OverloadedError(msg, headers={"Retry-After": str(self.options.retry_after_s)}) from None

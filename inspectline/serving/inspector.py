@@ -159,6 +159,10 @@ class Inspector:
             return prepared
         return await self._forward(prepared)
 
+    async def judge_many(self, jobs: list[InspectJob]) -> list[Judgement | JudgeFailure]:
+        """Judge the frames the gateway sent in one call, each as :meth:`judge` would, answers in order."""
+        return list(await asyncio.gather(*(self.judge(job) for job in jobs)))
+
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def _forward(self, items: list[Prepared]) -> list[Judgement | JudgeFailure]:
         """One TTA forward per model in the batch: ``(B, C, H, W)`` plus flips -> verdicts."""

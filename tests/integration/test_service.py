@@ -162,6 +162,26 @@ def test_replicas_form_batches_under_concurrency(service):
     assert max(r.batch_size for r in results) > 1
 
 
+def test_one_inspector_call_judges_many_frames_each_with_its_own_verdict(service):
+    """The gateway's grouped call answers every frame as a call of its own would, in order."""
+    handle = serve.get_deployment_handle("Inspector", app_name="inspectline")
+    images = [encode_png(cell(i)) for i in range(6)]
+    images.insert(3, encode_png(cell(99))[:50])  # a truncated PNG
+    jobs = [InspectJob(image, ServedModel("v0001"), camera_id="cam-1") for image in images]
+
+    async def judged() -> tuple[list, list]:
+        alone = [await handle.judge.remote(job) for job in jobs]
+        return alone, await handle.judge_many.remote(jobs)
+
+    alone, together = asyncio.run(judged())
+    assert len(together) == len(jobs)
+    assert together[3].kind == "undecodable_image" and alone[3].kind == "undecodable_image"
+    for i in (0, 1, 2, 4, 5, 6):
+        assert together[i].defect_probability == pytest.approx(alone[i].defect_probability, abs=1e-4)
+        assert together[i].image_stats == pytest.approx(alone[i].image_stats)
+    assert len({together[i].image_stats for i in (0, 1, 2, 4, 5, 6)}) == 6  # six different frames, each its own
+
+
 def test_every_error_status_has_a_json_body(service):
     url = service.url
     assert_error(
