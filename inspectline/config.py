@@ -455,7 +455,11 @@ class GatewayOptions(_Section):
     )
     monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
     inspect_window_s: float = Field(
-        0.001, ge=0, le=0.1, description="frames arriving within this of each other go to an inspector in one call"
+        0.0,
+        ge=0,
+        le=0.1,
+        description="frames arriving within this of each other go to an inspector in one call; 0: those of the same "
+        "event-loop turn (the frames of one batch post)",
     )
     inspect_group_max: int = Field(8, ge=1, le=256, description="most frames in one call to an inspector replica")
     max_pending_bytes: int = Field(

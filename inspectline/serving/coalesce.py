@@ -6,7 +6,10 @@ result back. Measured on a 2-core Xeon it was a large share of the ~25 ms of plu
 batch post paid, once per frame. :class:`Coalescer` gathers the jobs that arrive within ``window_s`` of
 the first one (the frames of a batch post, concurrent single posts) into one call of ``send_many`` with
 at most ``max_jobs`` jobs; the inspector still decodes each in a thread of its own and its dynamic
-batcher still forms the model batches.
+batcher still forms the model batches. With ``window_s`` 0 a group is what reaches the coalescer in
+one event-loop turn: the frames of one batch post, rarely two single posts. That is the gateway's
+default: Ray routes a call, not its frames, so grouping single posts can load one replica with eight
+frames while the other idles, and on 2 cores it bought no single-post throughput (see the README).
 
 Each caller gets exactly the result at its job's position; a group whose call fails, or returns the wrong
 number of results, fails every caller in it with that error — never another frame's verdict. Ray-free:
