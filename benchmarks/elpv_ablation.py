@@ -68,7 +68,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["augment.preset=reference", "augment.affine=0.5"],
     ),
     "preset-train": ("`train` preset: every augmentation", ["augment.preset=train"]),
-    "ema": ("+ EMA of the weights (decay 0.999)", ["train.weight_averaging=ema"]),
+    "ema": ("+ EMA of the weights (decay warming up to 0.999)", ["train.weight_averaging=ema"]),
     "swa": ("+ SWA over the last 25 % of the epochs", ["train.weight_averaging=swa"]),
     "regularisation-stack": (
         "the old `elpv-budget` stack: train preset, mixup, label smoothing 0.1, wd 0.05, head dropout 0.5/0.3/0.2",
