@@ -114,8 +114,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an environment variable for every Ray process of the service, e.g. RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 "
-        "(repeatable; recorded in the result)",
+        help="an environment variable for every Ray process of the service, e.g. "
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (repeatable; recorded in the result)",
     )
     args = parser.parse_args()
     ray_env = dict(_key_value(item) for item in args.ray_env)
@@ -502,7 +502,8 @@ def _table(r: dict) -> None:
     print(f"\nServing benchmark: {r['name']} on {r['machine']['cpu']} ({r['machine']['cpu_cores']} cores)")
     print(f"engine: {r['engine']} {r['precision']} ({r['engine_reason']})")
     if r.get("gateway_settings") or r.get("ray_env"):
-        print(f"gateway overrides: {r.get('gateway_settings') or 'none'}; Ray environment: {r.get('ray_env') or 'default'}")
+        gateway, ray_env = r.get("gateway_settings") or "none", r.get("ray_env") or "default"
+        print(f"gateway overrides: {gateway}; Ray environment: {ray_env}")
     print(f"| {'measure':<52} | {'value':>12} | {'target':<7} |")
     print(f"|{'-' * 54}|{'-' * 14}|{'-' * 9}|")
     t = r["targets"]

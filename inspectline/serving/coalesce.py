@@ -27,9 +27,7 @@ R = TypeVar("R")
 
 
 class Coalescer(Generic[J, R]):
-    def __init__(
-        self, send_many: Callable[[list[J]], Awaitable[Sequence[R]]], *, window_s: float, max_jobs: int
-    ):
+    def __init__(self, send_many: Callable[[list[J]], Awaitable[Sequence[R]]], *, window_s: float, max_jobs: int):
         if max_jobs < 1 or window_s < 0:
             msg = f"max_jobs must be >= 1 and window_s >= 0 (got {max_jobs}, {window_s})"
             raise ValueError(msg)
@@ -65,7 +63,7 @@ class Coalescer(Generic[J, R]):
             if len(results) != len(group):
                 msg = f"the inspector answered {len(results)} of {len(group)} frames"
                 raise RuntimeError(msg)
-        except BaseException as exc:  # noqa: BLE001 - every waiter hears what happened to its call
+        except BaseException as exc:  # every waiter hears what happened to its call
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
