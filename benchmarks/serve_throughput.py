@@ -55,6 +55,7 @@ from inspectline.imaging import decode_image
 from inspectline.model import ModelCard, build_model, save_checkpoint
 from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import deploy, load_serve_config, start_local_ray, stop_local_ray, wait_until_ready
+from inspectline.serving.ingress import CHOICES, choose_ingress
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {
@@ -102,6 +103,13 @@ def main() -> None:
         help="start Ray with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray Serve's own switch for its fast paths)",
     )
     parser.add_argument(
+        "--ingress",
+        choices=CHOICES,
+        default="auto",
+        help="the service's HTTP front, as `inspect serve --ingress` chooses it (default auto: HAProxy where "
+        "installed, else Ray Serve's proxy); recorded in the result",
+    )
+    parser.add_argument(
         "--gateway",
         action="append",
         default=[],
@@ -125,6 +133,8 @@ def main() -> None:
     concurrency = args.concurrency or 2 * args.max_batch_size * args.replicas
     batch_concurrency = args.batch_concurrency or max(1, concurrency // args.batch_frames)
     load = LoadAverages()
+    ingress = choose_ingress(args.ingress, {**os.environ, **ray_env})
+    print(ingress.describe())
 
     with tempfile.TemporaryDirectory() as tmp:
         registry, version, name = _model(args, Path(tmp))
@@ -150,7 +160,7 @@ def main() -> None:
         }
         passes = {"before": _raw_pass("before", cores, load, measure)}
         os.environ.update(ray_env)  # read by every Ray process this one starts (after the raw pass: not by it)
-        address = start_local_ray(num_cpus=cores)
+        address = start_local_ray(num_cpus=cores, ingress=ingress)
         try:
             deploy(config, address)
             url = f"http://127.0.0.1:{args.port}"
@@ -222,6 +232,7 @@ def main() -> None:
         "engine_reason": raw.engine["reason"],
         "engine_preference": preference.model_dump(),
         "served_engine": served_engine,
+        "ingress": {"name": ingress.name, "reason": ingress.reason},
         "ray_serve_throughput_optimized": args.throughput_optimized,
         "ray_env": ray_env,
         "gateway_settings": _gateway_settings(args),
@@ -501,6 +512,8 @@ def _gateway_settings(args: argparse.Namespace) -> dict:
 def _table(r: dict) -> None:
     print(f"\nServing benchmark: {r['name']} on {r['machine']['cpu']} ({r['machine']['cpu_cores']} cores)")
     print(f"engine: {r['engine']} {r['precision']} ({r['engine_reason']})")
+    if r.get("ingress"):
+        print(f"ingress: {r['ingress']['name']} ({r['ingress']['reason']})")
     if r.get("gateway_settings") or r.get("ray_env"):
         gateway, ray_env = r.get("gateway_settings") or "none", r.get("ray_env") or "default"
         print(f"gateway overrides: {gateway}; Ray environment: {ray_env}")

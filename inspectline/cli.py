@@ -301,6 +301,15 @@ def serve(
             "--address", "-a", help="Deploy to this Ray cluster and return; default: a local Ray in the foreground."
         ),
     ] = None,
+    ingress: Annotated[
+        str,
+        typer.Option(
+            "--ingress",
+            envvar="INSPECT_INGRESS",
+            help="The local Ray's HTTP front: haproxy (HAProxy straight to the Gateway: cheaper per post), ray "
+            "(Ray Serve's proxy), or auto: haproxy where it is installed, else ray.",
+        ),
+    ] = "auto",
 ) -> None:
     """Run the inspection service (the same deploy as `serve run serve_config.yaml`)."""
     from inspectline.serving.deploy import serve_until_interrupted
@@ -311,7 +320,7 @@ def serve(
             return
         typer.echo(f"service up at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); Ctrl-C stops it")
 
-    serve_until_interrupted(config, address=address, on_ready=ready, report=typer.echo)
+    serve_until_interrupted(config, address=address, on_ready=ready, report=typer.echo, ingress=ingress)
 
 
 @app.command()

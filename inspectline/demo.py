@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import statistics
 import time
 from datetime import datetime, timezone
@@ -45,6 +46,7 @@ from inspectline.serving.deploy import (
     stop_local_ray,
     wait_until_ready,
 )
+from inspectline.serving.ingress import choose_ingress
 from inspectline.training import run_training
 
 
@@ -83,9 +85,10 @@ def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml
 
     config = service_config(cfg, serve_config)
     url = service_url(config)
-    typer.echo(f"[4/6] starting the inspection service at {url}")
+    ingress = choose_ingress("auto", os.environ)
+    typer.echo(f"[4/6] starting the inspection service at {url}; {ingress.describe()}")
     try:
-        deploy(config, start_local_ray())
+        deploy(config, start_local_ray(ingress=ingress))
         ready = wait_until_ready(url, timeout_s=600)
         engine = httpx.get(f"{url}/v1/model", timeout=30).json().get("engine") or {}
         typer.echo(

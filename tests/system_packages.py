@@ -22,6 +22,7 @@ GROUPS = {
     "mosquitto": ("mosquitto", "mosquitto"),
     "chromium": ("chromium", "chromium"),
     "systemd": ("systemd-analyze", "systemd"),
+    "haproxy": ("haproxy", "haproxy"),
 }
 _PREFIX = "needs system package"
 

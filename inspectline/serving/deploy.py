@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from inspectline.config import GatewayOptions, HeatmapOptions, InspectorOptions, MonitorOptions
 from inspectline.errors import ConfigError, InspectError, validation_messages
+from inspectline.serving.ingress import Ingress, choose_ingress, ingress_workdir
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
@@ -162,21 +164,43 @@ def wait_until_ready(url: str, *, timeout_s: float = 180, path: str = "/readyz")
     raise InspectError(msg)
 
 
-def start_local_ray(num_cpus: int | None = None) -> str:
-    """Start an embedded Ray for this process; returns the address ``serve run`` connects to."""
+def start_local_ray(num_cpus: int | None = None, ingress: Ingress | None = None) -> str:
+    """Start an embedded Ray for this process; returns the address ``serve run`` connects to.
+
+    ``ingress`` (see :mod:`inspectline.serving.ingress`) is applied to this process's environment first,
+    which every Ray process and ``serve run`` inherit; :func:`stop_local_ray` puts the environment back.
+    A Ray that is already running keeps the front it started with.
+    """
     import ray
 
     if not ray.is_initialized():
+        if ingress is not None:
+            _LOCAL.workdir = ingress_workdir()
+            environ = ingress.environment(_LOCAL.workdir, os.environ)
+            _LOCAL.saved_environ = {k: os.environ.get(k) for k in environ}
+            os.environ.update(environ)
         ray.init(num_cpus=num_cpus, namespace="serve", include_dashboard=False, log_to_driver=False)
     return ray.get_runtime_context().gcs_address
+
+
+@dataclass
+class _LocalRay:
+    """What :func:`start_local_ray` changed, for :func:`stop_local_ray` to undo."""
+
+    workdir: Path | None = None  # HAProxy's config, socket and server state for this run
+    saved_environ: dict[str, str | None] = field(default_factory=dict)
+
+
+_LOCAL = _LocalRay()
 
 
 def stop_local_ray(timeout_s: float = 15.0) -> None:
     """Shut Serve and the local Ray down, then end any process Ray started that outlived it.
 
-    Ray's dashboard and runtime-env agents can outlive ``ray.shutdown()`` after a SIGTERM; every Ray process
-    below this one when it stops is ours to end. Other children (a multiprocessing resource tracker, a
-    caller's own workers) are left alone.
+    Ray's dashboard and runtime-env agents can outlive ``ray.shutdown()`` after a SIGTERM, and the HAProxy
+    that Ray's HAProxy manager starts outlives that actor; every such process below this one when it stops
+    is ours to end. Other children (a multiprocessing resource tracker, a caller's own workers) are left
+    alone. The environment and HAProxy's folder from :func:`start_local_ray` are put back and removed.
     """
     import psutil
     import ray
@@ -197,6 +221,18 @@ def stop_local_ray(timeout_s: float = 15.0) -> None:
                 process.kill()
         if alive:
             log.info("ended %d Ray processes that outlived ray.shutdown()", len(alive))
+        _restore_environ()
+
+
+def _restore_environ() -> None:
+    for key, value in _LOCAL.saved_environ.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if _LOCAL.workdir is not None:
+        shutil.rmtree(_LOCAL.workdir, ignore_errors=True)
+    _LOCAL.workdir, _LOCAL.saved_environ = None, {}
 
 
 def serve_until_interrupted(
@@ -206,9 +242,18 @@ def serve_until_interrupted(
     on_ready: Callable[[str, dict], None] | None = None,
     report: Callable[[str], None] = log.info,
     ready_timeout_s: float = 300,
+    ingress: str = "auto",
 ) -> None:
-    """``inspect serve``: deploy; without ``address`` also own a local Ray and block until interrupted."""
+    """``inspect serve``: deploy; without ``address`` also own a local Ray, behind the HTTP front ``ingress``
+    (see :mod:`inspectline.serving.ingress`), and block until interrupted."""
     config = resolve_paths(load_serve_config(config_path), Path.cwd())
+    if address is not None and ingress != "auto":
+        msg = (
+            f"--ingress {ingress} applies to the local Ray `inspect serve` starts; a cluster at {address} keeps the "
+            "front its own environment chose (RAY_SERVE_ENABLE_HA_PROXY on its nodes)"
+        )
+        raise ConfigError(msg)
+    chosen = choose_ingress(ingress, os.environ) if address is None else None
     for line in describe_locations(config):
         report(line)
     if exposed_without_auth(config, dict(os.environ)):
@@ -219,6 +264,8 @@ def serve_until_interrupted(
             "(`inspect tokens add NAME --scope frames:write`)."
         )
     url = service_url(config)
+    if chosen is not None:
+        report(chosen.describe())
     if address is not None:
         deploy(config, address)
         if on_ready is not None:
@@ -226,7 +273,7 @@ def serve_until_interrupted(
         return
     stop = threading.Event()
     try:
-        address = start_local_ray()
+        address = start_local_ray(ingress=chosen)
         # after ray.init, which installs a SIGTERM handler of its own that aborts the process and leaves
         # Ray's agents running: ours stops the service and every process Ray started
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -243,11 +290,15 @@ def serve_until_interrupted(
 
 
 def _is_ray_process(process) -> bool:
-    """Ray's workers are named ``ray::...``; its raylet, GCS and agents run from the ``ray`` package."""
+    """Ray's workers are named ``ray::...``; its raylet, GCS and agents run from the ``ray`` package; the
+    HAProxy its HAProxy manager runs is ``haproxy``."""
     import psutil
 
     try:
-        command = " ".join(process.cmdline())
+        command = process.cmdline()
     except psutil.Error:
         return False
-    return command.startswith("ray::") or f"{os.sep}ray{os.sep}" in command
+    if command and Path(command[0]).name == "haproxy":
+        return True
+    line = " ".join(command)
+    return line.startswith("ray::") or f"{os.sep}ray{os.sep}" in line

@@ -22,12 +22,17 @@ from inspectline.registry import ModelRegistry
 from inspectline.serving.deploy import load_serve_config, wait_until_ready
 from tests.integration.conftest import REPO, free_port, wait_for
 from tests.integration.test_service import cell, encoded, post
+from tests.system_packages import available
 
 pytestmark = pytest.mark.integration
 INSPECT = str(Path(sys.executable).with_name("inspect"))
 
 
 def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(trained_run, tmp_path):
+    """Behind HAProxy where it is installed (as on CI), which is what `inspect serve` picks by default."""
+    if not available("haproxy") and os.environ.get("CI"):
+        pytest.fail("CI installs haproxy (.ci/system-packages): this test checks the default front with it")
+    expected = "haproxy" if available("haproxy") else "ray"
     registry = ModelRegistry(tmp_path / "models")  # relative paths in the config resolve against the working directory
     registry.register(trained_run.checkpoint)
     registry.promote("v0001")
@@ -44,8 +49,15 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         answer = post(f"http://127.0.0.1:{port}", encoded(cell()), params={"frame_id": "serve-cli-1"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == "v0001"
+        refused = post(f"http://127.0.0.1:{port}", b"not an image", params={"frame_id": "serve-cli-2"})
+        assert refused.status_code == 415, refused.text
+        assert "PNG" in refused.json()["detail"]
         # the store's relative path resolved against the working directory `inspect serve` ran in
         wait_for(lambda: (tmp_path / "data" / "frames.db").is_file(), timeout_s=60, what="the frame store")
+        started = _descendants(proc.pid)
+        fronts = [p for p in started if p.name() == "haproxy"]
+        assert bool(fronts) == (expected == "haproxy"), [p.name() for p in started]
+        folders = {Path(a).parent.parent for p in fronts for a in p.cmdline() if a.endswith("haproxy.cfg")}
         os.killpg(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -54,6 +66,10 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
             proc.wait()
     assert proc.returncode == 0, output[-3000:]
     assert f"service up at http://127.0.0.1:{port}" in output
+    assert f"ingress: {expected} (" in output
+    survivors = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert survivors == [], [(p.pid, p.name()) for p in survivors]
+    assert all(not folder.exists() for folder in folders), folders  # HAProxy's config and socket folder
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after Ctrl-C"
     with pytest.raises(httpx.HTTPError):
@@ -77,6 +93,7 @@ def _start(command: list[str], cwd: Path, env: dict[str, str], url: str) -> subp
             text=True,
             start_new_session=True,
             env=env,
+            preexec_fn=_interruptible,  # runs in the child between fork and exec: one signal call, no locks
         )
         deadline = time.monotonic() + 300
         while proc.poll() is None and time.monotonic() < deadline:
@@ -87,6 +104,13 @@ def _start(command: list[str], cwd: Path, env: dict[str, str], url: str) -> subp
         if attempt == 2 or "timed out during startup" not in output:
             raise AssertionError(output[-4000:])
     raise AssertionError("unreachable")
+
+
+def _interruptible() -> None:
+    """SIGINT back to its default in the child: a test session started in the background of a non-interactive
+    shell (``make test &``) ignores SIGINT, every child would inherit that, and Python then never turns
+    Ctrl-C into KeyboardInterrupt. A terminal's Ctrl-C reaches a foreground `inspect serve` with the default."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stop(proc: subprocess.Popen, sig: signal.Signals) -> str:
@@ -141,7 +165,8 @@ def test_inspect_serve_on_sigterm_stops_every_process_it_started(trained_run, tm
     config["http_options"] = {"host": "0.0.0.0", "port": port}
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
     env = {k: v for k, v in _own_ray_env().items() if k != "INSPECT_API_TOKEN"}
-    proc = _start([INSPECT, "serve", "--config", "serve.yaml"], tmp_path, env, f"http://127.0.0.1:{port}")
+    command = [INSPECT, "serve", "--config", "serve.yaml", "--ingress", "ray"]
+    proc = _start(command, tmp_path, env, f"http://127.0.0.1:{port}")
     try:
         started = _descendants(proc.pid)
         assert len(started) >= 3  # Ray's GCS, raylet, agents, workers ...
@@ -155,4 +180,5 @@ def test_inspect_serve_on_sigterm_stops_every_process_it_started(trained_run, tm
     survivors = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], [(p.pid, p.name()) for p in survivors]
     # it said where everything lives, and warned that it listens beyond this machine without a token
+    assert "ingress: ray (Ray Serve's HTTP proxy, as asked)" in output
     assert "registry" in output and "default; no " in output and "WARNING: the service listens on 0.0.0.0" in output

@@ -97,9 +97,12 @@ def test_stopping_local_ray_ends_ray_processes_only():
         _Process(sys.executable, "-u", f"{ray_dir}/_private/log_monitor.py"),
         _Process("ray::ServeReplica:inspectline:Inspector"),
         _Process("ray::IDLE"),
+        # the HAProxy that Ray's HAProxy manager starts outlives that actor
+        _Process("/usr/sbin/haproxy", "-f", "/tmp/inspect-x/node/haproxy.cfg", "-p", "/tmp/inspect-x/node/pid"),
     ):
         assert _is_ray_process(ray_process), ray_process.cmdline()
     for other in (  # a multiprocessing resource tracker and a caller's own spawned worker live on
+        _Process(),  # a zombie: no command line
         _Process(sys.executable, "-c", "from multiprocessing.resource_tracker import main;main(8)"),
         _Process(sys.executable, "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=6)"),
     ):

@@ -1,0 +1,93 @@
+"""Choosing the local Ray's HTTP front (`inspect serve --ingress`), without starting Ray."""
+
+from __future__ import annotations
+
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from inspectline.errors import ConfigError
+from inspectline.serving import ingress as ingress_module
+from inspectline.serving.ingress import choose_ingress, ingress_workdir
+
+
+@pytest.fixture
+def haproxy(tmp_path) -> str:
+    """An executable named haproxy that Ray would run."""
+    program = tmp_path / "bin" / "haproxy"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(program.stat().st_mode | stat.S_IXUSR)
+    return str(program)
+
+
+def test_auto_takes_haproxy_where_installed_and_keeps_its_files_in_the_runs_own_folder(haproxy, tmp_path):
+    chosen = choose_ingress("auto", {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy})
+    assert chosen.name == "haproxy"
+    assert haproxy in chosen.describe()
+    env = chosen.environment(tmp_path / "run", {})
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == haproxy
+    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_FILE", "SERVER_STATE_BASE"):
+        assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith(str(tmp_path / "run")), key
+    # one machine, HAProxy the only router: a stopping Gateway is not held open 30 s for a cloud balancer
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1"
+
+
+def test_settings_already_in_the_environment_win_except_the_choice_itself(haproxy, tmp_path):
+    environ = {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "20",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": "/run/haproxy/admin.sock",
+    }
+    env = choose_ingress("haproxy", environ).environment(tmp_path, environ)
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "20"
+    assert env["RAY_SERVE_HAPROXY_SOCKET_PATH"] == "/run/haproxy/admin.sock"
+    assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+
+
+def test_asking_for_rays_proxy_turns_haproxy_off_even_where_it_is_installed(haproxy, tmp_path):
+    chosen = choose_ingress("ray", {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy, "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert chosen.name == "ray"
+    assert chosen.environment(tmp_path, {}) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_auto_follows_an_explicit_ray_setting_in_the_environment(haproxy):
+    off = choose_ingress("auto", {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy, "RAY_SERVE_ENABLE_HA_PROXY": "0"})
+    assert off.name == "ray"
+    assert "RAY_SERVE_ENABLE_HA_PROXY=0" in off.reason
+    on = choose_ingress("auto", {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy, "RAY_SERVE_ENABLE_HA_PROXY": "1"})
+    assert on.name == "haproxy"
+
+
+def test_without_haproxy_auto_falls_back_to_rays_proxy_and_says_how_to_install_it(tmp_path):
+    chosen = choose_ingress("auto", {"RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "missing")})
+    assert chosen.name == "ray"
+    assert "apt-get install -y haproxy" in chosen.describe()
+
+
+def test_asking_for_haproxy_where_it_is_missing_names_the_install_command_and_the_alternative(tmp_path):
+    with pytest.raises(ConfigError, match=r"apt-get install -y haproxy.*--ingress ray"):
+        choose_ingress("haproxy", {"RAY_SERVE_HAPROXY_BINARY_PATH": str(tmp_path / "missing")})
+
+
+def test_an_unknown_ingress_names_the_accepted_ones():
+    with pytest.raises(ConfigError, match=r"'nginx' is not one of auto, haproxy, ray"):
+        choose_ingress("nginx", {})
+
+
+def test_haproxys_folder_stays_short_enough_for_its_admin_socket_under_a_long_tmpdir(tmp_path, monkeypatch):
+    # HAProxy refuses a socket path over 97 characters; Ray adds a 40-character node id below the folder
+    deep = tmp_path / ("d" * 60)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    folder = ingress_workdir()
+    try:
+        socket = folder / ("n" * 40) / "admin.sock.4194304.tmp"
+        assert len(str(socket)) <= ingress_module._SOCKET_PATH_MAX
+        assert folder.is_dir()
+    finally:
+        folder.rmdir()
+    assert Path(tempfile.gettempdir()) == deep
