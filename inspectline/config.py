@@ -107,6 +107,11 @@ class TrainConfig(_Section):
     lr: float = Field(1e-3, gt=0, description="peak learning rate of the OneCycle schedule")
     weight_decay: float = Field(0.05, ge=0)
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    soft_labels: bool = Field(
+        False,
+        description="train towards the annotators' defect probability where a sample has one (ELPV: 0, 1/3, 2/3, "
+        "1) instead of its 0/1 label; validation and every metric keep the 0/1 labels",
+    )
     mixup_alpha: float = Field(0.2, ge=0, description="Beta(alpha, alpha) mixing; 0 disables mixup")
     mixup_prob: float = Field(0.5, ge=0, le=1, description="share of batches that are mixed")
     grad_clip: float = Field(1.0, gt=0)

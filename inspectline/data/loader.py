@@ -21,7 +21,11 @@ from inspectline.imaging import read_image, to_model_image
 
 
 class FrameDataset(Dataset):
-    """Samples through an albumentations transform; images come from memory when preloaded."""
+    """Samples through an albumentations transform; images come from memory when preloaded.
+
+    Each item is ``(image, label)``; with ``soft_targets`` the label is the pair (ok, defective) of target
+    probabilities instead: the annotators' ``defect_probability`` where the sample has one, else its 0/1 label.
+    """
 
     def __init__(
         self,
@@ -29,6 +33,8 @@ class FrameDataset(Dataset):
         transform: A.Compose,
         color_mode: str,
         images: Sequence[np.ndarray] | None = None,
+        *,
+        soft_targets: bool = False,
     ):
         if images is not None and len(images) != len(samples):
             msg = f"{len(images)} preloaded images for {len(samples)} samples"
@@ -37,16 +43,21 @@ class FrameDataset(Dataset):
         self.transform = transform
         self.color_mode = color_mode
         self.images = images
+        self.soft_targets = soft_targets
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         sample = self.samples[index]
         image = (
             self.images[index] if self.images is not None else to_model_image(read_image(sample.path), self.color_mode)
         )
-        return self.transform(image=image)["image"], sample.label
+        x = self.transform(image=image)["image"]
+        if not self.soft_targets:
+            return x, sample.label
+        p = float(sample.meta.get("defect_probability", sample.label))
+        return x, torch.tensor([1.0 - p, p])
 
     @property
     def labels(self) -> np.ndarray:

@@ -125,7 +125,10 @@ def train_one_epoch(
     progress: bool = True,
     desc: str = "train",
 ) -> dict:
-    """One pass over the training loader; returns mean loss and accuracy on the (dominant) targets."""
+    """One pass over the training loader; returns mean loss and accuracy on the (dominant) targets.
+
+    Targets are class indices, or per-class probabilities (soft labels, ``FrameDataset(soft_targets=True)``):
+    the loss takes either, and accuracy counts the most probable class of a soft target."""
     model.train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     precision = precision or Precision(None, "fp32")
@@ -160,6 +163,8 @@ def train_one_epoch(
             averager.after_step(model)
         n = y.shape[0]
         total_loss += float(loss.detach()) * n
+        if target.ndim == 2:
+            target = target.argmax(dim=1)
         correct += float((logits.argmax(dim=1) == target).sum())
         seen += n
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": int(seen)}

@@ -148,7 +148,11 @@ def train_model(
     # The training cache: every image resized once to the model's side; augmentation starts from it.
     resized = {name: resize_images(images[name], pre.image_size) if cache else None for name in ("train", "val")}
     train_set = FrameDataset(
-        splits.train, build_train_preset(pre, cfg.augment, seed=cfg.train.seed), color_mode, resized["train"]
+        splits.train,
+        build_train_preset(pre, cfg.augment, seed=cfg.train.seed),
+        color_mode,
+        resized["train"],
+        soft_targets=cfg.train.soft_labels,
     )
     val_set = FrameDataset(splits.val, build_eval_preset(pre), color_mode, resized["val"])
     t = cfg.train

@@ -51,3 +51,21 @@ def test_auto_workers_keep_small_machines_in_process_and_scale_on_big_ones():
     assert loader_workers("auto", cpu_count=16) == 4
     assert loader_workers("auto", cpu_count=128) == 8
     assert loader_workers(3, cpu_count=2) == 3
+
+
+def test_soft_targets_are_the_annotators_probability_where_a_sample_has_one(tmp_path: Path):
+    samples = [
+        Sample(key="a", path=tmp_path / "a.png", label=0, meta={"defect_probability": 0.3333}),
+        Sample(key="b", path=tmp_path / "b.png", label=1, meta={"defect_probability": 0.6667}),
+        Sample(key="c", path=tmp_path / "c.png", label=1),  # an engineer's label: no probability
+    ]
+    images = [np.zeros((8, 8, 1), np.uint8)] * 3
+    pre = Preprocessing(image_size=8, color_mode="gray", mean=(0.0,), std=(1.0,))
+    soft = FrameDataset(samples, build_eval_preset(pre), "gray", images, soft_targets=True)
+    targets = torch.stack([soft[i][1] for i in range(3)])
+    assert torch.allclose(targets, torch.tensor([[0.6667, 0.3333], [0.3333, 0.6667], [0.0, 1.0]]))
+    assert targets.argmax(dim=1).tolist() == [s.label for s in samples]  # the same class as the 0/1 label
+    hard = FrameDataset(samples, build_eval_preset(pre), "gray", images)
+    assert [hard[i][1] for i in range(3)] == [0, 1, 1]
+    # the balanced sampler still weighs by the 0/1 label
+    assert soft.labels.tolist() == [0, 1, 1]

@@ -1,12 +1,14 @@
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from inspectline.data import FrameDataset, Preprocessing, build_eval_preset, create_loader, load_images, load_samples
 from inspectline.model import build_model
-from inspectline.training.loop import CollapseDetector, EarlyStopping, fit, mixup
+from inspectline.training.loop import CollapseDetector, EarlyStopping, fit, mixup, train_one_epoch
 from tests.helpers import tiny_config
 
 
@@ -92,7 +94,8 @@ def test_fit_with_ema_outside_a_terminal_logs_a_line_per_epoch_and_returns_the_a
             progress=True,  # stderr is not a terminal under pytest: log lines, no bars
         )
     assert "\r" not in capsys.readouterr().err
-    epoch_lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    # one "epoch N/M: ..." line each (a collapse warning of a random-init model also starts "epoch N:")
+    epoch_lines = [r.getMessage() for r in caplog.records if re.match(r"epoch \d+/\d+:", r.getMessage())]
     assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
     assert "training precision: fp32" in caplog.text
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
@@ -100,3 +103,36 @@ def test_fit_with_ema_outside_a_terminal_logs_a_line_per_epoch_and_returns_the_a
     val_batches = 3  # 48 frames in batches of 16
     assert all(m is not model and not m.training for m in called[-val_batches:])  # the average was validated
     assert any(m is model for m in called[:-val_batches])
+
+
+def test_soft_targets_of_certain_cells_train_exactly_as_their_labels(folder_dataset: Path, tmp_path: Path):
+    """Soft labels change only what the annotators were unsure of: 0/1 probabilities give the same step."""
+    cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 1, "mixup_alpha": 0.0, "label_smoothing": 0.0})
+    samples = load_samples(cfg.data)[:16]
+    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+    images = load_images(samples, "gray")
+    results = []
+    for soft in (False, True):
+        torch.manual_seed(0)
+        model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
+        data = FrameDataset(samples, build_eval_preset(pre), "gray", images, soft_targets=soft)
+        loader = create_loader(data, batch_size=8, train=True, balanced=False, seed=0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        stats = train_one_epoch(
+            model,
+            loader,
+            torch.nn.CrossEntropyLoss(),
+            optimizer,
+            scheduler,
+            cfg.train,
+            torch.device("cpu"),
+            np.random.default_rng(0),
+            progress=False,
+        )
+        results.append((stats, [p.detach().clone() for p in model.parameters()]))
+    (hard, hard_weights), (soft, soft_weights) = results
+    assert hard["images"] == soft["images"] == 16
+    assert soft["loss"] == pytest.approx(hard["loss"], rel=1e-5)
+    assert soft["accuracy"] == hard["accuracy"]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(hard_weights, soft_weights, strict=True))
