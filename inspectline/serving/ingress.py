@@ -13,10 +13,10 @@ applied to ``os.environ`` by :func:`inspectline.serving.deploy.start_local_ray` 
 a cluster given with ``--address`` has its own environment and keeps its own choice.
 
 ``auto`` (the default) takes HAProxy when the program is installed and Ray's proxy otherwise, and says
-which and why. HAProxy's files (its generated config, admin socket and server state) go in a folder of
-this run's own, so two services on one machine cannot overwrite each other's, and the drain Ray holds a
-stopping ingress replica open for (30 s, for a cloud load balancer to deregister it) is 1 s: on one
-machine HAProxy is the only party routing to it. Both stay overridable from the environment.
+which and why. HAProxy's files (its generated config, admin and metrics sockets, server state) go in a
+folder of this run's own, so two services on one machine cannot overwrite each other's, and the drain
+Ray holds a stopping ingress replica open for (30 s, for a cloud load balancer to deregister it) is 1 s:
+on one machine HAProxy is the only party routing to it. Both stay overridable from the environment.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Ingress:
         env = {
             "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(workdir / "haproxy.cfg"),
             "RAY_SERVE_HAPROXY_SOCKET_PATH": str(workdir / "admin.sock"),
+            "RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH": str(workdir / "metrics.sock"),
             "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(workdir),
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(workdir / "server-state"),
             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",

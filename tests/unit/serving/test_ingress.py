@@ -30,7 +30,7 @@ def test_auto_takes_haproxy_where_installed_and_keeps_its_files_in_the_runs_own_
     env = chosen.environment(tmp_path / "run", {})
     assert env["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
     assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == haproxy
-    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "SERVER_STATE_FILE", "SERVER_STATE_BASE"):
+    for key in ("CONFIG_FILE_LOC", "SOCKET_PATH", "METRICS_SOCKET_PATH", "SERVER_STATE_FILE", "SERVER_STATE_BASE"):
         assert env[f"RAY_SERVE_HAPROXY_{key}"].startswith(str(tmp_path / "run")), key
     # one machine, HAProxy the only router: a stopping Gateway is not held open 30 s for a cloud balancer
     assert env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1"
