@@ -16,9 +16,10 @@ as the service judges frames; the report shows that point beside the card's ``ma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,33 +69,34 @@ def evaluate_model(
     data_cfg = cfg.data if data_given else trained_on
     manifest = checkpoint.parent / "splits.json"
     same_source = (data_cfg.source, data_cfg.path) == (trained_on.source, trained_on.path)
-    if split == "all":
-        samples = load_samples(data_cfg)
-    elif same_source and manifest.is_file():
-        samples = split_samples_of(manifest, data_cfg, split, store=cfg.store)
-    else:
-        samples = split_samples(
-            load_samples(data_cfg), test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed
-        )[split]
-    evaluation = evaluate_predictor(
-        predictor,
-        samples,
-        cfg.readiness,
-        split=split,
-        size_bytes=checkpoint.stat().st_size,
-        in_force=point.basis if point else None,
-    )
-    name = card.version or checkpoint.stem
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
-    report = write_report(
-        evaluation,
-        out_dir,
-        history=_history(checkpoint.parent / "history.jsonl"),
-        title=f"{name} ({card.arch}) on {data_cfg.source} / {split}",
-    )
-    with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's own sections
-        fh.write(write_gallery(predictor, samples, evaluation, report.parent))
+    with contextlib.ExitStack() as stack:  # line frames' image copies live until the gallery is written
+        if split == "all":
+            samples = load_samples(data_cfg)
+        elif same_source and manifest.is_file():
+            samples = stack.enter_context(split_samples_of(manifest, data_cfg, split, store=cfg.store))
+        else:
+            samples = split_samples(
+                load_samples(data_cfg), test_size=data_cfg.test_size, val_size=data_cfg.val_size, seed=data_cfg.seed
+            )[split]
+        evaluation = evaluate_predictor(
+            predictor,
+            samples,
+            cfg.readiness,
+            split=split,
+            size_bytes=checkpoint.stat().st_size,
+            in_force=point.basis if point else None,
+        )
+        name = card.version or checkpoint.stem
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        out_dir = out_dir or cfg.paths.reports / f"{name}-{split}-{stamp}"
+        report = write_report(
+            evaluation,
+            out_dir,
+            history=_history(checkpoint.parent / "history.jsonl"),
+            title=f"{name} ({card.arch}) on {data_cfg.source} / {split}",
+        )
+        with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's sections
+            fh.write(write_gallery(predictor, samples, evaluation, report.parent))
     return EvaluationRun(evaluation=evaluation, report=report)
 
 
@@ -108,24 +110,33 @@ class PredictedFile:
     heatmap: Path | None = None
 
 
-def split_samples_of(manifest: Path, data: DataConfig, split: str, *, store: StoreConfig | None = None) -> list[Sample]:
-    """One split of a saved manifest; ``frame:ID`` keys (retrained versions) come from the frame store."""
+@contextlib.contextmanager
+def split_samples_of(
+    manifest: Path, data: DataConfig, split: str, *, store: StoreConfig | None = None
+) -> Iterator[list[Sample]]:
+    """One split of a saved manifest; ``frame:ID`` keys (retrained versions) come from the frame store.
+
+    Line frames are copied out of the store into a temporary folder that lives as long as the ``with``
+    block: the samples name files in it, and nothing is left behind in the machine's temp space.
+    """
     if not any(k.startswith("frame:") for k in split_keys(manifest, split)):
-        return load_split(manifest, load_samples(data), split)
+        yield load_split(manifest, load_samples(data), split)
+        return
     if store is None:
         msg = f"split {split!r} of {manifest} holds line frames (frame:ID keys): a frame store config is needed"
         raise DataError(msg)
     from inspectline.retrain import line_frame_samples
     from inspectline.store import FrameStore
 
-    cache_dir = Path(tempfile.mkdtemp(prefix="inspect-evaluate-frames-"))
-    with FrameStore(store) as frames:
-        return load_split(
-            manifest,
-            load_samples(data),
-            split,
-            resolve=lambda keys: line_frame_samples(keys, frames, cache_dir),
-        )
+    with tempfile.TemporaryDirectory(prefix="inspect-evaluate-frames-") as cache_dir:
+        with FrameStore(store) as frames:
+            samples = load_split(
+                manifest,
+                load_samples(data),
+                split,
+                resolve=lambda keys: line_frame_samples(keys, frames, Path(cache_dir)),
+            )
+        yield samples
 
 
 def _operating_point(registry: ModelRegistry, checkpoint: Path):

@@ -78,8 +78,8 @@ def validation_outputs(
     v = registry.get(version)
     predictor = Predictor.load(v.checkpoint)
     data = DataConfig.model_validate(predictor.card.config["data"])
-    samples = split_samples_of(v.path / "splits.json", data, "val", store=store)
-    view_logits, _ = collect_outputs(predictor, samples, load_images(samples, data.color_mode))
+    with split_samples_of(v.path / "splits.json", data, "val", store=store) as samples:
+        view_logits, _ = collect_outputs(predictor, samples, load_images(samples, data.color_mode))
     probabilities, _ = predictor.calibrated_probabilities(view_logits)
     return np.array([s.label for s in samples], dtype=int), probabilities
 

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def test_set_threshold_records_an_operating_point_that_show_and_evaluate_use(tra
     assert "target recall 1 on validation" in report and "training_curves.png" in report
 
 
-def test_a_retrained_version_with_line_frames_evaluates_like_any_other(trained_run, tmp_path: Path):
+def test_a_retrained_version_with_line_frames_evaluates_like_any_other(trained_run, tmp_path: Path, monkeypatch):
     """A retrained version's splits.json names line frames (frame:ID): they come from the frame store."""
     cfg = build_config(
         trained_run.card.config
@@ -174,7 +175,11 @@ def test_a_retrained_version_with_line_frames_evaluates_like_any_other(trained_r
     manifest["splits"]["val"] += [{"key": f"frame:{i}", "label": "defective", "group": None} for i in ids]
     (run_dir / "splits.json").write_text(json.dumps(manifest))
     version = ModelRegistry(cfg.paths.registry).register(run_dir / "model.pt")
+    temp = tmp_path / "temp"  # where the line frames' image copies go while they are judged
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     val = evaluate_model(cfg, model_ref=version.name, split="val").evaluation
+    assert list(temp.iterdir()) == []  # the copies are gone once the report is written
     assert val.metrics["n"] == len(manifest["splits"]["val"]) and val.keys[-3:] == [f"frame:{i}" for i in ids]
     assert list(val.labels[-3:]) == [0, 1, 1]  # the labels reviewers gave in the store
     test = evaluate_model(cfg, model_ref=version.name, split="test").evaluation
