@@ -55,8 +55,8 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         # the store's relative path resolved against the working directory `inspect serve` ran in
         wait_for(lambda: (tmp_path / "data" / "frames.db").is_file(), timeout_s=60, what="the frame store")
         started = _descendants(proc.pid)
-        fronts = [p for p in started if p.name() == "haproxy"]
-        assert bool(fronts) == (expected == "haproxy"), [p.name() for p in started]
+        fronts = [p for p in started if _name(p) == "haproxy"]
+        assert bool(fronts) == (expected == "haproxy"), [_name(p) for p in started]
         folders = {Path(a).parent.parent for p in fronts for a in p.cmdline() if a.endswith("haproxy.cfg")}
         os.killpg(proc.pid, signal.SIGINT)
         output, _ = proc.communicate(timeout=120)
@@ -140,6 +140,14 @@ def _serve_dir(trained_run, tmp_path) -> None:
 
 def _descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
+
+
+def _name(process: psutil.Process) -> str:
+    """The process's name, or "" for one that ended since it was listed (Ray's workers come and go)."""
+    try:
+        return process.name()
+    except psutil.Error:
+        return ""
 
 
 @pytest.mark.skipif(socket.socket().connect_ex(("127.0.0.1", 8000)) == 0, reason="port 8000 is taken on this machine")
