@@ -72,7 +72,7 @@ def test_a_small_frame_does_not_wait_for_40_megapixel_frames(service, trained_ru
         try:
             wait_for(lambda: len(big_latencies) >= 1, timeout_s=120, what="the first 40 MP frame")
             beside = []
-            while len(big_latencies) < 4:
+            while len(big_latencies) < 6:
                 beside.append(_timed(lambda: _post(url, small, "small")))
                 time.sleep(0.2)
         finally:
@@ -88,7 +88,9 @@ def test_a_small_frame_does_not_wait_for_40_megapixel_frames(service, trained_ru
         f"40 MP frame p50 {big_p50 * 1000:.0f} ms"
     )
     # Small frames are not queued behind the big decodes: most of them come back well before a big frame does.
-    assert beside_p95 < 0.6 * big_p50, (beside_p95, big_p50)
+    # Counted, not a tail percentile: the router may now and then send one to the replica that is decoding.
+    quick = sum(latency < 0.6 * big_p50 for latency in beside)
+    assert quick >= 0.75 * len(beside), (sorted(beside), big_p50)
     assert np.median(beside) < max(3 * np.median(idle), 0.5)
 
 
