@@ -75,6 +75,7 @@ def run_recipe(cfg: InspectConfig, *, recipe: str, name: str, overrides: list[st
         "breakdown": ev.breakdown.get("cell_type x defect_probability", []),
         "epochs_run": run.fit.epochs_run,
         "best_epoch": run.fit.best_epoch,
+        "kept_epoch": run.fit.kept_epoch,
         "stop_reason": run.fit.stop_reason,
         "final_train_accuracy": history[-1]["train_accuracy"] if history else None,
         "final_val_accuracy": history[-1]["val_accuracy"] if history else None,

@@ -117,6 +117,11 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     balanced_sampling: bool = True
     patience: int = Field(12, ge=1, description="early stopping: epochs without a better validation F1")
+    keep: Literal["best", "last"] = Field(
+        "best",
+        description="weights to keep: the epoch with the best validation F1, or the last epoch (every epoch is run; "
+        "OneCycle ends annealed, and the best of many noisy validation scores can be a lucky early epoch)",
+    )
     early_stopping_start: float = Field(
         0.5,
         ge=0,

@@ -11,7 +11,8 @@ Two callbacks earn their place:
 
 * :class:`EarlyStopping` keeps the state of the best validation F1 and stops after ``patience``
   epochs without improvement, but never before ``early_stopping_start`` of the epochs: the best
-  OneCycle models come from the annealing phase, after the noisy high learning rates.
+  OneCycle models come from the annealing phase, after the noisy high learning rates. With
+  ``train.keep: last`` every epoch is run and the last one's weights are kept instead.
 * :class:`CollapseDetector` warns when (nearly) every validation sample gets the same class and stops
   training after ``collapse_patience`` such epochs in a row.
 
@@ -96,6 +97,8 @@ class FitResult:
     best_val_f1: float
     epochs_run: int
     stop_reason: str  # "completed", "early_stopping" or "collapse"
+    kept_epoch: int = 0  # whose weights ``model`` holds: best_epoch, or the last one with ``keep: last``
+    kept_val_f1: float = 0.0
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -270,7 +273,7 @@ def fit(
                 auc=f"{row['val_roc_auc'] or 0:.3f}",
                 best=f"{max(stopper.best_score, row['val_best_f1']):.3f}",
             )
-            if stopper.step(row["val_best_f1"], epoch, judged):
+            if stopper.step(row["val_best_f1"], epoch, judged) and cfg.keep == "best":
                 stop_reason = "early_stopping"
                 break
             if collapse.step(row["prediction_diversity"], epoch):
@@ -279,13 +282,21 @@ def fit(
     finally:
         epochs.close()
         epoch_log.close()
-    if stopper.best_state is not None:
+    kept_epoch, kept_f1 = stopper.best_epoch, stopper.best_score
+    # A collapsed run keeps its best epoch even with keep: last; a collapsed model is never the one shipped.
+    if cfg.keep == "last" and history and stop_reason != "collapse":
+        kept_epoch, kept_f1 = history[-1]["epoch"], history[-1]["val_best_f1"]
+        if averager is not None:  # the averaged weights were validated; keep those, as keep: best does
+            model.load_state_dict(judged.state_dict())
+    elif stopper.best_state is not None:
         model.load_state_dict(stopper.best_state)
     return FitResult(
         best_epoch=stopper.best_epoch,
         best_val_f1=stopper.best_score,
         epochs_run=len(history),
         stop_reason=stop_reason,
+        kept_epoch=kept_epoch,
+        kept_val_f1=kept_f1,
         history=history,
         seconds=time.perf_counter() - started,
     )

@@ -178,11 +178,14 @@ def train_model(
         progress=progress,
     )
     log.info(
-        "fit: %d epochs (%s), best validation F1 %.4f at epoch %d",
+        "fit: %d epochs (%s), best validation F1 %.4f at epoch %d; kept epoch %d (train.keep: %s, F1 %.4f)",
         result.epochs_run,
         result.stop_reason,
         result.best_val_f1,
         result.best_epoch,
+        result.kept_epoch,
+        t.keep,
+        result.kept_val_f1,
     )
 
     card = ModelCard(
@@ -209,7 +212,7 @@ def train_model(
     )
     headline = {k: v for k, v in evaluation.metrics.items() if isinstance(v, float)} | {
         "ece": evaluation.ece_after,
-        "val_f1": result.best_val_f1,
+        "val_f1": result.kept_val_f1,
     }
     card = card.model_copy(update={"metrics": headline})
     save_checkpoint(checkpoint, model, card)

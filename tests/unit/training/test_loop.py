@@ -8,7 +8,8 @@ import torch
 
 from inspectline.data import FrameDataset, Preprocessing, build_eval_preset, create_loader, load_images, load_samples
 from inspectline.model import build_model
-from inspectline.training.loop import CollapseDetector, EarlyStopping, fit, mixup, train_one_epoch
+from inspectline.training.loop import CollapseDetector, EarlyStopping, evaluate, fit, mixup, train_one_epoch
+from inspectline.training.metrics import best_f1
 from tests.helpers import tiny_config
 
 
@@ -136,3 +137,30 @@ def test_soft_targets_of_certain_cells_train_exactly_as_their_labels(folder_data
     assert soft["loss"] == pytest.approx(hard["loss"], rel=1e-5)
     assert soft["accuracy"] == hard["accuracy"]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(hard_weights, soft_weights, strict=True))
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_fit_keeps_the_best_or_the_last_epoch(folder_dataset: Path, tmp_path: Path, keep: str):
+    """keep: last runs every epoch even where early stopping would stop, and returns the last weights."""
+    cfg = tiny_config(
+        folder_dataset,
+        tmp_path,
+        train={"epochs": 4, "patience": 1, "early_stopping_start": 0.0, "collapse_patience": 10, "keep": keep},
+    )
+    samples = load_samples(cfg.data)
+    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    val = create_loader(data, batch_size=16, train=False)
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
+    result = fit(model, create_loader(data, batch_size=8, train=True, seed=0), val, cfg.train, torch.device("cpu"))
+    scores = [row["val_best_f1"] for row in result.history]
+    if keep == "last":
+        assert result.epochs_run == 4 and result.stop_reason == "completed"
+        assert result.kept_epoch == 4 and result.kept_val_f1 == scores[-1]
+    else:
+        assert result.kept_epoch == result.best_epoch and result.kept_val_f1 == max(scores)
+    # the returned model is the kept epoch's: validating it again gives that epoch's score
+    again = evaluate(model, val, torch.nn.CrossEntropyLoss(), torch.device("cpu"), channels_last=True)
+    prob = torch.softmax(again["logits"].float(), dim=1)[:, 1].numpy()
+    assert best_f1(again["labels"], prob) == pytest.approx(result.kept_val_f1, abs=1e-6)
