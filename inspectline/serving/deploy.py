@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from inspectline.config import GatewayOptions, HeatmapOptions, InspectorOptions, MonitorOptions
 from inspectline.errors import ConfigError, InspectError, validation_messages
-from inspectline.serving.ingress import Ingress, choose_ingress, ingress_workdir
+from inspectline.serving.ingress import Ingress, choose_ingress, end_haproxy, end_stale_haproxy, ingress_workdir
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
@@ -174,6 +174,8 @@ def start_local_ray(num_cpus: int | None = None, ingress: Ingress | None = None)
     import ray
 
     if not ray.is_initialized():
+        if ingress is not None and ingress.name == "haproxy" and (ended := end_stale_haproxy()):
+            log.warning("ended HAProxy processes an earlier service left holding its ports: pids %s", ended)
         if ingress is not None:
             _LOCAL.workdir = ingress_workdir()
             environ = ingress.environment(_LOCAL.workdir, os.environ)
@@ -231,6 +233,9 @@ def _restore_environ() -> None:
         else:
             os.environ[key] = value
     if _LOCAL.workdir is not None:
+        workdir = _LOCAL.workdir.resolve()
+        if orphans := end_haproxy(lambda config: config.resolve().is_relative_to(workdir)):
+            log.info("ended %d HAProxy processes of this run that had outlived their manager", len(orphans))
         shutil.rmtree(_LOCAL.workdir, ignore_errors=True)
     _LOCAL.workdir, _LOCAL.saved_environ = None, {}
 

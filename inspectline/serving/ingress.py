@@ -17,16 +17,26 @@ which and why. HAProxy's files (its generated config, admin and metrics sockets,
 folder of this run's own, so two services on one machine cannot overwrite each other's, and the drain
 Ray holds a stopping ingress replica open for (30 s, for a cloud load balancer to deregister it) is 1 s:
 on one machine HAProxy is the only party routing to it. Both stay overridable from the environment.
+
+An HAProxy can outlive its run: Ray's HAProxy manager actor starts it, and when that actor is killed (a
+crashed service, a manager Ray restarted because it answered its ready check too late on a slow PC) the
+HAProxy is left to init, still holding the service's port and its stats and metrics ports, and every later
+start fails to bind them. Each run's folder names the process that owns it; a local start ends the HAProxy
+processes of folders whose owner has ended (:func:`end_stale_haproxy`), and a stop ends its own run's
+wherever they now hang (:func:`end_haproxy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from inspectline.errors import ConfigError
 
@@ -35,6 +45,8 @@ INSTALL = "sudo apt-get install -y haproxy"
 _FLAG = "RAY_SERVE_ENABLE_HA_PROXY"
 _BINARY = "RAY_SERVE_HAPROXY_BINARY_PATH"
 _SOCKET_PATH_MAX = 97
+_PREFIX = "inspect-"
+_OWNER = "owner"  # "<pid> <start time>" of the process that made the folder
 
 
 @dataclass(frozen=True)
@@ -65,13 +77,72 @@ class Ingress:
 
 
 def ingress_workdir() -> Path:
-    """A new folder for HAProxy's files. Ray puts them one node id (40 characters) deeper, and HAProxy refuses
-    an admin socket path (while it binds: ``admin.sock.<pid>.tmp``) over 97 characters, so the name is short and
-    a long temporary directory falls back to /tmp."""
+    """A new folder for HAProxy's files, owned by this process (see :func:`end_stale_haproxy`). Ray puts them one
+    node id (40 characters) deeper, and HAProxy refuses an admin socket path (while it binds:
+    ``admin.sock.<pid>.tmp``) over 97 characters, so the name is short and a long temporary directory falls back
+    to /tmp."""
+    base = _workdir_base()
+    workdir = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=base))
+    me = psutil.Process()
+    (workdir / _OWNER).write_text(f"{me.pid} {me.create_time()}\n")
+    return workdir
+
+
+def _workdir_base() -> str:
     base = tempfile.gettempdir()
-    if len(base) + len("/inspect-12345678/") + 40 + len("/admin.sock.4194304.tmp") > _SOCKET_PATH_MAX:
+    if len(base) + len(f"/{_PREFIX}12345678/") + 40 + len("/admin.sock.4194304.tmp") > _SOCKET_PATH_MAX:
         base = "/tmp"
-    return Path(tempfile.mkdtemp(prefix="inspect-", dir=base))
+    return base
+
+
+def haproxy_config(process: psutil.Process) -> Path | None:
+    """The config file of an HAProxy process (``haproxy ... -f FILE``), or None for any other process."""
+    try:
+        command = process.cmdline()
+    except psutil.Error:
+        return None
+    if not command or Path(command[0]).name != "haproxy" or "-f" not in command[:-1]:
+        return None
+    return Path(command[command.index("-f") + 1])
+
+
+def end_haproxy(where: Callable[[Path], bool], *, timeout_s: float = 5.0) -> list[int]:
+    """End every HAProxy process whose config file ``where`` accepts, whoever its parent is now; their pids.
+
+    An HAProxy outlives the Ray actor that started it (its HAProxy manager) when that actor is killed, and is
+    then a child of init that still holds the service's ports: the next start cannot bind them.
+    """
+    found = [p for p in psutil.process_iter() if (config := haproxy_config(p)) is not None and where(config)]
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, stubborn = psutil.wait_procs(found, timeout=timeout_s)
+    for process in stubborn:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    return [p.pid for p in found]
+
+
+def end_stale_haproxy() -> list[int]:
+    """End the HAProxy processes an earlier local service left running: those whose folder (from
+    :func:`ingress_workdir`) is gone or whose owner process has ended. Another running service's are left alone."""
+    base = Path(_workdir_base()).resolve()
+
+    def stale(config: Path) -> bool:
+        parts = config.resolve().relative_to(base).parts if config.resolve().is_relative_to(base) else ()
+        if not parts or not parts[0].startswith(_PREFIX):
+            return False
+        return not _owner_alive(base / parts[0])
+
+    return end_haproxy(stale)
+
+
+def _owner_alive(workdir: Path) -> bool:
+    try:
+        pid, started = (workdir / _OWNER).read_text().split()
+        return psutil.Process(int(pid)).create_time() == float(started)  # the same process, not a reused pid
+    except (OSError, ValueError, psutil.Error):
+        return False
 
 
 def find_haproxy(environ: Mapping[str, str]) -> str | None:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from inspectline.errors import ConfigError
 from inspectline.serving import ingress as ingress_module
-from inspectline.serving.ingress import choose_ingress, ingress_workdir
+from inspectline.serving.ingress import choose_ingress, end_haproxy, end_stale_haproxy, ingress_workdir
 
 
 @pytest.fixture
@@ -87,7 +93,54 @@ def test_haproxys_folder_stays_short_enough_for_its_admin_socket_under_a_long_tm
     try:
         socket = folder / ("n" * 40) / "admin.sock.4194304.tmp"
         assert len(str(socket)) <= ingress_module._SOCKET_PATH_MAX
-        assert folder.is_dir()
+        assert folder.is_dir() and (folder / "owner").read_text().split()[0] == str(os.getpid())
     finally:
-        folder.rmdir()
+        shutil.rmtree(folder)
     assert Path(tempfile.gettempdir()) == deep
+
+
+def _fake_haproxy(config: Path) -> subprocess.Popen:
+    """A process that looks like the HAProxy Ray runs (``haproxy -db -f CONFIG``) and only sleeps."""
+    code = "import time; time.sleep(120)"
+    return subprocess.Popen(["haproxy", "-c", code, "-db", "-f", str(config)], executable=sys.executable)
+
+
+def test_a_start_ends_the_haproxy_an_ended_service_left_and_spares_everyone_elses(tmp_path, monkeypatch):
+    monkeypatch.setattr(ingress_module, "_workdir_base", lambda: str(tmp_path))
+    running = ingress_workdir()  # owned by this process, which is alive: another service still running
+    ended = ingress_workdir()
+    (ended / "owner").write_text("999999999 0.0\n")  # its owner is gone
+    old = ingress_workdir()
+    (old / "owner").unlink()  # a folder no process claims
+    removed = tmp_path / "inspect-removed0"  # stopped, folder removed, HAProxy left behind
+    elsewhere = tmp_path.parent / "etc-haproxy"  # a plant's own HAProxy, not ours
+    configs = {
+        name: folder / "node" / "haproxy.cfg"
+        for name, folder in [
+            ("running", running),
+            ("ended", ended),
+            ("old", old),
+            ("removed", removed),
+            ("elsewhere", elsewhere),
+        ]
+    }
+    processes = {name: _fake_haproxy(config) for name, config in configs.items()}
+    try:
+        deadline = time.monotonic() + 10  # until each shows its command line
+        while any(psutil.Process(p.pid).cmdline()[:1] != ["haproxy"] for p in processes.values()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ingress_module.haproxy_config(psutil.Process(processes["ended"].pid)) == configs["ended"]
+        assert ingress_module.haproxy_config(psutil.Process()) is None
+        ended_pids = end_stale_haproxy()
+        stale = {"ended", "old", "removed"}
+        assert sorted(ended_pids) == sorted(processes[name].pid for name in stale)
+        for name, process in processes.items():
+            assert (process.poll() is not None) == (name in stale), name
+        # a stop ends its own run's HAProxy wherever it now hangs, and nobody else's
+        assert end_haproxy(lambda config: config.is_relative_to(running)) == [processes["running"].pid]
+        assert processes["elsewhere"].poll() is None
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()
