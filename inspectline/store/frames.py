@@ -55,6 +55,11 @@ from inspectline.store.schema import frames, images, shadow_verdicts, snapshot_f
 
 # Keeps IN (...) lists well under SQLite's and PostgreSQL's bound-parameter limits.
 _CHUNK = 500
+_FIND_ONE = sa.select(*FRAME_COLUMNS).where(
+    frames.c.line_id == sa.bindparam("line_id"),
+    frames.c.camera_id == sa.bindparam("camera_id"),
+    frames.c.frame_id == sa.bindparam("frame_id"),
+)
 
 
 class FrameStore:
@@ -253,9 +258,15 @@ class FrameStore:
         return out
 
     def find(self, line_id: str, camera_id: str, frame_id: str) -> StoredFrame | None:
-        """The frame a line's camera sent under ``frame_id``, or None; its ``content_sha256`` tells a retry."""
-        key = FrameKey(line_id, camera_id, frame_id)
-        return self.find_many([key]).get(key)
+        """The frame a line's camera sent under ``frame_id``, or None; its ``content_sha256`` tells a retry.
+
+        The gateway asks this for every new frame id, so it is one statement built once, with bound values:
+        the tuple ``IN`` of :meth:`find_many` is rendered anew on every call and, as the gateway calls it, costs
+        about twice the CPU for one key (``python -m benchmarks.repeated_id_lookup``).
+        """
+        with self._db.read() as conn:
+            row = conn.execute(_FIND_ONE, {"line_id": line_id, "camera_id": camera_id, "frame_id": frame_id}).first()
+        return _to_frame(row) if row is not None else None
 
     def find_many(self, keys: Iterable[tuple[str, str, str]]) -> dict[FrameKey, StoredFrame]:
         """Stored frames by ``(line_id, camera_id, frame_id)``; unknown keys are absent from the result."""
