@@ -9,7 +9,6 @@ or SIGTERM), and the command waits until ``/readyz`` answers before saying where
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -31,7 +30,14 @@ from pydantic import BaseModel, ValidationError
 
 from inspectline.config import GatewayOptions, HeatmapOptions, InspectorOptions, MonitorOptions
 from inspectline.errors import ConfigError, InspectError, validation_messages
-from inspectline.serving.ingress import Ingress, choose_ingress, end_haproxy, end_stale_haproxy, ingress_workdir
+from inspectline.serving.ingress import (
+    Ingress,
+    choose_ingress,
+    end_haproxy,
+    end_processes,
+    end_stale_haproxy,
+    ingress_workdir,
+)
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polling is not news
@@ -214,13 +220,7 @@ def stop_local_ray(timeout_s: float = 15.0) -> None:
     finally:
         ray.shutdown()
         alive = [p for p in started if p.is_running()]
-        for process in alive:
-            with contextlib.suppress(psutil.Error):
-                process.terminate()
-        _, stubborn = psutil.wait_procs(alive, timeout=timeout_s)
-        for process in stubborn:
-            with contextlib.suppress(psutil.Error):
-                process.kill()
+        end_processes(alive, timeout_s=timeout_s)
         if alive:
             log.info("ended %d Ray processes that outlived ray.shutdown()", len(alive))
         _restore_environ()

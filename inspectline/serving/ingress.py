@@ -113,14 +113,19 @@ def end_haproxy(where: Callable[[Path], bool], *, timeout_s: float = 5.0) -> lis
     then a child of init that still holds the service's ports: the next start cannot bind them.
     """
     found = [p for p in psutil.process_iter() if (config := haproxy_config(p)) is not None and where(config)]
-    for process in found:
+    end_processes(found, timeout_s=timeout_s)
+    return [p.pid for p in found]
+
+
+def end_processes(processes: list[psutil.Process], *, timeout_s: float) -> None:
+    """SIGTERM each, then SIGKILL those still running after ``timeout_s``; gone ones are skipped."""
+    for process in processes:
         with contextlib.suppress(psutil.Error):
             process.terminate()
-    _, stubborn = psutil.wait_procs(found, timeout=timeout_s)
+    _, stubborn = psutil.wait_procs(processes, timeout=timeout_s)
     for process in stubborn:
         with contextlib.suppress(psutil.Error):
             process.kill()
-    return [p.pid for p in found]
 
 
 def end_stale_haproxy() -> list[int]:
