@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import yaml
 
 from inspectline.errors import InspectError
 from inspectline.registry import ModelRegistry
+from inspectline.serving import ingress as ingress_module
 from inspectline.serving.deploy import load_serve_config, wait_until_ready
 from tests.integration.conftest import REPO, free_port, wait_for
 from tests.integration.test_service import cell, encoded, post
@@ -43,9 +45,12 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         if deployment["name"] == "Inspector":
             deployment["num_replicas"] = 1
     (tmp_path / "serve.yaml").write_text(yaml.safe_dump(config))
+    stale = _stale_haproxy() if expected == "haproxy" else None  # a crashed run's, still holding a port
     proc = _start([INSPECT, "serve", "--config", "serve.yaml"], tmp_path, _own_ray_env(), f"http://127.0.0.1:{port}")
     try:
         assert wait_until_ready(f"http://127.0.0.1:{port}", timeout_s=60)["model_version"] == "v0001"
+        if stale is not None:  # the start ended it
+            assert stale.wait(timeout=30) is not None
         answer = post(f"http://127.0.0.1:{port}", encoded(cell()), params={"frame_id": "serve-cli-1"})
         assert answer.status_code == 200, answer.text
         assert answer.json()["model_version"] == "v0001"
@@ -64,8 +69,14 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        if stale is not None:
+            stale.kill()
+            stale.wait()
+            shutil.rmtree(Path(stale.args[-1]).parent)
     assert proc.returncode == 0, output[-3000:]
     assert f"service up at http://127.0.0.1:{port}" in output
+    if stale is not None:
+        assert f"ended HAProxy processes an earlier service left holding its ports: pids [{stale.pid}]" in output
     assert f"ingress: {expected} (" in output
     survivors = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert survivors == [], [(p.pid, p.name()) for p in survivors]
@@ -74,6 +85,21 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the HTTP port is still open after Ctrl-C"
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def _stale_haproxy() -> subprocess.Popen:
+    """A real HAProxy as a crashed service leaves it: its folder's owner gone, still listening on a port."""
+    folder = Path(tempfile.mkdtemp(prefix="inspect-", dir=ingress_module._workdir_base()))
+    (folder / "owner").write_text("999999999 0.0\n")
+    config = folder / "haproxy.cfg"
+    config.write_text(
+        "defaults\n  mode http\n  timeout connect 1s\n  timeout client 1s\n  timeout server 1s\n"
+        f"frontend stale\n  bind 127.0.0.1:{free_port()}\n  http-request return status 200\n"
+    )
+    binary = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    process = subprocess.Popen([binary, "-db", "-f", str(config)], start_new_session=True)
+    wait_for(lambda: ingress_module.haproxy_config(psutil.Process(process.pid)) == config, what="the stale HAProxy")
+    return process
 
 
 def _start(command: list[str], cwd: Path, env: dict[str, str], url: str) -> subprocess.Popen:
