@@ -35,16 +35,13 @@ from inspectline.config import DataConfig
 from inspectline.evaluate import split_samples_of
 from inspectline.hardware import cpu_capabilities
 from inspectline.imaging import read_image
-from inspectline.predictor import Predictor
+from inspectline.predictor import TTA_VIEWS, Predictor
 from inspectline.training.metrics import four_class_metrics, point_metrics
 from inspectline.training.operating_point import standard_points
 from inspectline.training.precision import resolve_precision
 
 VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "identity": lambda x: x,
-    "hflip": lambda x: x.flip(-1),
-    "vflip": lambda x: x.flip(-2),
-    "rot180": lambda x: x.flip(-2, -1),
+    **TTA_VIEWS,  # identity, hflip, vflip, rot180: the views the service can run
     "rot90": lambda x: x.rot90(1, (-2, -1)),
     "rot270": lambda x: x.rot90(3, (-2, -1)),
     "transpose": lambda x: x.transpose(-2, -1),
@@ -53,7 +50,7 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 VIEW_SETS = {
     "identity": ("identity",),
     "flip2": ("identity", "hflip"),
-    "flip4": ("identity", "hflip", "vflip", "rot180"),
+    "flip4": tuple(TTA_VIEWS),
     "d8": tuple(VIEWS),
 }
 SPLITS = ("val", "test")
@@ -61,10 +58,10 @@ TARGET_RECALL = 0.95
 
 
 def judge_run(run: Path, *, batch: int = 64) -> dict:
-    """A run's per-view logits on validation and test, its temperature and defect index, and the labels."""
+    """A run's predictor (for its calibration), its per-view logits on validation and test, and the labels."""
     data = DataConfig.model_validate(yaml.safe_load((run / "config.yaml").read_text())["data"])
     predictor = Predictor.load(run / "model.pt", precision=resolve_precision("auto", torch.device("cpu")).name)
-    out: dict = {"temperature": predictor.card.temperature, "defect_index": predictor.card.defect_index}
+    out: dict = {"predictor": predictor}
     for split in SPLITS:
         with split_samples_of(run / "splits.json", data, split) as samples:
             images = torch.stack([predictor.preprocess(read_image(s.path)) for s in samples])
@@ -84,11 +81,9 @@ def judge_run(run: Path, *, batch: int = 64) -> dict:
 
 
 def probabilities(judged: dict, split: str, views: tuple[str, ...]) -> np.ndarray:
-    """Defect probability per cell: the mean of the views' logits, the model's temperature, softmax."""
-    mean = np.mean([judged[split]["logits"][v] for v in views], axis=0) / judged["temperature"]
-    mean -= mean.max(axis=1, keepdims=True)
-    soft = np.exp(mean) / np.exp(mean).sum(axis=1, keepdims=True)
-    return soft[:, judged["defect_index"]]
+    """Defect probability per cell from ``views``' logits, calibrated as the service does."""
+    view_logits = torch.from_numpy(np.stack([judged[split]["logits"][v] for v in views]))
+    return judged["predictor"].calibrated_probabilities(view_logits)[0]
 
 
 def score(val_labels, val_prob, test_labels, test_prob, test_annotated) -> dict:

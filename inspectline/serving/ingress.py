@@ -134,10 +134,11 @@ def end_stale_haproxy() -> list[int]:
     base = Path(_workdir_base()).resolve()
 
     def stale(config: Path) -> bool:
-        parts = config.resolve().relative_to(base).parts if config.resolve().is_relative_to(base) else ()
-        if not parts or not parts[0].startswith(_PREFIX):
+        config = config.resolve()
+        if not config.is_relative_to(base):
             return False
-        return not _owner_alive(base / parts[0])
+        folder = config.relative_to(base).parts[0]
+        return folder.startswith(_PREFIX) and not _owner_alive(base / folder)
 
     return end_haproxy(stale)
 
