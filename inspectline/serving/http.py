@@ -186,7 +186,9 @@ def require(scope: str) -> Callable[..., Awaitable[Principal]]:
     return check
 
 
-def _services(request: Request) -> Services:
+async def _services(request: Request) -> Services:
+    # async although it does not wait: FastAPI runs a plain function dependency on a worker thread,
+    # a hand-off per request for a dictionary lookup
     return request.app.state.services
 
 

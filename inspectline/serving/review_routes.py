@@ -46,7 +46,7 @@ _PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "
 Reviewer_ = Annotated[str, Query(min_length=1, max_length=200, pattern=r"\S", description="who takes it back")]
 
 
-def _review(request: Request) -> ReviewServices:
+async def _review(request: Request) -> ReviewServices:
     review = request.app.state.services.review
     if review is None:
         msg = "this gateway runs without the review station (no heatmap worker or model book was wired in)"

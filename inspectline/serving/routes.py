@@ -109,7 +109,7 @@ class Listing:
     offset: int
 
 
-def listing(
+async def listing(
     since: Since = None,
     until: Since = None,
     line: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
