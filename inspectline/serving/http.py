@@ -234,10 +234,6 @@ def create_app(services: Services, *routers: APIRouter) -> FastAPI:
     return app
 
 
-_FRAME_ROUTES = ("/v1/frames", "/v1/frames/batch")
-_REQUIRED_IDS = ("line_id", "camera_id")
-
-
 def _allowed_methods(routers: Sequence[APIRouter], scope: dict) -> list[str]:
     """Every method of every route whose path (with its converters) matches the request's path."""
     path, root = scope.get("path", ""), scope.get("root_path", "")
@@ -250,14 +246,11 @@ def _openapi(app: FastAPI) -> dict:
     """FastAPI's document, minus the 422 validation responses it adds by default: ours are 400 (see ERRORS)."""
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        for path, item in schema.get("paths", {}).items():
+        for item in schema.get("paths", {}).values():
             for operation in item.values():
                 responses = operation.get("responses", {})
                 if "HTTPValidationError" in str(responses.get("422", "")):
                     del responses["422"]
-                for parameter in operation.get("parameters", []):
-                    if path in _FRAME_ROUTES and parameter["in"] == "query" and parameter["name"] in _REQUIRED_IDS:
-                        parameter["required"] = True  # or as a header or form field: see the description
                 if operation.get("parameters") or "requestBody" in operation:
                     responses.setdefault(
                         "400",

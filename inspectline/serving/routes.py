@@ -71,6 +71,7 @@ from inspectline.serving.uploads import (
     batch_sources,
     build_meta,
     content_type_of,
+    meta_parameters,
     meta_sources,
     parse_multipart,
     read_body,
@@ -183,6 +184,7 @@ async def metrics(s: ServicesDep) -> Response:
         *AUTH_ERRORS, *BODY_ERRORS, FrameIdConflictError, *IMAGE_ERRORS, NotReadyError, OverloadedError
     ),
     openapi_extra={
+        "parameters": meta_parameters(frame_id=True),
         "requestBody": {
             "required": True,
             "content": {
@@ -192,7 +194,7 @@ async def metrics(s: ServicesDep) -> Response:
                     "encoding": {"image": {"contentType": ", ".join(IMAGE_TYPES)}},
                 },
             },
-        }
+        },
     },
 )
 async def post_frame(
@@ -225,6 +227,7 @@ async def post_frame(
     "result and status, as if posted alone." + _META_ELSEWHERE,
     responses=documented(*AUTH_ERRORS, *BODY_ERRORS, NotReadyError, OverloadedError),
     openapi_extra={
+        "parameters": meta_parameters(frame_id=False),
         "requestBody": {
             "required": True,
             "content": {
@@ -244,7 +247,7 @@ async def post_frame(
                     },
                 }
             },
-        }
+        },
     },
 )
 async def post_batch(

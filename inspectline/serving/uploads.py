@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Header, Query, Request
+from fastapi import Request
+from pydantic import TypeAdapter, ValidationError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from inspectline.errors import InvalidRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
@@ -138,44 +139,81 @@ def _pick(*values: Any) -> Any:
     return next((v for v in values if v not in (None, "")), None)
 
 
-async def meta_sources(
-    line_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="production line id")] = None,
-    camera_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="camera id")] = None,
-    part_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="part id, when known")] = None,
-    frame_id: Annotated[
-        str | None, Query(pattern=ID_PATTERN, description="unique per camera; generated when absent")
-    ] = None,
-    captured_at: Annotated[datetime | None, Query(description="capture time, ISO 8601")] = None,
-    x_line_id: Annotated[str | None, Header(alias="X-Line-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_camera_id: Annotated[str | None, Header(alias="X-Camera-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_part_id: Annotated[str | None, Header(alias="X-Part-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_frame_id: Annotated[str | None, Header(alias="X-Frame-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_captured_at: Annotated[datetime | None, Header(alias="X-Captured-At", include_in_schema=False)] = None,
-) -> MetaSources:
+_CAPTURED_AT = TypeAdapter(datetime)  # the same parser the other routes' datetime parameters use
+
+
+def _sources(request: Request, names: tuple[str, ...]) -> MetaSources:
+    """Each field in ``names`` from the query, else its ``X-`` header; every value sent must be valid.
+
+    Read from the request here rather than declared as FastAPI parameters: FastAPI inspects each
+    declared parameter's type again on every request, which made reading these ten values the largest
+    part of the gateway's own work per frame (``benchmarks/gateway_app.py``). :data:`META_PARAMETERS`
+    documents them in the OpenAPI document instead.
+    """
+    values: dict[str, Any] = dict.fromkeys(_META_FIELDS)
+    problems = []
+    for name in names:
+        header = "X-" + "-".join(word.capitalize() for word in name.split("_"))
+        for where, key, sent in (
+            ("query parameter", name, request.query_params.get(name)),
+            ("header", header, request.headers.get(header)),
+        ):
+            if sent is None:
+                continue
+            if name == "captured_at":
+                try:
+                    value: Any = _CAPTURED_AT.validate_python(sent)
+                except ValidationError:
+                    problems.append(f"{where} {key}={sent!r} is not an ISO 8601 date-time")
+                    continue
+            elif is_valid_id(sent):
+                value = sent
+            else:
+                problems.append(f"{where} {key}={sent!r} is not a valid id")
+                continue
+            values[name] = _pick(values[name], value)
+    if problems:
+        raise InvalidRequestError(_meta_problem(problems))
+    return MetaSources(**values)
+
+
+async def meta_sources(request: Request) -> MetaSources:
     """The one place frame metadata is read: each field from the query, else its X- header."""
-    return MetaSources(
-        line_id=_pick(line_id, x_line_id),
-        camera_id=_pick(camera_id, x_camera_id),
-        part_id=_pick(part_id, x_part_id),
-        frame_id=_pick(frame_id, x_frame_id),
-        captured_at=_pick(captured_at, x_captured_at),
-    )
+    return _sources(request, _META_FIELDS)
 
 
-async def batch_sources(
-    line_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="production line id")] = None,
-    camera_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="camera id")] = None,
-    part_id: Annotated[str | None, Query(pattern=ID_PATTERN, description="part id, when known")] = None,
-    captured_at: Annotated[datetime | None, Query(description="capture time, ISO 8601")] = None,
-    x_line_id: Annotated[str | None, Header(alias="X-Line-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_camera_id: Annotated[str | None, Header(alias="X-Camera-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_part_id: Annotated[str | None, Header(alias="X-Part-Id", pattern=ID_PATTERN, include_in_schema=False)] = None,
-    x_captured_at: Annotated[datetime | None, Header(alias="X-Captured-At", include_in_schema=False)] = None,
-) -> MetaSources:
+async def batch_sources(request: Request) -> MetaSources:
     """:func:`meta_sources` for a batch: the same fields but a frame id, which each file part names itself."""
-    return await meta_sources(
-        line_id, camera_id, part_id, None, captured_at, x_line_id, x_camera_id, x_part_id, None, x_captured_at
-    )
+    return _sources(request, tuple(n for n in _META_FIELDS if n != "frame_id"))
+
+
+def meta_parameters(*, frame_id: bool) -> list[dict[str, Any]]:
+    """The query parameters :func:`meta_sources` reads, for a route's OpenAPI document."""
+    described = {
+        "line_id": "production line id",
+        "camera_id": "camera id",
+        "part_id": "part id, when known",
+        "frame_id": "unique per camera; generated when absent",
+    }
+    ids = [
+        {
+            "name": name,
+            "in": "query",
+            "required": name in ("line_id", "camera_id"),  # or as a header or form field: see the description
+            "description": text,
+            "schema": {"type": "string", "pattern": ID_PATTERN},
+        }
+        for name, text in described.items()
+        if frame_id or name != "frame_id"
+    ]
+    time = {
+        "name": "captured_at",
+        "in": "query",
+        "required": False,
+        "description": "capture time, ISO 8601",
+        "schema": {"type": "string", "format": "date-time"},
+    }
+    return [*ids, time]
 
 
 def build_meta(sources: MetaSources, form: dict[str, list[str]], *, frame_id: str | None = None) -> FrameMeta:
@@ -196,11 +234,7 @@ def build_meta(sources: MetaSources, form: dict[str, list[str]], *, frame_id: st
     values = {n: _pick(getattr(sources, n), *(form.get(n) or [None])[:1]) for n in _ID_FIELDS}
     problems += [f"missing {n}" for n in ("line_id", "camera_id") if not values[n]]
     if problems:
-        msg = (
-            f"{'; '.join(problems)}. Give line_id and camera_id (and optionally part_id, frame_id, captured_at) as "
-            f"query parameters, X-Line-Id style headers or form fields; ids are {ID_RULE}"
-        )
-        raise InvalidRequestError(msg)
+        raise InvalidRequestError(_meta_problem(problems))
     explicit = frame_id or values["frame_id"]
     return FrameMeta(
         line_id=values["line_id"],
@@ -213,3 +247,11 @@ def build_meta(sources: MetaSources, form: dict[str, list[str]], *, frame_id: st
 
 
 _ID_FIELDS = ("line_id", "camera_id", "part_id", "frame_id")
+_META_FIELDS = (*_ID_FIELDS, "captured_at")
+
+
+def _meta_problem(problems: list[str]) -> str:
+    return (
+        f"{'; '.join(problems)}. Give line_id and camera_id (and optionally part_id, frame_id, captured_at) as "
+        f"query parameters, X-Line-Id style headers or form fields; ids are {ID_RULE}"
+    )

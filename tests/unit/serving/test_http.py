@@ -63,6 +63,36 @@ def test_multipart_with_metadata_in_form_fields(gateway):
     assert (body["line_id"], body["camera_id"], body["frame_id"], body["part_id"]) == ("line-2", "cam-9", "f-1", "P-7")
 
 
+def test_metadata_in_headers_the_query_wins_and_every_value_sent_is_checked(gateway):
+    client = gateway.client("camera")
+    headers = {
+        "Content-Type": "image/png",
+        "X-Line-Id": "line-4",
+        "X-Camera-Id": "cam-2",
+        "X-Frame-Id": "hdr-7",
+        "X-Captured-At": "2026-12-02T06:30:00Z",
+    }
+    body = client.post("/v1/frames", content=png(3), headers=headers).json()
+    assert (body["line_id"], body["camera_id"], body["frame_id"]) == ("line-4", "cam-2", "hdr-7")
+    assert body["captured_at"].startswith("2026-12-02T06:30:00")
+    # the query wins over a header, but a header that is sent must still be valid
+    body = client.post("/v1/frames", content=png(4), headers=headers, params={"camera_id": "cam-q"}).json()
+    assert body["camera_id"] == "cam-q"
+    bad = error_of(
+        client.post("/v1/frames", content=png(4), headers=headers | {"X-Part-Id": "P 1"}, params=IDS),
+        400,
+        "invalid_request",
+    )
+    assert "header X-Part-Id='P 1' is not a valid id" in bad["detail"] and "letters, digits" in bad["detail"]
+    bad = error_of(post(client, png(), line_id="../../etc", captured_at="yesterday-ish"), 400, "invalid_request")
+    assert "query parameter line_id='../../etc' is not a valid id" in bad["detail"]
+    assert "query parameter captured_at='yesterday-ish' is not an ISO 8601 date-time" in bad["detail"]
+    # a batch takes no frame id from the query: each file part names its own
+    files = [("files", ("a.png", png(5), "image/png"))]
+    batch = client.post("/v1/frames/batch", files=files, params=IDS | {"frame_id": "ignored"}).json()
+    assert batch["results"][0]["result"]["frame_id"] != "ignored"
+
+
 def test_a_reused_frame_id_never_returns_another_images_verdict(gateway, tmp_path):
     client = gateway.client("camera")
     first = post(client, png(1), frame_id="cam1-000187").json()
@@ -246,7 +276,11 @@ def test_the_openapi_document_lists_every_error_with_its_body_and_no_default_422
         "multipart/form-data",
     }
     params = {p["name"]: p for p in frames["parameters"]}
-    assert params["line_id"]["schema"]["anyOf"][0]["pattern"].startswith("^[A-Za-z0-9]")
+    assert params["line_id"]["schema"]["pattern"].startswith("^[A-Za-z0-9]")
+    assert params["line_id"]["required"] and params["camera_id"]["required"] and not params["frame_id"]["required"]
+    assert params["captured_at"]["schema"]["format"] == "date-time"
+    batch = {p["name"] for p in spec["paths"]["/v1/frames/batch"]["post"]["parameters"]}
+    assert batch == {"line_id", "camera_id", "part_id", "captured_at"}  # each file part names its own frame
     listing = {p["name"]: p["schema"] for p in spec["paths"]["/v1/frames"]["get"]["parameters"]}
     assert listing["offset"]["maximum"] == 10_000_000 and set(listing["order"]["enum"]) == {
         "uncertainty",
