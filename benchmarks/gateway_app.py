@@ -6,7 +6,7 @@ replica (the handle call to an inspector, the monitor's batches, metrics and hea
 (routing, auth, metadata, the header probe, hashing, the repeated-id lookup, the journal). This script
 separates ours. Each variant runs in a server process of its own on loopback, the way a Gateway
 replica behind HAProxy serves (uvicorn, ``lifespan="off"``, no access log), and the same client posts
-the same ELPV-sized PNG to each, in alternating rounds so a busy machine slows all alike:
+the same ELPV cell to each, in alternating rounds so a busy machine slows all alike:
 
 * ``gateway app``: the Gateway's FastAPI app as ``serving.gateway`` builds it, with its real token
   table, frame store (SQLite), journal and outbox; only what crosses to another Ray process answers at
@@ -168,14 +168,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _elpv_sized_png() -> bytes:
-    """A 300x300 gray PNG of about an ELPV cell's size (textured, so it compresses like one)."""
-    from inspectline.imaging import encode_png
+def _elpv_cell() -> bytes:
+    """The first ELPV cell as stored in the dataset (a 300x300 gray PNG), as a line camera would post it."""
+    import elpv_dataset
 
-    rng = np.random.default_rng(0)
-    y, x = np.mgrid[0:300, 0:300]
-    image = 120 + 40 * np.sin(x / 7.0) * np.cos(y / 11.0) + rng.normal(0, 6, (300, 300))
-    return encode_png(np.clip(image, 0, 255).astype(np.uint8))
+    return (Path(elpv_dataset.__file__).parent / "data" / "images" / "cell0001.png").read_bytes()
 
 
 class Server:
@@ -260,7 +257,7 @@ async def _posts(server: Server, image: bytes, count: int, batch: int, tag: str,
 
 
 def measure(args: argparse.Namespace) -> dict:
-    image = _elpv_sized_png()
+    image = _elpv_cell()
     kinds = {"single": 1, f"batch of {args.batch}": args.batch}
     labels = list(VARIANTS) + ([f"gateway app at {args.baseline}"] if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:
