@@ -145,10 +145,9 @@ _CAPTURED_AT = TypeAdapter(datetime)  # the same parser the other routes' dateti
 def _sources(request: Request, names: tuple[str, ...]) -> MetaSources:
     """Each field in ``names`` from the query, else its ``X-`` header; every value sent must be valid.
 
-    Read from the request here rather than declared as FastAPI parameters: FastAPI inspects each
-    declared parameter's type again on every request, which made reading these ten values the largest
-    part of the gateway's own work per frame (``benchmarks/gateway_app.py``). :data:`META_PARAMETERS`
-    documents them in the OpenAPI document instead.
+    Read from the request here rather than declared as ten FastAPI parameters, which FastAPI inspects
+    again on every request (a few percent of the gateway's own CPU per single-post frame, measured with
+    ``benchmarks/gateway_app.py``); :func:`meta_parameters` documents them in the OpenAPI document.
     """
     values: dict[str, Any] = dict.fromkeys(_META_FIELDS)
     problems = []
@@ -206,14 +205,14 @@ def meta_parameters(*, frame_id: bool) -> list[dict[str, Any]]:
         for name, text in described.items()
         if frame_id or name != "frame_id"
     ]
-    time = {
+    captured = {
         "name": "captured_at",
         "in": "query",
         "required": False,
         "description": "capture time, ISO 8601",
         "schema": {"type": "string", "format": "date-time"},
     }
-    return [*ids, time]
+    return [*ids, captured]
 
 
 def build_meta(sources: MetaSources, form: dict[str, list[str]], *, frame_id: str | None = None) -> FrameMeta:
