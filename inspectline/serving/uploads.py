@@ -152,7 +152,7 @@ def _sources(request: Request, names: tuple[str, ...]) -> MetaSources:
     values: dict[str, Any] = dict.fromkeys(_META_FIELDS)
     problems = []
     for name in names:
-        header = "X-" + "-".join(word.capitalize() for word in name.split("_"))
+        header = _HEADERS[name]
         for where, key, sent in (
             ("query parameter", name, request.query_params.get(name)),
             ("header", header, request.headers.get(header)),
@@ -247,6 +247,7 @@ def build_meta(sources: MetaSources, form: dict[str, list[str]], *, frame_id: st
 
 _ID_FIELDS = ("line_id", "camera_id", "part_id", "frame_id")
 _META_FIELDS = (*_ID_FIELDS, "captured_at")
+_HEADERS = {name: "X-" + "-".join(word.capitalize() for word in name.split("_")) for name in _META_FIELDS}
 
 
 def _meta_problem(problems: list[str]) -> str:
