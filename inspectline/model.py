@@ -5,8 +5,8 @@ A checkpoint is one ``torch.save`` file holding only tensors and plain data, so 
 
     {"format": "inspectline.checkpoint/1", "card": {...ModelCard...}, "state_dict": {...}}
 
-The :class:`ModelCard` carries everything needed to use the weights without the training stack:
-architecture, class names, preprocessing, temperature, threshold, TTA views, metrics and lineage.
+The :class:`~inspectline.card.ModelCard` (``inspectline.card``) carries everything needed to use the
+weights without the training stack.
 
     model = build_model("resnet50", in_channels=1)
     save_checkpoint(path, model, card)
@@ -26,11 +26,10 @@ from typing import Any
 from urllib.error import URLError
 
 import torch
-import torchvision
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from torch import nn
 
-from inspectline.data.presets import Preprocessing
+from inspectline.card import ModelCard
 from inspectline.errors import CheckpointError
 from inspectline.files import atomic_write
 
@@ -52,6 +51,8 @@ class DefectClassifier(nn.Module):
         if arch not in ARCHITECTURES:
             msg = f"model.arch {arch!r} is not one of {', '.join(ARCHITECTURES)}"
             raise ValueError(msg)
+        import torchvision  # here, not at import: an inspector serving an export never builds a model (~3 s, 150 MB)
+
         backbone = getattr(torchvision.models, arch)(weights=None)
         if in_channels != 3:
             backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -74,34 +75,6 @@ class DefectClassifier(nn.Module):
         """Logits and the penultimate activations ``(B, head_dims[-1])`` in one pass (drift monitoring)."""
         embedding = self.neck(self.backbone(x))
         return self.classifier(embedding), embedding
-
-
-class ModelCard(BaseModel):
-    """What travels with the weights: enough to preprocess, predict and explain a verdict."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    arch: str
-    class_names: tuple[str, ...]
-    head_dims: tuple[int, ...]
-    head_dropout: tuple[float, ...]
-    preprocessing: Preprocessing
-    temperature: float = 1.0
-    threshold: float = 0.5
-    threshold_policy: str = "max_f1"
-    # validation metrics of the standard points ("max_f1", "target_recall"): threshold, recall, precision,
-    # false_reject_rate, prevalence, escapes_per_10k ... (see training.operating_point)
-    operating_points: dict[str, dict[str, float | None]] = {}
-    tta_views: tuple[str, ...] = ("identity", "hflip")
-    metrics: dict[str, float] = {}
-    version: str | None = None
-    parent: str | None = None
-    created_at: str | None = None
-    config: dict[str, Any] = {}
-
-    @property
-    def defect_index(self) -> int:
-        return self.class_names.index("defective")
 
 
 def build_model(
@@ -133,6 +106,8 @@ def imagenet_state_dict(arch: str, *, load_url: Callable[..., dict] | None = Non
 
     ``load_url`` stands in for ``torch.hub.load_state_dict_from_url`` (tests, mirrors).
     """
+    import torchvision
+
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     load_url = load_url or torch.hub.load_state_dict_from_url
     try:

@@ -46,9 +46,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from inspectline.audit import AUDIT_NAME, AuditLog
+from inspectline.card import ModelCard
 from inspectline.errors import ModelNotFoundError
 from inspectline.files import atomic_write_json
-from inspectline.model import ModelCard, load_checkpoint, read_card, save_checkpoint
 
 # What a report written before registration calls the model; register() writes the version in.
 PENDING_VERSION = "(named at registration)"
@@ -137,11 +137,12 @@ class ModelVersion:
     def card(self) -> ModelCard:
         if self._card is None:
             card_file = self.path / "card.json"
-            self._card = (
-                ModelCard.model_validate_json(card_file.read_text())
-                if card_file.is_file()
-                else read_card(self.checkpoint)
-            )
+            if card_file.is_file():
+                self._card = ModelCard.model_validate_json(card_file.read_text())
+            else:
+                from inspectline.model import read_card  # torch: only for a version without card.json
+
+                self._card = read_card(self.checkpoint)
         return self._card
 
     @property
@@ -221,6 +222,8 @@ class ModelRegistry:
         Run files next to the checkpoint (``config.yaml``, ``splits.json``, ``history.jsonl``,
         ``report/``) are copied along. The stored card names the new version and its parent.
         """
+        from inspectline.model import load_checkpoint, save_checkpoint  # torch: readers of the registry need none
+
         checkpoint = Path(checkpoint)
         model, card = load_checkpoint(checkpoint)
         self.root.mkdir(parents=True, exist_ok=True)

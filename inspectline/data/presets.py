@@ -1,9 +1,9 @@
 """Albumentations presets, named and built from config, and the preprocessing that travels with a model.
 
-``Preprocessing`` is the single description of how a frame becomes a tensor: image size, colour mode,
-interpolation and normalisation statistics (computed on the training split). It is stored inside
-every checkpoint; training, evaluation, ``inspect predict`` and the service all call
-:func:`build_eval_preset` on it, so they cannot disagree.
+``Preprocessing`` (defined in ``inspectline.card``) is the single description of how a frame becomes
+a tensor: image size, colour mode, interpolation and normalisation statistics (computed on the
+training split). It is stored inside every checkpoint; training, evaluation, ``inspect predict``
+and the service all call :func:`build_eval_preset` on it, so they cannot disagree.
 
 Presets (``augment.preset``):
 
@@ -26,27 +26,9 @@ import albumentations as A
 import cv2
 import numpy as np
 from albumentations.pytorch import ToTensorV2
-from pydantic import BaseModel, ConfigDict, Field
 
+from inspectline.card import Preprocessing
 from inspectline.config import AugmentConfig
-
-
-class Preprocessing(BaseModel):
-    """How a decoded frame becomes the model's input tensor; saved in every checkpoint."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    image_size: int
-    color_mode: str  # "gray" -> 1 channel, "rgb" -> 3
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    bit_depth: int = Field(
-        16, ge=8, le=16, description="significant bits of the 16-bit frames it was trained on (8-bit frames: unused)"
-    )
-
-    @property
-    def channels(self) -> int:
-        return 1 if self.color_mode == "gray" else 3
 
 
 def _resize(size: int) -> A.Resize:
