@@ -742,18 +742,6 @@ def _num(value: float | None, width: int = 6) -> str:
     return f"{value:>{width}.4f}" if isinstance(value, float) else f"{'-':>{width}}"
 
 
-def main() -> None:
-    try:
-        app()
-    except InspectError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()
-
-
 @tokens_app.command("add")
 def tokens_add(
     name: Annotated[str, typer.Argument(help="Who uses the token: a camera, a dashboard, a person (the audit actor).")],
@@ -772,3 +760,15 @@ def tokens_add(
     secret = add_token(cfg.service.tokens_file, name, scope)
     typer.echo(f"token for {name} ({', '.join(scope)}), shown only now:\n{secret}")
     typer.echo("the running service reads the tokens file when it starts: redeploy it (inspect serve) to use it")
+
+
+def main() -> None:
+    try:
+        app()
+    except InspectError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

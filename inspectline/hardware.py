@@ -52,6 +52,13 @@ class CpuCapabilities:
         }
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a ``device`` setting (training, inspectors): ``auto`` picks CUDA when present."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 @functools.cache
 def cpu_capabilities() -> CpuCapabilities:
     """The CPU's model and relevant features (cached: the CPU does not change while we run)."""

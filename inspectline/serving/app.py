@@ -25,10 +25,6 @@ from ray.serve import Application
 
 from inspectline.config import InspectConfig, PlantConfig, StoreConfig, load_config
 from inspectline.errors import ConfigError, validation_messages
-from inspectline.serving.gateway import Gateway
-from inspectline.serving.heatmaps import HeatmapWorker
-from inspectline.serving.inspector import Inspector
-from inspectline.serving.monitor import LineMonitor
 
 log = logging.getLogger("ray.serve")
 _MOVED = {"registry": "paths.registry", "store": "store", "spool_dir": "service.spool_dir"}
@@ -121,6 +117,13 @@ def build_app(args: dict) -> Application:
     registry, store, spool = str(where.registry), where.store.model_dump(mode="json"), str(where.spool_dir)
     tokens = str(where.tokens_file) if where.tokens_file else None
     plant = where.plant.model_dump(mode="json")
+    # Imported here, where the app is built: `inspect serve` reads this module's locations for its checks
+    # and should not load torch for that; each replica imports only its own deployment's module.
+    from inspectline.serving.gateway import Gateway
+    from inspectline.serving.heatmaps import HeatmapWorker
+    from inspectline.serving.inspector import Inspector
+    from inspectline.serving.monitor import LineMonitor
+
     return Gateway.bind(
         Inspector.bind(registry),
         LineMonitor.bind(registry, store, spool, plant),

@@ -36,11 +36,10 @@ from inspectline.registry import ModelRegistry
 from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenTable
 from inspectline.serving.coalesce import Coalescer
-from inspectline.serving.heatmaps import heatmap_bytes
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
 from inspectline.serving.model_book import ModelBook
-from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, MonitorBatch, ServedModel
+from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, MonitorBatch, ServedModel, heatmap_bytes
 from inspectline.serving.review import ReviewServices
 from inspectline.store import FrameStore, StoredFrame
 

@@ -14,7 +14,8 @@ from the registry on first use (``HeatmapCache``), so it needs no inspector repl
 :class:`HeatmapService` is the Ray-free part (tested without Ray): one computation per frame at a time,
 however many reviewers open it at once, and precompute passes that look back ``precompute_lookback_h``
 after a start and then follow the newest frames. Failures cross the Ray boundary as values
-(:class:`HeatmapFailure`); :func:`heatmap_bytes` turns them back into the errors the HTTP table maps.
+(:class:`HeatmapFailure`); ``records.heatmap_bytes`` turns them back into the errors the HTTP table
+maps, in the gateway, which imports nothing of this module's torch.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from ray import serve
 
 from inspectline.config import HeatmapOptions, StoreConfig
-from inspectline.errors import ConfigError, InspectError, InvalidImageError, ModelNotFoundError, StoreError
+from inspectline.errors import ConfigError, InspectError, ModelNotFoundError, StoreError
 from inspectline.explain import DEFAULT_METHOD, DEFAULT_STAGES
 from inspectline.heatmap_cache import PRECOMPUTE_VERDICTS, HeatmapCache, PrecomputeReport, pending_frames
 from inspectline.registry import ModelRegistry
@@ -39,23 +40,11 @@ from inspectline.store import FrameStore, StoredFrame
 
 log = logging.getLogger("ray.serve")
 
-_FAILURES: dict[str, type[InspectError]] = {
-    "model_not_found": ModelNotFoundError,
-    "store_unavailable": StoreError,
-    "unprocessable": InvalidImageError,
-}
 # Frames reach the store a moment after they were received (the gateway's micro-batches, the recorder):
 # a pass looks this far behind the previous one's start; a frame already cached costs two file checks.
 _OVERLAP = timedelta(minutes=5)
 _PASS_LIMIT = 64  # frames per verdict and pass; the next pass continues
 _PASS_BATCH = 2  # frames explained at once: an on-demand request waits for at most this many
-
-
-def heatmap_bytes(answer: bytes | HeatmapFailure) -> bytes:
-    """The PNG, or the error the worker's failure stands for (404 model_not_found, 503 store_unavailable ...)."""
-    if isinstance(answer, HeatmapFailure):
-        raise _FAILURES.get(answer.kind, InvalidImageError)(answer.detail)
-    return answer
 
 
 class HeatmapService:

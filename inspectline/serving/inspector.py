@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from inspectline.card import ModelCard
 from inspectline.config import InspectorOptions
 from inspectline.engines import EngineChoice, EnginePreference, InferenceEngine, choose_engine, open_engine
 from inspectline.errors import (
@@ -46,13 +47,12 @@ from inspectline.errors import (
     ModelNotFoundError,
     UnsupportedImageError,
 )
+from inspectline.hardware import resolve_device
 from inspectline.imaging import DEFAULT_MAX_PIXELS, decode_for_model
-from inspectline.model import ModelCard
 from inspectline.monitoring.drift import image_statistics
 from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
 from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, ServedModel
-from inspectline.training.loop import resolve_device
 
 log = logging.getLogger("ray.serve")
 

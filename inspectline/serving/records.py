@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from inspectline.errors import InspectError, InvalidImageError, ModelNotFoundError, StoreError
 from inspectline.store import FrameRecord, ShadowVerdict
 
 
@@ -184,3 +185,17 @@ class HeatmapFailure:
 
     kind: str  # "model_not_found", "image_not_kept", "store_unavailable", "unprocessable"
     detail: str
+
+
+_HEATMAP_FAILURES: dict[str, type[InspectError]] = {
+    "model_not_found": ModelNotFoundError,
+    "store_unavailable": StoreError,
+    "unprocessable": InvalidImageError,
+}
+
+
+def heatmap_bytes(answer: bytes | HeatmapFailure) -> bytes:
+    """The PNG, or the error the worker's failure stands for (404 model_not_found, 503 store_unavailable ...)."""
+    if isinstance(answer, HeatmapFailure):
+        raise _HEATMAP_FAILURES.get(answer.kind, InvalidImageError)(answer.detail)
+    return answer

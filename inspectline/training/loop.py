@@ -41,7 +41,6 @@ from inspectline.training.averaging import WeightAverager
 from inspectline.training.history import EpochLog, interactive
 from inspectline.training.metrics import best_f1, classification_metrics, prediction_diversity
 from inspectline.training.precision import Precision, autocast, resolve_precision
-from inspectline.training.precision import resolve_device as resolve_device  # re-exported: serving imports it here
 
 log = logging.getLogger(__name__)
 

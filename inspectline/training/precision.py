@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from inspectline.hardware import cpu_capabilities, cpu_supports_bf16
+from inspectline.hardware import resolve_device as resolve_device  # where benchmarks import it
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,6 @@ class Precision:
     def needs_scaler(self) -> bool:
         """float16 gradients underflow without loss scaling; bf16 has fp32's range."""
         return self.dtype == torch.float16
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_precision(setting: str, device: torch.device) -> Precision:

@@ -26,7 +26,7 @@ from inspectline.predictor import Predictor
 from inspectline.registry import ModelRegistry
 from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenEntry, TokenTable
-from inspectline.serving.heatmaps import HeatmapService, heatmap_bytes
+from inspectline.serving.heatmaps import HeatmapService
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.inspector import judge_prepared, prepare_frame
 from inspectline.serving.journal import Journal
@@ -43,6 +43,7 @@ from inspectline.serving.records import (
     ServedModel,
     ShadowObservation,
     StreamStatus,
+    heatmap_bytes,
 )
 from inspectline.serving.review import ReviewServices
 from inspectline.store import FrameStore, StoredFrame

@@ -12,8 +12,8 @@ from inspectline.config import StoreConfig
 from inspectline.errors import ModelNotFoundError
 from inspectline.explain import Explainer
 from inspectline.heatmap_cache import HeatmapCache, PrecomputeReport
-from inspectline.serving.heatmaps import HeatmapService, heatmap_bytes
-from inspectline.serving.records import HeatmapFailure
+from inspectline.serving.heatmaps import HeatmapService
+from inspectline.serving.records import HeatmapFailure, heatmap_bytes
 from inspectline.store import FrameStore
 from tests.unit.store.factories import record
 
