@@ -753,13 +753,50 @@ def tokens_add(
     """Create a named token in service.tokens_file and print it once (the file keeps only its hash)."""
     from inspectline.serving.auth import add_token
 
+    path = _tokens_file(config)
+    secret = add_token(path, name, scope)
+    typer.echo(f"token for {name} ({', '.join(scope)}), shown only now:\n{secret}")
+    typer.echo(_TOKENS_TAKE_EFFECT)
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None) -> None:
+    """The named tokens in service.tokens_file and their scopes (secrets are never stored)."""
+    from inspectline.serving.auth import read_tokens_file
+
+    path = _tokens_file(config)
+    tokens = read_tokens_file(path).tokens if path.is_file() else ()
+    typer.echo(f"{path}: {len(tokens)} token{'' if len(tokens) == 1 else 's'}")
+    for entry in tokens:
+        typer.echo(f"  {entry.name:<24} {', '.join(entry.scopes)}")
+
+
+@tokens_app.command("remove")
+def tokens_remove(
+    name: Annotated[str, typer.Argument(help="The token to revoke (see `inspect tokens list`).")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a named token: the running service refuses it within reload_interval_s."""
+    from inspectline.serving.auth import remove_token
+
+    path = _tokens_file(config)
+    removed = remove_token(path, name)
+    typer.echo(f"removed token {removed.name} ({', '.join(removed.scopes)}) from {path}")
+    typer.echo(_TOKENS_TAKE_EFFECT)
+
+
+_TOKENS_TAKE_EFFECT = (
+    "a running service reads the tokens file again when it changes: this takes effect within the gateway's "
+    "reload_interval_s (1 s by default), without a restart"
+)
+
+
+def _tokens_file(config: Path | None) -> Path:
     cfg = resolve_config(config)
     if cfg.service.tokens_file is None:
         msg = "service.tokens_file is not set in inspect.yaml; set it (e.g. tokens.yaml) so the service reads it too"
         raise ConfigError(msg)
-    secret = add_token(cfg.service.tokens_file, name, scope)
-    typer.echo(f"token for {name} ({', '.join(scope)}), shown only now:\n{secret}")
-    typer.echo("the running service reads the tokens file when it starts: redeploy it (inspect serve) to use it")
+    return cfg.service.tokens_file
 
 
 def main() -> None:

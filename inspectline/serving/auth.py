@@ -5,7 +5,7 @@
     review         read images and label frames (quality engineers); implies read
     admin          everything, including the audit trail
 
-Tokens come from two places, read once when the gateway starts (the process edge):
+Tokens come from two places:
 
 * ``INSPECT_API_TOKEN`` in the service's environment: one token with every scope (named ``env``);
 * ``service.tokens_file`` in ``inspect.yaml``: named tokens, each stored as the SHA-256 of the secret
@@ -17,13 +17,22 @@ Tokens come from two places, read once when the gateway starts (the process edge
         - {name: ana, sha256: 60303a..., scopes: [review]}
 
 With neither, the service is open (fine on loopback; ``inspect serve`` warns loudly when it binds beyond
-it). Auth fails closed: a configured source that cannot be read stops the gateway from starting.
+it). With a tokens file, auth is on even while the file lists no token (then only the probes answer).
+
+The environment token is read when the gateway starts. The tokens file is read then and again whenever
+it changes (:meth:`TokenTable.reload_if_changed`, every ``reload_interval_s``), so ``inspect tokens
+add`` and ``inspect tokens remove`` take effect in a running service within a second or so, with no
+restart of the line's inspection. Auth fails closed: a tokens file that cannot be read stops the
+gateway from starting; one that becomes unreadable or invalid later (deleted, an edit half done) keeps
+the tokens last read in force, and the gateway logs why until the file is fixed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
+import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +47,8 @@ from inspectline.ids import ID_PATTERN
 SCOPES = ("frames:write", "read", "review", "admin")
 _IMPLIED = {"frames:write": {"frames:write"}, "read": {"read"}, "review": {"review", "read"}, "admin": set(SCOPES)}
 ENV_TOKEN_NAME = "env"
+
+log = logging.getLogger("ray.serve")
 
 
 class TokenEntry(BaseModel):
@@ -77,21 +88,50 @@ ANONYMOUS = Principal(name="anonymous", scopes=frozenset(SCOPES))
 class TokenTable:
     """Checks ``Authorization: Bearer ...`` headers against the configured tokens."""
 
-    def __init__(self, entries: tuple[TokenEntry, ...] = ()):
+    def __init__(self, entries: tuple[TokenEntry, ...] = (), *, tokens_file: Path | None = None):
+        self._fixed = entries  # the environment's token: for the life of the process
         self._entries = entries
+        self._file = tokens_file
+        self._file_state: tuple[int, int, int] | None = None
 
     @classmethod
     def load(cls, *, env_token: str | None, tokens_file: Path | None) -> TokenTable:
         entries: list[TokenEntry] = []
         if env_token:
             entries.append(TokenEntry(name=ENV_TOKEN_NAME, sha256=_digest(env_token), scopes=("admin",)))
+        table = cls(tuple(entries), tokens_file=tokens_file)
         if tokens_file is not None:
-            entries.extend(read_tokens_file(tokens_file).tokens)
-        return cls(tuple(entries))
+            table._file_state = _file_state(tokens_file)  # before reading: a change made meanwhile is read next time
+            table._entries = table._fixed + read_tokens_file(tokens_file).tokens  # unreadable: no start
+        return table
+
+    def reload_if_changed(self) -> bool:
+        """Read the tokens file again if it changed since it was last read; True when the tokens changed.
+
+        A file that cannot be read or is invalid keeps the tokens in force: a deleted file or an edit
+        half done neither opens the service nor locks the line's cameras out. The error is logged once
+        per state of the file.
+        """
+        if self._file is None:
+            return False
+        state = _file_state(self._file)
+        if state == self._file_state:
+            return False
+        self._file_state = state
+        try:
+            tokens = read_tokens_file(self._file).tokens
+        except ConfigError as exc:
+            log.error("auth: %s; the tokens read before stay in force (%s)", exc, ", ".join(self.names) or "none")
+            return False
+        before, self._entries = self._entries, self._fixed + tokens
+        if before == self._entries:
+            return False
+        log.info("auth: %s changed; tokens now %s", self._file, ", ".join(self.names) or "none (only probes answer)")
+        return True
 
     @property
     def enabled(self) -> bool:
-        return bool(self._entries)
+        return bool(self._entries) or self._file is not None
 
     @property
     def names(self) -> list[str]:
@@ -99,7 +139,7 @@ class TokenTable:
 
     def authorize(self, authorization: str | None, scope: str) -> Principal:
         """The caller, if its token carries ``scope``; UnauthorizedError / ForbiddenError otherwise."""
-        if not self._entries:
+        if not self.enabled:
             return ANONYMOUS
         if not authorization:
             msg = f"this endpoint needs 'Authorization: Bearer <token>' with the {scope!r} scope"
@@ -131,6 +171,9 @@ def read_tokens_file(path: Path) -> TokensFile:
     except OSError as exc:
         msg = f"tokens file {path} cannot be read: {exc.strerror or exc}"
         raise ConfigError(msg) from None
+    except UnicodeDecodeError:
+        msg = f"tokens file {path} is not a UTF-8 text file"
+        raise ConfigError(msg) from None
     except yaml.YAMLError as exc:
         msg = f"tokens file {path} is not valid YAML: {exc}"
         raise ConfigError(msg) from None
@@ -139,6 +182,15 @@ def read_tokens_file(path: Path) -> TokensFile:
     except ValidationError as exc:
         msg = f"tokens file {path} is invalid:\n" + "\n".join(f"  {line}" for line in validation_messages(exc))
         raise ConfigError(msg) from None
+
+
+def _file_state(path: Path) -> tuple[int, int, int] | None:
+    """What tells a changed file: a rename into place (a new inode), an edit in place (size, mtime)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def add_token(path: Path, name: str, scopes: list[str]) -> str:
@@ -153,9 +205,25 @@ def add_token(path: Path, name: str, scopes: list[str]) -> str:
     except ValidationError as exc:
         msg = "; ".join(validation_messages(exc))
         raise ConfigError(msg) from None
-    doc = TokensFile(tokens=(*current.tokens, entry)).model_dump(mode="json")
-    atomic_write(Path(path), yaml.safe_dump(doc, sort_keys=False).encode(), mode=0o600)
+    _write_tokens(path, (*current.tokens, entry))
     return secret
+
+
+def remove_token(path: Path, name: str) -> TokenEntry:
+    """Revoke the token named ``name`` in ``path``; returns what was removed."""
+    current = read_tokens_file(path)
+    kept = tuple(e for e in current.tokens if e.name != name)
+    if len(kept) == len(current.tokens):
+        names = ", ".join(e.name for e in current.tokens) or "none"
+        msg = f"no token named {name!r} in {path}; its tokens: {names}"
+        raise ConfigError(msg)
+    _write_tokens(path, kept)
+    return next(e for e in current.tokens if e.name == name)
+
+
+def _write_tokens(path: Path, tokens: tuple[TokenEntry, ...]) -> None:
+    doc = TokensFile(tokens=tokens).model_dump(mode="json")
+    atomic_write(Path(path), yaml.safe_dump(doc, sort_keys=False).encode(), mode=0o600)
 
 
 def _digest(token: str) -> str:

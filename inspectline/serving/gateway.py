@@ -64,7 +64,8 @@ class Gateway:
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
         self.store = StoreAccess(lambda: FrameStore(store_config))
-        # Read once, here at the process edge; a tokens file that cannot be read stops the start (fail closed).
+        # Read here at the process edge; a tokens file that cannot be read stops the start (fail closed). The
+        # file is read again whenever it changes (_follow_tokens): tokens are added and revoked without a restart.
         self.tokens = TokenTable.load(
             env_token=os.environ.get("INSPECT_API_TOKEN"), tokens_file=Path(tokens_file) if tokens_file else None
         )
@@ -89,6 +90,7 @@ class Gateway:
             loop.create_task(self.follower.run_forever(lambda: self.options.reload_interval_s)),
             loop.create_task(self.outbox.run_forever(lambda: self.options.monitor_flush_s)),
             loop.create_task(self._remember_stored_verdicts()),
+            loop.create_task(self._follow_tokens()),
         ]
         log.info("gateway: auth %s", f"on ({', '.join(self.tokens.names)})" if self.tokens.enabled else "off")
 
@@ -122,6 +124,14 @@ class Gateway:
         self.frames.recent_capacity = self.options.recent_frames
         self.outbox.max_memory_bytes = self.options.max_pending_bytes
         self._inspect.window_s, self._inspect.max_jobs = self.options.inspect_window_s, self.options.inspect_group_max
+
+    async def _follow_tokens(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval_s)
+            try:
+                self.tokens.reload_if_changed()  # a stat, and a small file read when it changed
+            except Exception:  # the tokens in force stay; the loop must outlive any surprise
+                log.exception("auth: checking the tokens file failed")
 
     # --- what the gateway logic calls ------------------------------------------------------------------
     async def _inspect_many(self, jobs: list[InspectJob]) -> list[Judgement | JudgeFailure]:

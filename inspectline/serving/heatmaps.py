@@ -25,18 +25,18 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from ray import serve
 
 from inspectline.config import HeatmapOptions, StoreConfig
 from inspectline.errors import ConfigError, InspectError, ModelNotFoundError, StoreError
-from inspectline.explain import DEFAULT_METHOD, DEFAULT_STAGES
-from inspectline.heatmap_cache import PRECOMPUTE_VERDICTS, HeatmapCache, PrecomputeReport, pending_frames
 from inspectline.registry import ModelRegistry
 from inspectline.serving.records import HeatmapFailure
 from inspectline.store import FrameStore, StoredFrame
+
+if TYPE_CHECKING:
+    from inspectline.heatmap_cache import HeatmapCache, PrecomputeReport
 
 log = logging.getLogger("ray.serve")
 
@@ -78,6 +78,8 @@ class HeatmapService:
 
     def precompute_pass(self, now: datetime | None = None) -> PrecomputeReport:
         """Heatmaps for the DEFECTIVE/UNSURE frames received since the last pass (or ``lookback`` after a start)."""
+        from inspectline.heatmap_cache import PRECOMPUTE_VERDICTS, pending_frames
+
         now = now or datetime.now(timezone.utc)
         since = self._since or now - self.lookback
         # Read the frames first: the read transaction must not stay open while they are explained.
@@ -93,6 +95,11 @@ class HeatmapService:
 
 def build_service(registry: ModelRegistry, store: FrameStore, options: HeatmapOptions) -> HeatmapService:
     """The service a worker runs with ``options`` (method, stages, models kept, look-back)."""
+    # torch, grad-cam and matplotlib load here, at the first heatmap asked for (or the first precompute pass),
+    # not when the replica starts: most of the time no one is reviewing, and they hold ~500 MiB for good.
+    from inspectline.explain import DEFAULT_METHOD, DEFAULT_STAGES
+    from inspectline.heatmap_cache import HeatmapCache
+
     cache = HeatmapCache.from_registry(
         store,
         registry,
@@ -111,11 +118,11 @@ class HeatmapWorker:
         self._store: FrameStore | None = None
         self.options = HeatmapOptions()
         self.service: HeatmapService | None = None
+        self._building = asyncio.Lock()  # the first requests after a start wait for one service, not build several
         self._task = asyncio.get_running_loop().create_task(self._precompute_forever())
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = HeatmapOptions.model_validate(user_config or {})
-        torch.set_num_threads(self.options.threads)
         self.service = None  # rebuilt on next use with the new method, stages and look-back
 
     async def render(self, frame: StoredFrame, kind: str) -> bytes | HeatmapFailure:
@@ -128,11 +135,15 @@ class HeatmapWorker:
         return await service.render(frame, kind)
 
     async def _service(self) -> HeatmapService:
-        if self.service is None:
-            if self._store is None:
-                self._store = await asyncio.to_thread(self._open_store)
-            self.service = build_service(self.registry, self._store, self.options)
-        return self.service
+        async with self._building:
+            if self.service is None:
+                if self._store is None:
+                    self._store = await asyncio.to_thread(self._open_store)
+                import torch
+
+                torch.set_num_threads(self.options.threads)
+                self.service = await asyncio.to_thread(build_service, self.registry, self._store, self.options)
+            return self.service
 
     async def _precompute_forever(self) -> None:
         while True:

@@ -17,7 +17,7 @@ from ray import serve
 
 from inspectline.imaging import encode_png
 from inspectline.registry import ModelRegistry
-from inspectline.serving.auth import add_token
+from inspectline.serving.auth import add_token, remove_token
 from inspectline.serving.records import InspectJob, Judgement, ServedModel
 from tests.helpers import make_cell
 from tests.integration.conftest import REPO, app_config, wait_for
@@ -257,6 +257,12 @@ def test_named_tokens_with_scopes(service, tmp_path):
         assert_error(post(service.url, encode_png(cell()), headers=as_reviewer), 403, "forbidden")
         assert httpx.get(f"{service.url}/healthz").status_code == 200  # probes stay open
         assert httpx.get(f"{service.url}/readyz").status_code == 200
+        # the running gateway reads the file again when it changes: a token revoked, another added, no redeploy
+        remove_token(tokens, "cam-line1")
+        other = {"Authorization": f"Bearer {add_token(tokens, 'cam-line2', ['frames:write'])}"}
+        wait_for(lambda: post(service.url, encode_png(cell()), headers=as_camera).status_code == 403, what="revoked")
+        wait_for(lambda: post(service.url, encode_png(cell()), headers=other).status_code == 200, what="added")
+        assert httpx.get(f"{service.url}/v1/model", headers=as_reviewer).status_code == 200
     finally:
         service.restore()
     wait_for(lambda: post(service.url, encode_png(cell())).status_code == 200, what="auth off")

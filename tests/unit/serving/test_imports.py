@@ -3,8 +3,9 @@
 Every Serve replica imports its deployment's module when it starts, and keeps what it imported for as
 long as it runs. torch with torchvision, the training stack, grad-cam and matplotlib cost a replica
 seconds of CPU at every start and hundreds of MiB for its life; the gateway and the line monitor use
-none of them (``benchmarks/service_start.py`` measures the difference). Checked in a fresh interpreter,
-since this test session has long imported everything.
+none of them, and the heatmap worker loads them at the first heatmap asked for
+(``benchmarks/service_start.py`` measures the difference). Checked in a fresh interpreter, since this
+test session has long imported everything.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ def loaded(modules: set[str], packages: set[str]) -> list[str]:
     [
         "inspectline.serving.gateway",  # HTTP, auth, hashing, forwarding
         "inspectline.serving.monitor",  # metrics, drift windows, the store, part verdicts
+        "inspectline.serving.heatmaps",  # until the first heatmap is asked for
         "inspectline.serving.app",  # what `inspect serve` reads for its checks
         "inspectline.serving.deploy",
         "inspectline.registry",  # model versions and pointers: read by every process
