@@ -68,6 +68,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         ["augment.preset=reference", "augment.affine=0.5"],
     ),
     "preset-train": ("`train` preset: every augmentation", ["augment.preset=train"]),
+    "sampling-natural": (
+        "no class-weighted sampling: batches keep the data's own defect share (31 %)",
+        ["train.balanced_sampling=false"],
+    ),
     "ema": ("+ EMA of the weights (decay warming up to 0.999)", ["train.weight_averaging=ema"]),
     "swa": ("+ SWA over the last 25 % of the epochs", ["train.weight_averaging=swa"]),
     "regularisation-stack": (

@@ -1,0 +1,267 @@
+"""How long `inspect serve` takes to answer ready, and how much memory each of its processes holds.
+
+A line PC restarts the service after maintenance, a crash or a new release; until every inspector has
+its model loaded the line's frames wait in the cameras' spools. Each start here is the one a plant admin
+runs: ``inspect serve --config serve.yaml`` in a fresh folder, with a Ray of its own, the repository's
+``serve_config.yaml`` unchanged but for the port, and an ``inspect.yaml`` naming the registry (shared
+by every start, read only) and a frame store of the start's own. Per start:
+
+* **seconds to ready**: from the command to the first ``/readyz`` 200 (the production model loaded in
+  every Inspector replica), then one frame posted and judged;
+* **memory** of every process the command started, once ready and idle: RSS, and USS (the pages only that
+  process holds, so the sum over processes does not count the shared libraries twice), grouped by role:
+  each Serve deployment's replicas, Serve's controller, HAProxy, the rest of Ray, the command itself;
+* **seconds to stop** on Ctrl-C, until the command has exited.
+
+    python -m benchmarks.service_start --registry models                  # the demo model, 3 starts
+    python -m benchmarks.service_start --registry models --baseline /tmp/before --rounds 4
+
+``--baseline DIR`` also starts the service as the checkout at ``DIR`` has it (``git worktree add DIR
+REV``), from a process whose ``PYTHONPATH`` starts there, which every Ray process it starts inherits;
+the two alternate, so a busy machine slows both alike, and each round's ratio is reported.
+
+Results go to ``benchmarks/results/service_start[_NAME].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+import psutil
+import yaml
+
+from benchmarks.machine import machine_info, save_result
+from inspectline.hardware import cpu_capabilities
+from inspectline.registry import ModelRegistry
+
+REPO = Path(__file__).resolve().parents[1]
+THIS = "this checkout"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _elpv_cell() -> bytes:
+    import elpv_dataset
+
+    return (Path(elpv_dataset.__file__).parent / "data" / "images" / "cell0001.png").read_bytes()
+
+
+def role(process: psutil.Process, command_pid: int) -> str:
+    """What a process of the service is: a deployment's replica by name, Serve's controller, HAProxy, Ray."""
+    if process.pid == command_pid:
+        return "inspect serve"
+    try:
+        words = " ".join(process.cmdline()[:2]) or process.name()
+    except psutil.Error:
+        return "ended"
+    if "ServeReplica:" in words:  # ray::ServeReplica:APP:DEPLOYMENT
+        return words.split("ServeReplica:", 1)[1].split()[0].split(":")[-1]
+    if "ServeController" in words:
+        return "Serve controller"
+    if "haproxy" in words:
+        return "HAProxy"
+    return "rest of Ray"
+
+
+def memory_by_role(command_pid: int) -> dict[str, dict[str, float]]:
+    """RSS and USS (MiB) per role, summed over the command's processes, and how many there are of each."""
+    found: dict[str, dict[str, float]] = defaultdict(lambda: {"processes": 0, "rss_mib": 0.0, "uss_mib": 0.0})
+    command = psutil.Process(command_pid)
+    for process in [command, *command.children(recursive=True)]:
+        try:
+            info = process.memory_full_info()
+        except psutil.Error:
+            continue
+        entry = found[role(process, command_pid)]
+        entry["processes"] += 1
+        entry["rss_mib"] += info.rss / 2**20
+        entry["uss_mib"] += info.uss / 2**20
+    return dict(found)
+
+
+def _folder(root: Path, registry: Path) -> Path:
+    """A fresh folder laid out as after `make demo`: serve.yaml (the repository's, on a free port) and
+    inspect.yaml (the shared registry, a store of its own)."""
+    root.mkdir(parents=True)
+    config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    config["http_options"] = {"host": "127.0.0.1", "port": _free_port()}
+    (root / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (root / "inspect.yaml").write_text(yaml.safe_dump({"paths": {"registry": str(registry.resolve())}}))
+    return root
+
+
+def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float) -> dict:
+    """One start of ``inspect serve`` in ``root`` with the inspectline at ``code`` (this one's by default)."""
+    port = yaml.safe_load((root / "serve.yaml").read_text())["http_options"]["port"]
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a Ray of its own, as a plant runs it
+    env["PYTHONPATH"] = os.pathsep.join(str(p) for p in (code or REPO, REPO))
+    command = [sys.executable, "-c", "import sys; from inspectline.cli import main; sys.argv[0] = 'inspect'; main()"]
+    log = (root / "serve.log").open("w")  # a file, not a pipe: Ray's start-up output would fill a pipe and block it
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*command, "serve", "--config", "serve.yaml"],
+        cwd=root,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        # Ctrl-C's default back in the child: started from a background job, it would inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        while True:
+            if proc.poll() is not None:
+                output = (root / "serve.log").read_text()[-3000:]
+                msg = f"inspect serve exited with {proc.returncode} before it was ready:\n{output}"
+                raise RuntimeError(msg)
+            if time.monotonic() - t0 > timeout_s:
+                msg = f"inspect serve was not ready after {timeout_s:.0f} s"
+                raise RuntimeError(msg)
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        ready_s = time.monotonic() - t0
+        answer = httpx.post(
+            f"{url}/v1/frames",
+            content=image,
+            headers={"Content-Type": "image/png"},
+            params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"start-{port}"},
+            timeout=60,
+        )
+        if answer.status_code != 200:
+            msg = f"the first frame got {answer.status_code}: {answer.text[:300]}"
+            raise RuntimeError(msg)
+        first_frame_s = time.monotonic() - t0
+        time.sleep(5)  # idle: the start's own work (imports, warm-up) is over
+        memory = memory_by_role(proc.pid)
+        engine = httpx.get(f"{url}/v1/model", timeout=10).json().get("engine")
+    finally:
+        t_stop = time.monotonic()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    return {
+        "ready_s": ready_s,
+        "first_frame_s": first_frame_s,
+        "stop_s": time.monotonic() - t_stop,
+        "exit_code": proc.returncode,
+        "engine": engine,
+        "memory": memory,
+        "uss_total_mib": sum(m["uss_mib"] for m in memory.values()),
+        "rss_total_mib": sum(m["rss_mib"] for m in memory.values()),
+    }
+
+
+def measure(args: argparse.Namespace) -> dict:
+    registry = ModelRegistry(args.registry)
+    version = registry.resolve("production").parent.name  # fails clearly when nothing is in production
+    image = _elpv_cell()
+    labels = [THIS] + ([str(args.baseline)] if args.baseline else [])
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for label in labels if r % 2 == 0 else labels[::-1]:
+                folder = _folder(Path(tmp) / f"round-{r}-{labels.index(label)}", registry.root)
+                code = None if label == THIS else args.baseline
+                result = start_once(folder, code, image, args.timeout)
+                runs[label].append(result)
+                print(
+                    f"round {r + 1}/{args.rounds} {label}: ready {result['ready_s']:.1f} s, "
+                    f"USS {result['uss_total_mib']:.0f} MiB, stop {result['stop_s']:.1f} s",
+                    flush=True,
+                )
+    summary = {}
+    for label, results in runs.items():
+        roles = sorted({name for x in results for name in x["memory"]})
+        summary[label] = {
+            "ready_s": statistics.median(x["ready_s"] for x in results),
+            "first_frame_s": statistics.median(x["first_frame_s"] for x in results),
+            "stop_s": statistics.median(x["stop_s"] for x in results),
+            "uss_total_mib": statistics.median(x["uss_total_mib"] for x in results),
+            "rss_total_mib": statistics.median(x["rss_total_mib"] for x in results),
+            "engine": results[0]["engine"],
+            "roles": {
+                name: {
+                    key: statistics.median(x["memory"].get(name, {}).get(key, 0.0) for x in results)
+                    for key in ("processes", "rss_mib", "uss_mib")
+                }
+                for name in roles
+            },
+        }
+    result = {
+        "registry": str(registry.root),
+        "version": version,
+        "rounds": args.rounds,
+        "summary": summary,
+        "runs": runs,
+        "machine": machine_info() | {"cpu_flags": cpu_capabilities().to_dict()["cpu_flags"]},
+    }
+    if args.baseline:  # paired per round: a round the machine was slow in slowed both starts
+        for key in ("ready_s", "uss_total_mib"):
+            ratios = sorted(a[key] / b[key] for a, b in zip(runs[THIS], runs[labels[1]], strict=True))
+            result[f"{key}_over_baseline"] = {"median": statistics.median(ratios), "range": [ratios[0], ratios[-1]]}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--registry", type=Path, default=Path("models"), help="a registry with a model in production")
+    parser.add_argument("--rounds", type=int, default=3, help="starts per checkout, alternating with the baseline")
+    parser.add_argument("--baseline", type=Path, help="also start the service as the checkout at this folder has it")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds a start may take to be ready")
+    parser.add_argument("--name", help="results file suffix: service_start_NAME.json")
+    args = parser.parse_args()
+    result = measure(args)
+    out = save_result(f"service_start_{args.name}" if args.name else "service_start", result)
+    m = result["machine"]
+    print(f"\n`inspect serve`, start to ready and memory once idle; {m['cpu']}, median of {args.rounds} starts")
+    labels = list(result["summary"])
+    print("| | " + " | ".join(labels) + " |")
+    print("|---|" + "---|" * len(labels))
+    rows = [("seconds to ready", "ready_s", 1), ("seconds to the first verdict", "first_frame_s", 1)]
+    rows += [("seconds to stop (Ctrl-C)", "stop_s", 1), ("USS, all processes (MiB)", "uss_total_mib", 0)]
+    rows += [("RSS, all processes (MiB)", "rss_total_mib", 0)]
+    for title, key, digits in rows:
+        print(f"| {title} | " + " | ".join(f"{result['summary'][x][key]:.{digits}f}" for x in labels) + " |")
+    roles = sorted({name for x in labels for name in result["summary"][x]["roles"]})
+    for name in roles:
+        cells = []
+        for x in labels:
+            r = result["summary"][x]["roles"].get(name, {"processes": 0, "uss_mib": 0.0, "rss_mib": 0.0})
+            cells.append(f"{r['uss_mib']:.0f} / {r['rss_mib']:.0f} ({r['processes']:.0f})")
+        print(f"| {name}: USS / RSS MiB (processes) | " + " | ".join(cells) + " |")
+    for key in ("ready_s", "uss_total_mib"):
+        if f"{key}_over_baseline" in result:
+            ratio = result[f"{key}_over_baseline"]
+            print(
+                f"{key}: this ÷ baseline {ratio['median']:.2f} (rounds {ratio['range'][0]:.2f}-{ratio['range'][1]:.2f})"
+            )
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
