@@ -765,7 +765,10 @@ def tokens_list(config: ConfigOpt = None) -> None:
     from inspectline.serving.auth import read_tokens_file
 
     path = _tokens_file(config)
-    tokens = read_tokens_file(path).tokens if path.is_file() else ()
+    if not path.is_file():
+        typer.echo(f"{path}: no such file yet; `inspect tokens add` creates it (the service does not start without it)")
+        return
+    tokens = read_tokens_file(path).tokens
     typer.echo(f"{path}: {len(tokens)} token{'' if len(tokens) == 1 else 's'}")
     for entry in tokens:
         typer.echo(f"  {entry.name:<24} {', '.join(entry.scopes)}")

@@ -14,8 +14,9 @@ from the registry on first use (``HeatmapCache``), so it needs no inspector repl
 :class:`HeatmapService` is the Ray-free part (tested without Ray): one computation per frame at a time,
 however many reviewers open it at once, and precompute passes that look back ``precompute_lookback_h``
 after a start and then follow the newest frames. Failures cross the Ray boundary as values
-(:class:`HeatmapFailure`); ``records.heatmap_bytes`` turns them back into the errors the HTTP table
-maps, in the gateway, which imports nothing of this module's torch.
+(:class:`HeatmapFailure`); the gateway turns them back into the errors the HTTP table maps with
+``records.heatmap_bytes``, so it imports nothing of this module. The worker itself loads torch and
+grad-cam at the first heatmap asked for, not when it starts (most of the time no one is reviewing).
 """
 
 from __future__ import annotations
