@@ -34,7 +34,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ import httpx
 import numpy as np
 import psutil
 
+from benchmarks.loadgen import elpv_cell, free_port
 from benchmarks.machine import machine_info, save_result
 from inspectline.hardware import cpu_capabilities
 
@@ -164,22 +164,9 @@ def serve(variant: str, port: int, root: Path) -> None:
 
 
 # --- the client side ------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _elpv_cell() -> bytes:
-    """The first ELPV cell as stored in the dataset (a 300x300 gray PNG), as a line camera would post it."""
-    import elpv_dataset
-
-    return (Path(elpv_dataset.__file__).parent / "data" / "images" / "cell0001.png").read_bytes()
-
-
 class Server:
     def __init__(self, variant: str, root: Path, code: Path | None = None):
-        self.variant, self.port = variant, _free_port()
+        self.variant, self.port = variant, free_port()
         root.mkdir(parents=True, exist_ok=True)
         # run as a script, so that sys.path starts with PYTHONPATH, not the working directory: the inspectline
         # of `code` (another checkout) when given, this one's otherwise; this script's serve() either way
@@ -259,7 +246,7 @@ async def _posts(server: Server, image: bytes, count: int, batch: int, tag: str,
 
 
 def measure(args: argparse.Namespace) -> dict:
-    image = _elpv_cell()
+    image = elpv_cell()
     kinds = {"single": 1, f"batch of {args.batch}": args.batch}
     labels = list(VARIANTS) + ([f"gateway app at {args.baseline}"] if args.baseline else [])
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,15 +16,31 @@ from __future__ import annotations
 import asyncio
 import multiprocessing as mp
 import resource
+import socket
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 _RUN = uuid.uuid4().hex[:12]  # each load phase runs in a fresh process, so each gets its own frame ids
+
+
+def free_port() -> int:
+    """A loopback port no one listens on, for a server the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def elpv_cell() -> bytes:
+    """The first ELPV cell as stored in the dataset (a 300x300 gray PNG, 23 KB), as a line camera would post it."""
+    import elpv_dataset
+
+    return (Path(elpv_dataset.__file__).parent / "data" / "images" / "cell0001.png").read_bytes()
 
 
 @dataclass

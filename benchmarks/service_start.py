@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,24 +40,13 @@ import httpx
 import psutil
 import yaml
 
+from benchmarks.loadgen import elpv_cell, free_port
 from benchmarks.machine import machine_info, save_result
 from inspectline.hardware import cpu_capabilities
 from inspectline.registry import ModelRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 THIS = "this checkout"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _elpv_cell() -> bytes:
-    import elpv_dataset
-
-    return (Path(elpv_dataset.__file__).parent / "data" / "images" / "cell0001.png").read_bytes()
 
 
 def role(process: psutil.Process, command_pid: int) -> str:
@@ -99,7 +87,7 @@ def _folder(root: Path, registry: Path) -> Path:
     inspect.yaml (the shared registry, a store of its own)."""
     root.mkdir(parents=True)
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
-    config["http_options"] = {"host": "127.0.0.1", "port": _free_port()}
+    config["http_options"] = {"host": "127.0.0.1", "port": free_port()}
     (root / "serve.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / "inspect.yaml").write_text(yaml.safe_dump({"paths": {"registry": str(registry.resolve())}}))
     return root
@@ -179,7 +167,7 @@ def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float) ->
 def measure(args: argparse.Namespace) -> dict:
     registry = ModelRegistry(args.registry)
     version = registry.resolve("production").parent.name  # fails clearly when nothing is in production
-    image = _elpv_cell()
+    image = elpv_cell()
     labels = [THIS] + ([str(args.baseline)] if args.baseline else [])
     runs: dict[str, list[dict]] = {label: [] for label in labels}
     with tempfile.TemporaryDirectory() as tmp:
