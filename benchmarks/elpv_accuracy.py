@@ -31,9 +31,9 @@ from machine import RESULTS, machine_info, save_result
 
 from inspectline.cli import profile_path
 from inspectline.config import InspectConfig, load_config
-from inspectline.hardware import cpu_capabilities
+from inspectline.hardware import cpu_capabilities, resolve_device
 from inspectline.training import run_training
-from inspectline.training.precision import resolve_device, resolve_precision
+from inspectline.training.precision import resolve_precision
 
 REFERENCE = {"name": "Deitsch et al. 2019, VGG19 (ImageNet-pretrained)", "accuracy": 0.8842, "roc_auc": 0.944}
 

@@ -211,14 +211,13 @@ def add_token(path: Path, name: str, scopes: list[str]) -> str:
 
 def remove_token(path: Path, name: str) -> TokenEntry:
     """Revoke the token named ``name`` in ``path``; returns what was removed."""
-    current = read_tokens_file(path)
-    kept = tuple(e for e in current.tokens if e.name != name)
-    if len(kept) == len(current.tokens):
-        names = ", ".join(e.name for e in current.tokens) or "none"
-        msg = f"no token named {name!r} in {path}; its tokens: {names}"
+    current = read_tokens_file(path).tokens
+    removed = next((e for e in current if e.name == name), None)
+    if removed is None:
+        msg = f"no token named {name!r} in {path}; its tokens: {', '.join(e.name for e in current) or 'none'}"
         raise ConfigError(msg)
-    _write_tokens(path, kept)
-    return next(e for e in current.tokens if e.name == name)
+    _write_tokens(path, tuple(e for e in current if e is not removed))
+    return removed
 
 
 def _write_tokens(path: Path, tokens: tuple[TokenEntry, ...]) -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 
 from inspectline.hardware import cpu_capabilities, cpu_supports_bf16
-from inspectline.hardware import resolve_device as resolve_device  # where benchmarks import it
 
 log = logging.getLogger(__name__)
 

@@ -50,6 +50,7 @@ from inspectline.data import (
     split_samples,
 )
 from inspectline.explain import write_gallery
+from inspectline.hardware import resolve_device
 from inspectline.model import ModelCard, build_model, load_checkpoint, save_checkpoint
 from inspectline.monitoring.drift import reference_from_frames
 from inspectline.predictor import Predictor
@@ -57,7 +58,6 @@ from inspectline.training.calibration import choose_threshold, fit_temperature
 from inspectline.training.evaluation import Evaluation, collect_outputs, evaluate_predictor
 from inspectline.training.loop import FitResult, fit
 from inspectline.training.operating_point import standard_points
-from inspectline.training.precision import resolve_device
 from inspectline.training.report import write_report
 
 log = logging.getLogger(__name__)
