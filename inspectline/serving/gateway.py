@@ -70,8 +70,8 @@ class Gateway:
             env_token=os.environ.get("INSPECT_API_TOKEN"), tokens_file=Path(tokens_file) if tokens_file else None
         )
         self.follower = ModelFollower(
-            target=lambda: self._served(self.registry.resolve(self.options.model).parent.name),
-            shadow=lambda: self._served(name) if (name := self.registry.shadow()) else None,
+            target=lambda: ServedModel.in_force(self.registry, self.registry.resolve(self.options.model).parent.name),
+            shadow=lambda: ServedModel.in_force(self.registry, name) if (name := self.registry.shadow()) else None,
             prepare_everywhere=self._prepare_everywhere,
         )
         self.outbox = MonitorOutbox.open(self._send, Path(spool_dir), max_memory_bytes=self.options.max_pending_bytes)
@@ -158,10 +158,6 @@ class Gateway:
 
     async def _send(self, batch: MonitorBatch) -> None:
         await self.monitor.observe.remote(batch)
-
-    def _served(self, version: str) -> ServedModel:
-        point = self.registry.operating_point(version)
-        return ServedModel(version=version, operating_point_at=point.at if point is not None else None)
 
     async def _remember_stored_verdicts(self) -> None:
         """After a restart, warm the repeated-id cache with the store's newest verdicts (the store decides misses)."""

@@ -126,17 +126,47 @@ class Inspector:
         self._models: OrderedDict[str, tuple[InferenceEngine, EngineChoice, ModelCard]] = OrderedDict()
         self._predictors: dict[ServedModel, Predictor] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._configured = False
 
-    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+    async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:  # noqa: ARG002
         """Apply a new ``user_config`` in place: verdict rules, TTA and batching; models stay loaded unless
-        the engine, precision, threads or device changed (then each version reloads on its next use)."""
+        the engine, precision, threads or device changed (then the versions loaded reload here, warm).
+
+        Serve makes the first call before the replica takes any frame, with or without a ``user_config``
+        (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the versions in
+        service (production and shadow), so a replica that starts later than the others, a restarted one
+        or an autoscaled one never answers its first frames after a model load. A version a gateway is
+        pinned to instead is warmed by the gateway's broadcast, as on every switch.
+        """
         options = InspectorOptions.model_validate(user_config or {})
+        warm = list(self._predictors)
         if _engine_settings(options) != _engine_settings(self.options):
             self._models.clear()
         self.options = options
         self._forward.set_max_batch_size(self.options.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
-        self._predictors.clear()  # rebuilt on the next use, with the new rules
+        self._predictors.clear()  # rebuilt with the new rules
+        if not self._configured:
+            self._configured = True
+            warm = await asyncio.to_thread(self._models_in_service)
+        await self._warm(warm)
+
+    def _models_in_service(self) -> list[ServedModel]:
+        """The production and shadow versions with their operating points in force (none is not an error)."""
+        try:
+            names = [self.registry.production(), self.registry.shadow()]
+            return [ServedModel.in_force(self.registry, name) for name in dict.fromkeys(names) if name is not None]
+        except Exception as exc:  # noqa: BLE001 - a replica starts whatever the registry holds
+            log.warning("no model loaded at start: %s", exc)
+            return []
+
+    async def _warm(self, models: list[ServedModel]) -> None:
+        """Load and warm ``models``; a failure is logged, and the frames that ask for that model get it."""
+        for model in models:
+            try:
+                await self._predictor(model)
+            except Exception as exc:  # noqa: BLE001 - judged frames report it (model_unavailable)
+                log.warning("could not load model %s: %s", model, exc)
 
     async def prepare(self, model: ServedModel) -> dict:
         """Load and warm ``model`` (if needed); returns its description. Broadcast before every switch."""

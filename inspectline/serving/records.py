@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from inspectline.errors import InspectError, InvalidImageError, ModelNotFoundError, StoreError
 from inspectline.store import FrameRecord, ShadowVerdict
+
+if TYPE_CHECKING:
+    from inspectline.registry import ModelRegistry
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,12 @@ class ServedModel:
 
     version: str
     operating_point_at: str | None = None  # when the operating point was set; changes roll out like a promotion
+
+    @classmethod
+    def in_force(cls, registry: ModelRegistry, version: str) -> ServedModel:
+        """``version`` with the operating point in force for it now in ``registry``."""
+        point = registry.operating_point(version)
+        return cls(version=version, operating_point_at=point.at if point is not None else None)
 
     def __str__(self) -> str:
         return (

@@ -1,8 +1,10 @@
 """The service under conditions a line brings: huge frames beside small ones, replicas killed while the
-frame store is down. Real Ray Serve, real store; each test deploys an app of its own next to the base one."""
+frame store is down, an inspector replica that dies. Real Ray Serve, real store; the tests that break
+things for good deploy an app of their own next to the base one."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import shutil
 import statistics
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 import ray
 from PIL import Image
+from ray import serve
 
 from inspectline.config import StoreConfig
 from inspectline.imaging import encode_png
@@ -101,14 +104,50 @@ def _timed(call) -> float:
     return time.perf_counter() - started
 
 
+def _replicas(app: str, deployment: str) -> list[tuple[str, str]]:
+    """(name, namespace) of every replica actor of ``deployment``, alive or not yet gone."""
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    actors = ray.util.list_named_actors(all_namespaces=True)
+    return [(a["name"], a["namespace"]) for a in actors if a["name"].startswith(prefix)]
+
+
 def _kill_replicas(app: str, deployment: str) -> int:
     """Kill every replica actor of ``deployment`` (no graceful shutdown); Serve starts new ones."""
-    killed = 0
-    for actor in ray.util.list_named_actors(all_namespaces=True):
-        if actor["name"].startswith(f"SERVE_REPLICA::{app}#{deployment}#"):
-            ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]), no_restart=True)
-            killed += 1
-    return killed
+    replicas = _replicas(app, deployment)
+    for name, namespace in replicas:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    return len(replicas)
+
+
+def test_an_inspector_that_replaces_a_dead_one_has_the_model_loaded_before_its_first_frame(service):
+    """Serve replaces a dead replica; the new one loads and warms the production model while it starts, so
+    the first frames routed to it are not the ones that wait for a model load (no frame is sent here)."""
+    before = _replicas("inspectline", "Inspector")
+    assert len(before) == 2
+    name, namespace = before[0]
+    ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    handle = serve.get_deployment_handle("Inspector", app_name="inspectline")
+    seen: list = []
+
+    def replaced_and_running() -> bool:
+        if not set(_replicas("inspectline", "Inspector")) - set(before):
+            return False
+        states = serve.status().applications["inspectline"].deployments["Inspector"].replica_states
+        if states.get("RUNNING") != 2:
+            return False
+        try:
+            seen[:] = asyncio.run(_broadcast(handle, "loaded_versions"))
+        except Exception:  # noqa: BLE001 - the router may still name the dead replica for a moment
+            return False
+        return len(seen) == 2
+
+    wait_for(replaced_and_running, timeout_s=240, what=lambda: f"a new Inspector replica (loaded: {seen})")
+    production = service.registry.production()
+    assert all(production in versions for versions in seen), (production, seen)
+
+
+async def _broadcast(handle, method: str) -> list:
+    return await handle.broadcast(method).results_async()
 
 
 def test_replicas_killed_while_the_store_is_down_lose_no_accepted_frame(service, trained_run, tmp_path):

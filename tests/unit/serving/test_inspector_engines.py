@@ -36,7 +36,7 @@ def registry(trained_run, tmp_path_factory) -> ModelRegistry:
 
 def _inspector(registry: ModelRegistry, **options):
     inspector = Inspector.func_or_class(str(registry.root))  # the replica's class, without Ray
-    inspector.reconfigure(options)
+    asyncio.run(inspector.reconfigure(options))
     return inspector
 
 
@@ -93,15 +93,41 @@ def test_an_export_asked_for_judges_like_the_checkpoint(registry):
     assert asyncio.run(openvino.describe(EXPORTED))["engine"]["engine"] == "openvino"
 
 
-def test_a_new_engine_setting_reloads_the_versions_and_other_settings_keep_them(registry):
+def test_a_new_engine_setting_reloads_the_versions_warm_and_other_settings_keep_them(registry):
     inspector = _inspector(registry, engine="torch")
     asyncio.run(inspector.describe(EXPORTED))
     assert inspector.loaded_versions() == ["v0002"]
-    inspector.reconfigure({"engine": "torch", "unsure_band": 0.05})  # verdict rules only
+    engine = inspector._models["v0002"][0]
+    asyncio.run(inspector.reconfigure({"engine": "torch", "unsure_band": 0.05}))  # verdict rules only
+    assert inspector._models["v0002"][0] is engine
+    assert inspector._predictors[EXPORTED].unsure_band == 0.05  # rebuilt with the new rule, before any frame
+    asyncio.run(inspector.reconfigure({"engine": "openvino"}))
     assert inspector.loaded_versions() == ["v0002"]
-    inspector.reconfigure({"engine": "openvino"})
+    assert inspector._predictors[EXPORTED].engine.name == "openvino"  # reloaded in the new engine, before any frame
+
+
+def test_a_starting_replica_loads_and_warms_production_and_shadow_before_its_first_frame(trained_run, tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    for _ in range(3):
+        registry.register(trained_run.checkpoint)
+    registry.promote("v0002", reason="test")
+    registry.set_shadow("v0003", reason="test")
+    inspector = _inspector(registry, engine="torch")
+    assert sorted(inspector.loaded_versions()) == ["v0002", "v0003"]
+    # exactly what the gateway asks for, operating point included: its frames find the predictor warm
+    in_service = {ServedModel.in_force(registry, "v0002"), ServedModel.in_force(registry, "v0003")}
+    assert set(inspector._predictors) == in_service
+
+
+def test_a_replica_starts_on_an_empty_registry_and_with_a_model_it_cannot_run(trained_run, tmp_path):
+    assert _inspector(ModelRegistry(tmp_path / "empty")).loaded_versions() == []
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register(trained_run.checkpoint)
+    registry.promote("v0001", reason="test")
+    inspector = _inspector(registry, engine="onnxruntime")  # v0001 has no ONNX export: logged, not raised
     assert inspector.loaded_versions() == []
-    assert asyncio.run(inspector.describe(EXPORTED))["engine"]["engine"] == "openvino"
+    judged = asyncio.run(inspector.judge(InspectJob(image=_frames(1)[0], model=PLAIN, camera_id="cam-1")))
+    assert judged.kind == "model_unavailable" and "onnx" in judged.detail
 
 
 def test_an_engine_the_version_cannot_run_is_a_clear_error_not_a_crash(registry):
