@@ -26,7 +26,6 @@ from typing import Any
 from urllib.error import URLError
 
 import torch
-import torchvision
 from pydantic import ValidationError
 from torch import nn
 
@@ -52,6 +51,8 @@ class DefectClassifier(nn.Module):
         if arch not in ARCHITECTURES:
             msg = f"model.arch {arch!r} is not one of {', '.join(ARCHITECTURES)}"
             raise ValueError(msg)
+        import torchvision  # here, not at import: an inspector serving an export never builds a model (~3 s, 150 MB)
+
         backbone = getattr(torchvision.models, arch)(weights=None)
         if in_channels != 3:
             backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -105,6 +106,8 @@ def imagenet_state_dict(arch: str, *, load_url: Callable[..., dict] | None = Non
 
     ``load_url`` stands in for ``torch.hub.load_state_dict_from_url`` (tests, mirrors).
     """
+    import torchvision
+
     weights = torchvision.models.get_model_weights(arch).DEFAULT
     load_url = load_url or torch.hub.load_state_dict_from_url
     try:

@@ -18,6 +18,7 @@ import pytest
 
 TORCH_AND_TRAINING = {"torch", "torchvision", "albumentations", "pytorch_grad_cam", "matplotlib", "openvino"}
 TRAINING_AND_EXPLAINING = {
+    "torchvision",
     "pytorch_grad_cam",
     "matplotlib",
     "inspectline.training",
@@ -55,6 +56,6 @@ def test_the_processes_that_run_no_model_import_no_torch(module):
     assert loaded(imported_after(module), TORCH_AND_TRAINING) == []
 
 
-def test_an_inspector_imports_no_training_and_no_explaining():
-    """torchvision stays: an inspector that loads its model at its first frame must not also import it then."""
+def test_an_inspector_imports_no_training_explaining_or_torchvision_until_it_builds_a_torch_model():
+    """An inspector serving an export (OpenVINO, ONNX Runtime) never builds the torch model."""
     assert loaded(imported_after("inspectline.serving.inspector"), TRAINING_AND_EXPLAINING) == []
