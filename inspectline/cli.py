@@ -53,8 +53,15 @@ app.add_typer(camera_app, name="camera", help="Camera adapters: hot folder, vide
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", "-c", help="YAML config file (default: ./inspect.yaml if present).")
 ]
+PROFILES = resources.files("inspectline") / "profiles"
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in PROFILES.iterdir() if p.name.endswith(".yaml"))
+
+
 ProfileOpt = Annotated[
-    str | None, typer.Option("--profile", help="A shipped profile: demo, elpv-budget, elpv-resnet50.")
+    str | None, typer.Option("--profile", help=f"A shipped profile: {', '.join(shipped_profiles())}.")
 ]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config value, e.g. --set train.epochs=3 (repeatable).")
@@ -94,11 +101,9 @@ def resolve_config(
 
 
 def profile_path(name: str) -> Path:
-    folder = resources.files("inspectline") / "profiles"
-    path = Path(str(folder / f"{name}.yaml"))
+    path = Path(str(PROFILES / f"{name}.yaml"))
     if not path.is_file():
-        available = sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-        msg = f"profile {name!r} does not exist; available: {', '.join(available)}"
+        msg = f"profile {name!r} does not exist; available: {', '.join(shipped_profiles())}"
         raise ConfigError(msg)
     return path
 

@@ -57,3 +57,20 @@ def test_malformed_override_and_missing_file():
         load_config(None, ["epochs"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Path("/nonexistent.yaml"))
+
+
+def test_every_shipped_profile_loads_and_the_cli_names_each_one():
+    from typer.testing import CliRunner
+
+    from inspectline.cli import app as cli
+    from inspectline.cli import profile_path, shipped_profiles
+
+    names = shipped_profiles()
+    assert {"demo", "elpv-budget", "elpv-cpu", "elpv-resnet50"} <= set(names)
+    for name in names:
+        load_config(profile_path(name), [])
+    result = CliRunner().invoke(cli, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert f"A shipped profile: {', '.join(names)}." in result.output
+    with pytest.raises(ConfigError, match="available: " + ", ".join(names)):
+        profile_path("elpv-fast")
