@@ -58,6 +58,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads per engine")
     parser.add_argument("--calibration-frames", type=int, default=300, help="INT8 calibration frames")
     parser.add_argument("--quick", action="store_true", help="3 repeats, 100 calibration frames")
+    parser.add_argument("--name", default="inference_engines", help="results file: benchmarks/results/NAME.json")
     parser.add_argument(
         "--models", default="resnet50,demo", help="comma-separated: resnet50 (random weights), demo (trained if given)"
     )
@@ -103,7 +104,7 @@ def main() -> None:
         "rows": rows,
         "accuracy": accuracy,
     }
-    path = save_result("inference_engines", result)
+    path = save_result(args.name, result)
     _print_table(result)
     print(f"\nwritten to {path}")
 

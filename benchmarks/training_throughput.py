@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--steps", type=int, default=12, help="training steps per round and side")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--name", default="training_throughput", help="results file: benchmarks/results/NAME.json")
     args = parser.parse_args()
 
     precisions = []
@@ -170,7 +171,7 @@ def main() -> None:
         "load_average_after": os.getloadavg(),
         "machine": machine_info(),
     }
-    out = save_result("training_throughput", result)
+    out = save_result(args.name, result)
     print("\n| arch | px | precision | train img/s | raw img/s | loader ratio (≥ 0.9) | loader alone img/s |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
