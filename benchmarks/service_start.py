@@ -8,6 +8,9 @@ by every start, read only) and a frame store of the start's own. Per start:
 
 * **seconds to ready**: from the command to the first ``/readyz`` 200 (the production model loaded in
   every Inspector replica), then one frame posted and judged;
+* **the first frames after ready**: for ``--after-ready`` seconds, two frames at a time as fast as they
+  are answered, as a line that was waiting for the service sends them: their slowest answer, and how many
+  took over a second. A replica that joins after the service reported ready, cold, shows here;
 * **memory** of every process the command started, once ready and idle: RSS, and USS (the pages only that
   process holds, so the sum over processes does not count the shared libraries twice), grouped by role:
   each Serve deployment's replicas, Serve's controller, HAProxy, the rest of Ray, the command itself;
@@ -26,6 +29,7 @@ Results go to ``benchmarks/results/service_start[_NAME].json``.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import statistics
@@ -93,7 +97,32 @@ def _folder(root: Path, registry: Path) -> Path:
     return root
 
 
-def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float) -> dict:
+async def _frames_after_ready(url: str, image: bytes, seconds: float, tag: str) -> list[float]:
+    """Latencies of frames sent two at a time for ``seconds`` (each pair as soon as the last is answered)."""
+    latencies: list[float] = []
+
+    async def one(client: httpx.AsyncClient, n: int) -> None:
+        started = time.monotonic()
+        response = await client.post(
+            f"{url}/v1/frames",
+            content=image,
+            headers={"Content-Type": "image/png"},
+            params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"{tag}-{n}"},
+        )
+        if response.status_code != 200:
+            msg = f"a frame after ready got {response.status_code}: {response.text[:300]}"
+            raise RuntimeError(msg)
+        latencies.append(time.monotonic() - started)
+
+    async with httpx.AsyncClient(timeout=120) as client:
+        end, n = time.monotonic() + seconds, 0
+        while time.monotonic() < end:
+            await asyncio.gather(one(client, n), one(client, n + 1))
+            n += 2
+    return latencies
+
+
+def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float, after_ready_s: float = 20.0) -> dict:
     """One start of ``inspect serve`` in ``root`` with the inspectline at ``code`` (this one's by default)."""
     port = yaml.safe_load((root / "serve.yaml").read_text())["http_options"]["port"]
     url = f"http://127.0.0.1:{port}"
@@ -139,6 +168,7 @@ def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float) ->
             msg = f"the first frame got {answer.status_code}: {answer.text[:300]}"
             raise RuntimeError(msg)
         first_frame_s = time.monotonic() - t0
+        after_ready = asyncio.run(_frames_after_ready(url, image, after_ready_s, tag=f"after-{port}"))
         time.sleep(5)  # idle: the start's own work (imports, warm-up) is over
         memory = memory_by_role(proc.pid)
         engine = httpx.get(f"{url}/v1/model", timeout=10).json().get("engine")
@@ -155,6 +185,10 @@ def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float) ->
     return {
         "ready_s": ready_s,
         "first_frame_s": first_frame_s,
+        "after_ready_frames": len(after_ready),
+        "after_ready_max_s": max(after_ready),
+        "after_ready_over_1s": sum(latency > 1.0 for latency in after_ready),
+        "after_ready_median_s": statistics.median(after_ready),
         "stop_s": time.monotonic() - t_stop,
         "exit_code": proc.returncode,
         "engine": engine,
@@ -175,10 +209,12 @@ def measure(args: argparse.Namespace) -> dict:
             for label in labels if r % 2 == 0 else labels[::-1]:
                 folder = _folder(Path(tmp) / f"round-{r}-{labels.index(label)}", registry.root)
                 code = None if label == THIS else args.baseline
-                result = start_once(folder, code, image, args.timeout)
+                result = start_once(folder, code, image, args.timeout, args.after_ready)
                 runs[label].append(result)
                 print(
                     f"round {r + 1}/{args.rounds} {label}: ready {result['ready_s']:.1f} s, "
+                    f"after ready: slowest of {result['after_ready_frames']} frames "
+                    f"{result['after_ready_max_s']:.2f} s ({result['after_ready_over_1s']} over 1 s), "
                     f"USS {result['uss_total_mib']:.0f} MiB, stop {result['stop_s']:.1f} s",
                     flush=True,
                 )
@@ -188,6 +224,9 @@ def measure(args: argparse.Namespace) -> dict:
         summary[label] = {
             "ready_s": statistics.median(x["ready_s"] for x in results),
             "first_frame_s": statistics.median(x["first_frame_s"] for x in results),
+            "after_ready_max_s": statistics.median(x["after_ready_max_s"] for x in results),
+            "after_ready_over_1s": statistics.median(x["after_ready_over_1s"] for x in results),
+            "after_ready_median_s": statistics.median(x["after_ready_median_s"] for x in results),
             "stop_s": statistics.median(x["stop_s"] for x in results),
             "uss_total_mib": statistics.median(x["uss_total_mib"] for x in results),
             "rss_total_mib": statistics.median(x["rss_total_mib"] for x in results),
@@ -222,6 +261,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="also start the service as the checkout at this folder has it")
     parser.add_argument("--timeout", type=float, default=600, help="seconds a start may take to be ready")
     parser.add_argument("--name", help="results file suffix: service_start_NAME.json")
+    parser.add_argument("--after-ready", type=float, default=20.0, help="seconds of frames sent after ready")
     args = parser.parse_args()
     result = measure(args)
     out = save_result(f"service_start_{args.name}" if args.name else "service_start", result)
@@ -231,6 +271,8 @@ def main() -> None:
     print("| | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))
     rows = [("seconds to ready", "ready_s", 1), ("seconds to the first verdict", "first_frame_s", 1)]
+    rows += [("slowest frame in the window after ready (s)", "after_ready_max_s", 2)]
+    rows += [("frames over 1 s in that window", "after_ready_over_1s", 0)]
     rows += [("seconds to stop (Ctrl-C)", "stop_s", 1), ("USS, all processes (MiB)", "uss_total_mib", 0)]
     rows += [("RSS, all processes (MiB)", "rss_total_mib", 0)]
     for title, key, digits in rows:
