@@ -136,11 +136,15 @@ class Pace:
 
     def __init__(self, fps: float | None):
         self.interval = 1.0 / fps if fps else 0.0
-        self.next = time.monotonic()
+        # The schedule starts at the first slot taken, not here: a source slow to give its first frame
+        # (OpenCV opening a file, a network share) must not have its next frames sent at once to catch up.
+        self.next: float | None = None
 
     def wait(self, stop: threading.Event) -> bool:
         """Sleep until the next slot; False when ``stop`` was set meanwhile."""
         now = time.monotonic()
+        if self.next is None:
+            self.next = now
         if self.next - now > 0 and stop.wait(self.next - now):
             return False
         # A consumer that fell more than a second behind restarts the schedule instead of bursting.

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectline.camera_adapters.source import Outcome, SourceState
+from inspectline.camera_adapters.source import Outcome, Pace, SourceState
 from inspectline.camera_adapters.video import VideoSettings, VideoSource, is_stream
 from inspectline.errors import ConfigError
 from inspectline.imaging import decode_image
@@ -54,6 +54,16 @@ def test_fps_overrides_the_file_rate_and_max_frames_stops_early(tmp_path):
     assert len(frames) == 6 and frames[0].content_type == "image/jpeg"
     span = (frames[-1].captured_at - frames[0].captured_at).total_seconds()
     assert 0.09 <= span < 0.2  # five intervals at 50 fps; the file's own 20 fps would take 0.25 s
+
+
+def test_the_pace_starts_at_the_first_frame_not_when_the_source_opened():
+    pace = Pace(50)
+    time.sleep(0.3)  # a source slow to give its first frame: OpenCV opening a file under load, a network share
+    stop, slots = threading.Event(), []
+    for _ in range(6):
+        assert pace.wait(stop)
+        slots.append(time.monotonic())
+    assert slots[-1] - slots[0] >= 0.09  # five intervals at 50 fps, not six frames at once to catch up
 
 
 def test_a_restarted_file_source_resumes_after_the_last_settled_frame(tmp_path):
