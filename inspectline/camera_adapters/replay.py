@@ -130,6 +130,7 @@ class ReplaySource:
             self.state.save({"dataset": self._key, "next_position": self._settled})
 
     def _frame(self, position: int, *, shifted: bool) -> Frame:
+        captured_at = datetime.now(timezone.utc)  # the frame's slot, not after reading and shifting it
         cycle, index = divmod(position, len(self.samples))
         sample = self.samples[self._order(cycle)[index]]
         key_id = safe_id(sample.key)
@@ -143,7 +144,7 @@ class ReplaySource:
         return Frame(
             frame_id=frame_id,
             camera_id=self.camera_id,
-            captured_at=datetime.now(timezone.utc),
+            captured_at=captured_at,
             image=data,
             content_type=content_type,
             part_id=safe_id(sample.group) if sample.group else safe_id(Path(sample.key).stem),

@@ -159,6 +159,7 @@ class VideoSource:
     def _frame(
         self, image: np.ndarray, frame_id: str, *, origin: str | None = None, captured_at: datetime | None = None
     ) -> Frame:
+        captured_at = captured_at or datetime.now(timezone.utc)  # when it was taken: before the encoding's time
         ext, content_type = (".png", "image/png") if self.settings.encoding == "png" else (".jpg", "image/jpeg")
         ok, encoded = cv2.imencode(ext, image)  # OpenCV frames are BGR; imencode writes them in the right colour order
         if not ok:
@@ -169,7 +170,7 @@ class VideoSource:
         return Frame(
             frame_id=frame_id,
             camera_id=self.camera_id,
-            captured_at=captured_at or datetime.now(timezone.utc),
+            captured_at=captured_at,
             image=encoded.tobytes(),
             content_type=content_type,
             origin=origin,

@@ -66,6 +66,22 @@ def test_the_pace_starts_at_the_first_frame_not_when_the_source_opened():
     assert slots[-1] - slots[0] >= 0.09  # five intervals at 50 fps, not six frames at once to catch up
 
 
+def test_a_frame_is_stamped_when_it_was_taken_not_after_its_encoding(tmp_path, monkeypatch):
+    encode, calls = cv2.imencode, []
+
+    def slow_first(ext, image):
+        calls.append(ext)
+        if len(calls) == 1:
+            time.sleep(0.06)  # the first JPEG encode, slow on a loaded machine
+        return encode(ext, image)
+
+    monkeypatch.setattr("inspectline.camera_adapters.video.cv2.imencode", slow_first)
+    video = write_video(tmp_path / "clip.avi", 12)
+    frames = list(open_source(tmp_path, video, fps=50, max_frames=6, encoding="jpeg").frames(threading.Event()))
+    span = (frames[-1].captured_at - frames[0].captured_at).total_seconds()
+    assert 0.09 <= span < 0.2  # the slots five intervals apart, whatever the encoding cost
+
+
 def test_a_restarted_file_source_resumes_after_the_last_settled_frame(tmp_path):
     video = write_video(tmp_path / "clip.avi", 10)
     first = open_source(tmp_path, video, fps=1000)
