@@ -135,8 +135,9 @@ class Inspector:
         Serve makes the first call before the replica takes any frame, with or without a ``user_config``
         (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the versions in
         service (production and shadow), so a replica that starts later than the others, a restarted one
-        or an autoscaled one never answers its first frames after a model load. A version a gateway is
-        pinned to instead is warmed by the gateway's broadcast, as on every switch.
+        or an autoscaled one never answers its first frames after a model load. A gateway pinned to another
+        version (``model: vNNNN``) warms it only on the replicas running when it switches; a replica that
+        starts later loads that version at its first frame.
         """
         options = InspectorOptions.model_validate(user_config or {})
         warm = list(self._predictors)
