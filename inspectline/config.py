@@ -106,6 +106,11 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=2)
     lr: float = Field(1e-3, gt=0, description="peak learning rate of the OneCycle schedule")
     weight_decay: float = Field(0.05, ge=0)
+    optimizer: Literal["adamw", "sgd"] = Field(
+        "adamw",
+        description="adamw (decoupled weight decay) or sgd (Nesterov momentum 0.9, cycled by OneCycle; weight decay "
+        "as L2): the classic from-scratch ResNet optimizer, which wants a peak lr near 0.05 and weight decay near 5e-4",
+    )
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     soft_labels: bool = Field(
         False,

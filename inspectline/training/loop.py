@@ -1,6 +1,6 @@
 """The training loop as plain functions: ``fit`` -> ``train_one_epoch`` / ``evaluate``.
 
-Recipe: cross-entropy with label smoothing, mixup on a share of batches, AdamW, a OneCycle schedule
+Recipe: cross-entropy with label smoothing, mixup on a share of batches, AdamW (or SGD), a OneCycle schedule
 stepped per batch, gradient clipping, mixed precision where the hardware has it (``training.precision``:
 AMP on CUDA, bf16 on CPUs with AMX/AVX512-BF16), channels-last memory and optional weight averaging
 (``training.averaging``: EMA or SWA). After every epoch the validation split is evaluated and the
@@ -197,6 +197,15 @@ def evaluate(
     return {"loss": sum(losses) / max(len(labels), 1), "logits": logits, "labels": labels.numpy()}
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over every parameter; OneCycle then drives its learning rate and momentum."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -217,7 +226,7 @@ def fit(
     model.to(device, memory_format=memory_format)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=cfg.lr, epochs=cfg.epochs, steps_per_epoch=len(train_loader)
     )
