@@ -44,6 +44,7 @@ class ModelCard(BaseModel):
     class_names: tuple[str, ...]
     head_dims: tuple[int, ...]
     head_dropout: tuple[float, ...]
+    pooling: str = "avg"  # cards written before pooling was configurable hold torchvision's average
     preprocessing: Preprocessing
     temperature: float = 1.0
     threshold: float = 0.5

@@ -76,6 +76,12 @@ class ModelConfig(_Section):
     arch: Literal["resnet18", "resnet34", "resnet50"] = "resnet50"
     head_dims: tuple[int, ...] = (512, 256)
     head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2)
+    pooling: Literal["avg", "max", "gem"] = Field(
+        "avg",
+        description="how the backbone's last feature map becomes one vector: avg (torchvision's), max, or gem "
+        "(generalized mean with a learnt exponent, between the two): a defect covers a few of the map's cells, "
+        "which an average over all of them dilutes",
+    )
     init_weights: Literal["imagenet"] | Path | None = Field(
         None,
         description="None: from scratch; 'imagenet': torchvision's ImageNet weights (downloaded once to torch's "

@@ -35,17 +35,53 @@ from inspectline.files import atomic_write
 
 CHECKPOINT_FORMAT = "inspectline.checkpoint/1"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
+POOLINGS = ("avg", "max", "gem")
+
+
+class GeneralizedMeanPool(nn.Module):
+    """``(mean(x ** p)) ** (1 / p)`` over the feature map, with ``p`` learnt: 1 is the average, large p the max.
+
+    Computed in fp32 under autocast (a cube of bf16 activations loses the small ones) and clamped above
+    zero, since the ReLU before it leaves exact zeros that ``pow`` must not differentiate at.
+    """
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.float()
+        pooled = x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3), keepdim=True)
+        return pooled.pow(1.0 / p).to(x.dtype)
+
+
+def _pooling(kind: str) -> nn.Module:
+    if kind == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if kind == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    if kind == "gem":
+        return GeneralizedMeanPool()
+    msg = f"model.pooling {kind!r} is not one of {', '.join(POOLINGS)}"
+    raise ValueError(msg)
 
 
 class DefectClassifier(nn.Module):
-    """ResNet backbone (global-pooled features) followed by the deep head.
+    """ResNet backbone (global-pooled features: average, max or generalized mean) followed by the deep head.
 
     Head: Dropout(p0) -> Linear(d1) -> BN -> ReLU -> Dropout(p1) -> Linear(d2) -> BN -> ReLU
           -> Dropout(p2) -> Linear(num_classes)
     """
 
     def __init__(
-        self, arch: str, num_classes: int, in_channels: int, head_dims: tuple[int, ...], head_dropout: tuple[float, ...]
+        self,
+        arch: str,
+        num_classes: int,
+        in_channels: int,
+        head_dims: tuple[int, ...],
+        head_dropout: tuple[float, ...],
+        pooling: str = "avg",
     ):
         super().__init__()
         if arch not in ARCHITECTURES:
@@ -54,6 +90,7 @@ class DefectClassifier(nn.Module):
         import torchvision  # here, not at import: an inspector serving an export never builds a model (~3 s, 150 MB)
 
         backbone = getattr(torchvision.models, arch)(weights=None)
+        backbone.avgpool = _pooling(pooling)  # the name torchvision's forward calls, whatever the pooling
         if in_channels != 3:
             backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         self.feature_dim = backbone.fc.in_features  # 512 (resnet18/34) or 2048 (resnet50)
@@ -84,6 +121,7 @@ def build_model(
     in_channels: int = 3,
     head_dims: tuple[int, ...] = (512, 256),
     head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2),
+    pooling: str = "avg",
     init_weights: str | Path | None = None,
     fetch_imagenet: Callable[[str], dict[str, torch.Tensor]] | None = None,
 ) -> DefectClassifier:
@@ -91,7 +129,7 @@ def build_model(
 
     ``fetch_imagenet`` (``arch -> state dict``) replaces the download, for tests and air-gapped mirrors.
     """
-    model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout))
+    model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout), pooling)
     if init_weights is None:
         return model
     if str(init_weights) == "imagenet":
@@ -130,6 +168,7 @@ def model_from_card(card: ModelCard) -> DefectClassifier:
         in_channels=card.preprocessing.channels,
         head_dims=card.head_dims,
         head_dropout=card.head_dropout,
+        pooling=card.pooling,
     )
 
 

@@ -119,16 +119,22 @@ def train_model(
 
     if init_from is not None:
         model, base_card = load_checkpoint(init_from)
-        pre, arch, head_dims, head_dropout = (
+        pre, arch, head_dims, head_dropout, pooling = (
             base_card.preprocessing,
             base_card.arch,
             base_card.head_dims,
             base_card.head_dropout,
+            base_card.pooling,
         )
         color_mode = pre.color_mode
     else:
         color_mode = cfg.data.color_mode
-        arch, head_dims, head_dropout = cfg.model.arch, cfg.model.head_dims, cfg.model.head_dropout
+        arch, head_dims, head_dropout, pooling = (
+            cfg.model.arch,
+            cfg.model.head_dims,
+            cfg.model.head_dropout,
+            cfg.model.pooling,
+        )
 
     cache = cfg.data.cache_images
     images = {name: load_images(splits[name], color_mode) if cache else None for name in ("train", "val", "test")}
@@ -142,6 +148,7 @@ def train_model(
             in_channels=pre.channels,
             head_dims=head_dims,
             head_dropout=head_dropout,
+            pooling=pooling,
             init_weights=cfg.model.init_weights,
         )
 
@@ -193,6 +200,7 @@ def train_model(
         class_names=CLASS_NAMES,
         head_dims=head_dims,
         head_dropout=head_dropout,
+        pooling=pooling,
         preprocessing=pre,
         threshold_policy=cfg.calibration.threshold_policy,
         tta_views=cfg.calibration.tta_views,

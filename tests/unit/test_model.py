@@ -7,7 +7,15 @@ from torch import nn
 
 from inspectline.data import Preprocessing
 from inspectline.errors import CheckpointError
-from inspectline.model import ModelCard, build_model, load_backbone_weights, load_checkpoint, read_card, save_checkpoint
+from inspectline.model import (
+    GeneralizedMeanPool,
+    ModelCard,
+    build_model,
+    load_backbone_weights,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
 
 PRE = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
 
@@ -101,3 +109,44 @@ def test_local_imagenet_style_weights_load_into_gray_backbone(tmp_path: Path):
     assert torch.equal(model.backbone.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
     with pytest.raises(CheckpointError, match="does not fit"):
         load_backbone_weights(build_model("resnet50", in_channels=3), tmp_path / "resnet18.pth")
+
+
+def test_generalized_mean_pool_lies_between_the_average_and_the_max():
+    features = torch.rand(2, 8, 5, 5) * torch.rand(2, 8, 1, 1)  # non-negative, as after the backbone's ReLU
+    gem = GeneralizedMeanPool(p=1.0)
+    assert torch.allclose(gem(features), nn.AdaptiveAvgPool2d(1)(features), atol=1e-5)
+    gem = GeneralizedMeanPool(p=3.0)
+    pooled = gem(features)
+    assert pooled.shape == (2, 8, 1, 1)
+    assert (pooled >= nn.AdaptiveAvgPool2d(1)(features) - 1e-6).all()
+    assert (pooled <= nn.AdaptiveMaxPool2d(1)(features) + 1e-6).all()
+    sharper = GeneralizedMeanPool(p=20.0)(features)  # a larger exponent moves towards the max
+    assert (sharper >= pooled - 1e-6).all() and (sharper <= nn.AdaptiveMaxPool2d(1)(features) + 1e-6).all()
+    pooled.sum().backward()  # the exponent is learnt
+    assert gem.p.grad is not None and torch.isfinite(gem.p.grad)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # computed in fp32, returned in the input's dtype
+        assert gem(features.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(("pooling", "module"), [("avg", nn.AdaptiveAvgPool2d), ("max", nn.AdaptiveMaxPool2d)])
+def test_pooling_is_chosen_by_name(pooling, module):
+    assert isinstance(build_model("resnet18", in_channels=1, pooling=pooling).backbone.avgpool, module)
+    with pytest.raises(ValueError, match="avg, max, gem"):
+        build_model("resnet18", in_channels=1, pooling="median")
+
+
+def test_checkpoint_keeps_the_pooling_and_its_learnt_exponent(tmp_path: Path):
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), pooling="gem").eval()
+    with torch.no_grad():
+        model.backbone.avgpool.p.fill_(4.25)
+    save_checkpoint(tmp_path / "m.pt", model, _card(pooling="gem"))
+    loaded, card = load_checkpoint(tmp_path / "m.pt")
+    assert card.pooling == "gem" and isinstance(loaded.backbone.avgpool, GeneralizedMeanPool)
+    assert loaded.backbone.avgpool.p.item() == 4.25
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.allclose(model(x), loaded(x))
+    # a card written before pooling was configurable is torchvision's average pooling
+    assert _card().model_dump().pop("pooling") == "avg"
+    legacy = _card().model_dump(mode="json")
+    del legacy["pooling"]
+    assert ModelCard.model_validate(legacy).pooling == "avg"

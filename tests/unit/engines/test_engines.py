@@ -184,3 +184,17 @@ def test_images_per_second_measures_every_runner(batch):
     engine = TorchEngine(_model(), precision="fp32", threads=1)
     speeds = images_per_second({"a": engine.run, "b": engine.run}, batch.numpy(), repeats=2, min_seconds=0.01)
     assert set(speeds) == {"a", "b"} and all(v > 0 for v in speeds.values())
+
+
+@pytest.mark.parametrize("pooling", ["max", "gem"])
+def test_every_pooling_exports_to_the_same_outputs(tmp_path, batch, pooling):
+    torch.manual_seed(0)
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), pooling=pooling).eval()
+    reference = TorchEngine(model, precision="fp32").run(batch)
+    engines = {"onnx": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
+    for name, fmt in FORMATS.items():
+        (tmp_path / name).mkdir()
+        path = fmt.save(fmt.convert(_LogitsAndEmbedding(model).eval(), batch[:2]), tmp_path / name, "fp32")
+        out = engines[name](path, precision="fp32", threads=1).run(batch)
+        np.testing.assert_allclose(out.logits, reference.logits, atol=1e-4, err_msg=name)
+        np.testing.assert_allclose(out.embeddings, reference.embeddings, atol=1e-4, err_msg=name)
