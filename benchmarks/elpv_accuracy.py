@@ -128,15 +128,21 @@ def print_result(result: dict) -> None:
         )
 
 
-def table(prefix: str = "elpv_") -> str:
-    """A Markdown table of every recorded ELPV result whose file name starts with ``prefix``."""
+def table(prefix: str = "elpv_", folder: Path = RESULTS) -> str:
+    """A Markdown table of every recorded ELPV training result whose file name starts with ``prefix``.
+
+    Other files under the prefix (``elpv_views_*.json`` from ``elpv_views.py``) are not training results
+    and are left out.
+    """
     lines = [
         "| result | arch @ px | epochs | accuracy max F1 / shipped | ROC-AUC | 4-class "
         "| recall / precision (shipped point) | train acc (last) | precision | wall (load avg) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for path in sorted(RESULTS.glob(f"{prefix}*.json")):
+    for path in sorted(folder.glob(f"{prefix}*.json")):
         r = json.loads(path.read_text())
+        if not {"config", "epochs_run", "roc_auc"} <= r.keys():
+            continue
         cfg = r["config"]
         load = r.get("load_average_before", [None])[0]
         lines.append(
