@@ -20,6 +20,14 @@ from inspectline.training.loop import (
 from inspectline.training.metrics import best_f1
 from tests.helpers import tiny_config
 
+TINY = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+
+
+def _tiny_frames(cfg) -> FrameDataset:
+    """The tiny folder dataset of ``cfg``, every split, preprocessed for evaluation at 32 px."""
+    samples = load_samples(cfg.data)
+    return FrameDataset(samples, build_eval_preset(TINY), "gray", load_images(samples, "gray"))
+
 
 def test_mixup_mixes_inputs_with_beta_weight():
     x = torch.stack([torch.zeros(1, 2, 2), torch.ones(1, 2, 2)])
@@ -67,9 +75,7 @@ def test_fit_stops_a_collapsed_model(folder_dataset: Path, tmp_path: Path):
         tmp_path,
         train={"epochs": 10, "lr": 1e-9, "collapse_patience": 2, "collapse_warmup": 1, "patience": 50},
     )
-    samples = load_samples(cfg.data)
-    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
-    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    data = _tiny_frames(cfg)
     loader = create_loader(data, batch_size=8, train=True, seed=0)
     val = create_loader(data, batch_size=16, train=False)
     model = build_model("resnet18", in_channels=1, head_dims=(32, 16))
@@ -86,9 +92,7 @@ def test_fit_with_ema_outside_a_terminal_logs_a_line_per_epoch_and_returns_the_a
     folder_dataset: Path, tmp_path: Path, caplog, capsys
 ):
     cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 2, "weight_averaging": "ema", "ema_decay": 0.5})
-    samples = load_samples(cfg.data)
-    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
-    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    data = _tiny_frames(cfg)
     model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
     called = []  # which module ran each forward: the hook travels with the averaged copy (a deep copy)
     model.register_forward_hook(lambda m, _i, _o: called.append(m))
@@ -118,13 +122,12 @@ def test_soft_targets_of_certain_cells_train_exactly_as_their_labels(folder_data
     """Soft labels change only what the annotators were unsure of: 0/1 probabilities give the same step."""
     cfg = tiny_config(folder_dataset, tmp_path, train={"epochs": 1, "mixup_alpha": 0.0, "label_smoothing": 0.0})
     samples = load_samples(cfg.data)[:16]
-    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
     images = load_images(samples, "gray")
     results = []
     for soft in (False, True):
         torch.manual_seed(0)
         model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
-        data = FrameDataset(samples, build_eval_preset(pre), "gray", images, soft_targets=soft)
+        data = FrameDataset(samples, build_eval_preset(TINY), "gray", images, soft_targets=soft)
         loader = create_loader(data, batch_size=8, train=True, balanced=False, seed=0)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
@@ -155,9 +158,7 @@ def test_fit_keeps_the_best_or_the_last_epoch(folder_dataset: Path, tmp_path: Pa
         tmp_path,
         train={"epochs": 4, "patience": 1, "early_stopping_start": 0.0, "collapse_patience": 10, "keep": keep},
     )
-    samples = load_samples(cfg.data)
-    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
-    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    data = _tiny_frames(cfg)
     val = create_loader(data, batch_size=16, train=False)
     torch.manual_seed(0)
     model = build_model("resnet18", in_channels=1, head_dims=(32, 16), head_dropout=(0.0, 0.0, 0.0))
@@ -184,9 +185,7 @@ def test_sgd_recipe_runs_nesterov_momentum_under_onecycle_and_learns(folder_data
     assert {key: optimizer.defaults[key] for key in expected} == expected
     assert isinstance(build_optimizer(model, tiny_config(folder_dataset, tmp_path).train), torch.optim.AdamW)
 
-    samples = load_samples(cfg.data)
-    pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
-    data = FrameDataset(samples, build_eval_preset(pre), "gray", load_images(samples, "gray"))
+    data = _tiny_frames(cfg)
     torch.manual_seed(0)
     result = fit(
         model,
