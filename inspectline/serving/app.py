@@ -125,7 +125,7 @@ def build_app(args: dict) -> Application:
     from inspectline.serving.monitor import LineMonitor
 
     return Gateway.bind(
-        Inspector.bind(registry),
+        Inspector.bind(registry, gateway=Gateway.name),
         LineMonitor.bind(registry, store, spool, plant),
         registry,
         store,

@@ -12,6 +12,9 @@ follower in :mod:`inspectline.serving.judging`. Here each of them gets its Ray-b
     heatmap(frame, kind)  -> the heatmap worker (handle.render), for the review station's pages
     line_status()         -> the line monitor's live windows and drift state (handle.line_status)
 
+and it answers one call of the inspectors': ``models_in_service()``, what a replica that starts later
+(restarted, autoscaled) warms before its first frame, a version the gateway is pinned to included.
+
 The gateway reserves no CPU: it checks headers and limits, hashes bytes and forwards encoded images;
 decoding happens in the inspectors.
 """
@@ -150,6 +153,11 @@ class Gateway:
         except BackPressureError:
             msg = "the heatmap worker is busy with other frames; retry shortly"
             raise OverloadedError(msg, headers={"Retry-After": str(self.options.retry_after_s)}) from None
+
+    async def models_in_service(self) -> list[ServedModel]:
+        """The models frames are judged with now (served and shadow): what an inspector replica that starts
+        later warms before its first frame."""
+        return [m for m in (self.follower.active, self.follower.shadow) if m is not None]
 
     async def _prepare_everywhere(self, model: ServedModel) -> None:
         """Every running inspector replica loads and warms ``model``; raises if any of them cannot."""

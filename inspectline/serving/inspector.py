@@ -56,6 +56,8 @@ from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, Ser
 
 log = logging.getLogger("ray.serve")
 
+GATEWAY_ANSWER_S = 10.0  # a running gateway answers at once; past this the replica starts on the registry's versions
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -120,8 +122,9 @@ def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgemen
 
 @serve.deployment(name="Inspector", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
 class Inspector:
-    def __init__(self, registry: str):
+    def __init__(self, registry: str, gateway: str | None = None):
         self.registry = ModelRegistry(Path(registry))
+        self.gateway = gateway  # the deployment whose frames this one judges: asked what to warm at start
         self.options = InspectorOptions()
         self._models: OrderedDict[str, tuple[InferenceEngine, EngineChoice, ModelCard]] = OrderedDict()
         self._predictors: dict[ServedModel, Predictor] = {}
@@ -133,11 +136,11 @@ class Inspector:
         the engine, precision, threads or device changed (then the versions loaded reload here, warm).
 
         Serve makes the first call before the replica takes any frame, with or without a ``user_config``
-        (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the versions in
-        service (production and shadow), so a replica that starts later than the others, a restarted one
-        or an autoscaled one never answers its first frames after a model load. A gateway pinned to another
-        version (``model: vNNNN``) warms it only on the replicas running when it switches; a replica that
-        starts later loads that version at its first frame.
+        (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the models the
+        frames will ask for, so a replica that starts later than the others, a restarted one or an
+        autoscaled one never answers its first frames after a model load: what the running gateway serves
+        (a version it is pinned to, ``model: vNNNN``, included) and its shadow, or the registry's production
+        and shadow versions when no gateway is running yet (the first deploy, when they all start together).
         """
         options = InspectorOptions.model_validate(user_config or {})
         warm = list(self._predictors)
@@ -149,8 +152,26 @@ class Inspector:
         self._predictors.clear()  # rebuilt with the new rules
         if not self._configured:
             self._configured = True
-            warm = await asyncio.to_thread(self._models_in_service)
+            warm = await self._served_by_gateway() or await asyncio.to_thread(self._models_in_service)
         await self._warm(warm)
+
+    async def _served_by_gateway(self) -> list[ServedModel]:
+        """The models the running gateway serves, or none when it is not running (it is not waited for)."""
+        if self.gateway is None:
+            return []
+        try:
+            app = serve.get_replica_context().app_name
+            status = await asyncio.to_thread(serve.status)
+            gateway = status.applications[app].deployments.get(self.gateway)
+            if gateway is None or gateway.status != "HEALTHY":
+                return []
+            handle = serve.get_deployment_handle(self.gateway, app_name=app)
+            served = await asyncio.wait_for(handle.models_in_service.remote(), timeout=GATEWAY_ANSWER_S)
+        except Exception as exc:  # noqa: BLE001 - the registry's versions are the fallback
+            log.info("the gateway did not say what it serves (%s); warming the registry's versions", exc)
+            return []
+        log.info("the gateway serves %s", ", ".join(map(str, served)) or "nothing yet")
+        return list(served)
 
     def _models_in_service(self) -> list[ServedModel]:
         """The production and shadow versions with their operating points in force (none is not an error)."""

@@ -122,6 +122,30 @@ def _kill_replicas(app: str, deployment: str) -> int:
 def test_an_inspector_that_replaces_a_dead_one_has_the_model_loaded_before_its_first_frame(service):
     """Serve replaces a dead replica; the new one loads and warms the production model while it starts, so
     the first frames routed to it are not the ones that wait for a model load (no frame is sent here)."""
+    loaded = _replace_an_inspector()
+    production = service.registry.production()
+    assert all(production in versions for versions in loaded), (production, loaded)
+
+
+def test_an_inspector_that_starts_while_the_gateway_is_pinned_warms_the_pinned_version(service):
+    """A gateway pinned to a version that is not production (``model: v0002``) serves it; a replica that
+    replaces a dead one asks the gateway what it serves and loads v0002 before its first frame too."""
+    assert service.registry.production() == "v0001"
+    service.reconfigure(gateway={"model": "v0002"})
+    try:
+        wait_for(
+            lambda: httpx.get(f"{service.url}/v1/model").json().get("version") == "v0002",
+            timeout_s=120,
+            what="the gateway serving the pinned v0002",
+        )
+        loaded = _replace_an_inspector()
+    finally:
+        service.restore()
+    assert all("v0002" in versions for versions in loaded), loaded
+
+
+def _replace_an_inspector() -> list[list[str]]:
+    """Kill one of the two Inspector replicas; once Serve runs two again, the versions each has loaded."""
     before = _replicas("inspectline", "Inspector")
     assert len(before) == 2
     name, namespace = before[0]
@@ -142,8 +166,7 @@ def test_an_inspector_that_replaces_a_dead_one_has_the_model_loaded_before_its_f
         return len(seen) == 2
 
     wait_for(replaced_and_running, timeout_s=240, what=lambda: f"a new Inspector replica (loaded: {seen})")
-    production = service.registry.production()
-    assert all(production in versions for versions in seen), (production, seen)
+    return seen
 
 
 async def _broadcast(handle, method: str) -> list:
