@@ -4,6 +4,7 @@
     python benchmarks/elpv_accuracy.py --recipe demo              # the `make demo` model
     python benchmarks/elpv_accuracy.py --recipe elpv-resnet50     # the full recipe, on a GPU
     python benchmarks/elpv_accuracy.py --table                    # the README table from results/elpv_*.json
+    python benchmarks/elpv_accuracy.py --seeds                    # each variant's mean and spread over seeds
 
 Writes ``benchmarks/results/elpv_<name>.json`` (``--name``, default the recipe): binary accuracy, F1,
 ROC-AUC, 4-class accuracy (0, ⅓, ⅔, 1), recall / precision / false-reject rate / escapes per 10,000
@@ -157,6 +158,71 @@ def table(prefix: str = "elpv_", folder: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
+NOT_THE_RECIPE = ("paths.", "train.seed")  # where a run wrote, and the seed: what repeats of one recipe vary
+
+
+def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
+    """Mean and spread over the runs of each recorded recipe variant, to tell a change from seed noise.
+
+    Runs are grouped by what they trained: the effective config without the seed and the paths, and the
+    training precision. Each group is named by how its config differs from its profile as it is now.
+    """
+    groups: dict[str, list[dict]] = {}
+    for path in sorted(folder.glob(f"{prefix}*.json")):
+        r = json.loads(path.read_text())
+        if not {"config", "recipe", "roc_auc"} <= r.keys():
+            continue
+        flat = {k: v for k, v in _flatten(r["config"]).items() if not k.startswith(NOT_THE_RECIPE)}
+        key = json.dumps([r["recipe"], r.get("training_precision", "fp32"), sorted(flat.items())], default=str)
+        groups.setdefault(key, []).append(r)
+    lines = [
+        "| variant | runs (seeds) | ROC-AUC mean ± sd (range) | max-F1 accuracy mean ± sd | 4-class mean "
+        "| shipped point: recall / false rejects, means | CPUs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for runs in groups.values():
+        first = runs[0]
+        profile = _flatten(load_config(profile_path(first["recipe"])).model_dump(mode="json"))
+        change = [
+            f"{k}={v}"
+            for k, v in sorted(_flatten(first["config"]).items())
+            if not k.startswith(NOT_THE_RECIPE) and k in profile and profile[k] != v
+        ]
+        auc = [r["roc_auc"] for r in runs]
+        points = [r.get("operating_points", {}).get("in force", {}).get("test", {}) for r in runs]
+        seeds = ", ".join(str(seed) for seed in sorted(r["config"].get("train", {}).get("seed", -1) for r in runs))
+        cpus = ", ".join(sorted({r.get("machine", {}).get("cpu", "?") for r in runs}))
+        lines.append(
+            f"| `{first['recipe']}`{' + ' + ', '.join(f'`{c}`' for c in change) if change else ''} "
+            f"({first.get('training_precision', 'fp32')}) | {len(runs)} ({seeds}) | "
+            f"{_mean_sd(auc)}{f' ({min(auc):.3f}-{max(auc):.3f})' if len(auc) > 1 else ''} | "
+            f"{_mean_sd([r['max_f1_accuracy'] for r in runs if r.get('max_f1_accuracy') is not None])} | "
+            f"{_mean([r.get('four_class_accuracy') for r in runs])} | "
+            f"{_mean([p.get('recall') for p in points])} / {_mean([p.get('false_reject_rate') for p in points])} "
+            f"| {cpus} |"
+        )
+    return "\n".join(lines)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.3f}{sd}"
+
+
+def _mean(values: list[float | None]) -> str:
+    known = [v for v in values if v is not None]
+    return f"{statistics.fmean(known):.3f}" if known else "n/a"
+
+
 def _f(value: float | None, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -168,12 +234,15 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="where the run folder goes")
     parser.add_argument("--table", action="store_true", help="print the table of recorded results and exit")
+    parser.add_argument(
+        "--seeds", action="store_true", help="print each recorded recipe variant's mean and spread over seeds and exit"
+    )
     args = parser.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
-    if args.table:
-        print(table())
+    if args.table or args.seeds:
+        print(table() if args.table else seed_table())
         return
     cfg = load_config(profile_path(args.recipe), [f"paths.runs={args.runs}", *args.overrides])
     result = run_recipe(cfg, recipe=args.recipe, name=args.name or args.recipe, overrides=args.overrides)

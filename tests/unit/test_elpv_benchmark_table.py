@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks.elpv_accuracy import table
+from benchmarks.elpv_accuracy import seed_table, table
 
 RESULT = {
     "config": {"model": {"arch": "resnet18"}, "data": {"image_size": 192}},
@@ -32,3 +32,42 @@ def test_the_table_lists_training_results_and_skips_the_views_comparison(tmp_pat
         "| `elpv_elpv-cpu` | resnet18 @ 192 | 36 | 0.8369 / 0.6159 | 0.8757 | 0.4345 | 0.941 / 0.446 | 0.790 "
         "| bf16 | 30 min (0.2) |"
     )
+
+
+def _run(seed: int, roc_auc: float, **config) -> dict:
+    """A recorded elpv-cpu result: the profile's config with ``config`` changes (section -> fields)."""
+    from inspectline.cli import profile_path
+    from inspectline.config import load_config
+
+    tree = load_config(profile_path("elpv-cpu")).model_dump(mode="json")
+    for section, fields in config.items():
+        tree[section].update(fields)
+    tree["train"]["seed"] = seed
+    tree["paths"]["runs"] = f"/tmp/runs-{seed}"  # where it wrote is not what it trained
+    point = {"recall": 0.9, "false_reject_rate": 0.4 + seed / 100}
+    return RESULT | {
+        "recipe": "elpv-cpu",
+        "config": tree,
+        "roc_auc": roc_auc,
+        "operating_points": {"in force": {"test": point}},
+        "machine": {"cpu": "AMD EPYC"},
+    }
+
+
+def test_the_seed_table_groups_runs_by_what_they_trained_and_names_the_change(tmp_path: Path):
+    runs = {
+        "elpv-cpu-zen4": _run(0, 0.870),
+        "elpv-cpu-seed1": _run(1, 0.880),
+        "elpv-cpu-gem": _run(0, 0.876, model={"pooling": "gem"}),
+        "elpv-cpu-gem-seed1": _run(1, 0.878, model={"pooling": "gem"}),
+        "elpv-cpu-gem-seed2": _run(2, 0.880, model={"pooling": "gem"}),
+    }
+    for name, result in runs.items():
+        (tmp_path / f"elpv_{name}.json").write_text(json.dumps(result))
+    (tmp_path / "elpv_views_seeds.json").write_text(json.dumps({"rows": []}))
+    rows = {line.split(" | ")[0]: line for line in seed_table(folder=tmp_path).splitlines()[2:]}
+    assert set(rows) == {"| `elpv-cpu` (bf16)", "| `elpv-cpu` + `model.pooling=gem` (bf16)"}
+    profile, gem = rows["| `elpv-cpu` (bf16)"], rows["| `elpv-cpu` + `model.pooling=gem` (bf16)"]
+    assert "| 2 (0, 1) | 0.875 ± 0.007 (0.870-0.880) |" in profile
+    assert "| 3 (0, 1, 2) | 0.878 ± 0.002 (0.876-0.880) |" in gem
+    assert gem.endswith("| 0.900 / 0.410 | AMD EPYC |")  # shipped point: mean recall / mean false rejects
