@@ -483,6 +483,11 @@ class GatewayOptions(_Section):
         "event-loop turn (the frames of one batch post)",
     )
     inspect_group_max: int = Field(8, ge=1, le=256, description="most frames in one call to an inspector replica")
+    replica_calls: Literal["grpc", "ray"] = Field(
+        "grpc",
+        description="how frames go to the inspector replicas and records to the line monitor: grpc (Ray Serve's gRPC "
+        "between replicas, by value: about half the CPU of an actor call) or ray (Ray actor calls, by reference)",
+    )
     max_pending_bytes: int = Field(
         256 * 2**20,
         ge=2**20,

@@ -15,6 +15,10 @@ follower in :mod:`inspectline.serving.judging`. Here each of them gets its Ray-b
 and it answers one call of the inspectors': ``models_in_service()``, what a replica that starts later
 (restarted, autoscaled) warms before its first frame, a version the gateway is pinned to included.
 
+The two calls every frame makes (judge_many, observe) go over Ray Serve's gRPC channel between replicas
+by default (``replica_calls: grpc``): the frame is sent by value instead of through a Ray actor task,
+which costs the two processes about half the CPU per call (README, "Serving").
+
 The gateway reserves no CPU: it checks headers and limits, hashes bytes and forwards encoded images;
 decoding happens in the inspectors.
 """
@@ -64,6 +68,7 @@ class Gateway:
     ):
         self.inspector, self.monitor, self.heatmaps = inspector, monitor, heatmaps
         self.options = GatewayOptions()
+        self._route_frame_calls()
         self.registry = ModelRegistry(Path(registry))
         store_config = StoreConfig.model_validate(store)
         self.store = StoreAccess(lambda: FrameStore(store_config))
@@ -127,6 +132,13 @@ class Gateway:
         self.frames.recent_capacity = self.options.recent_frames
         self.outbox.max_memory_bytes = self.options.max_pending_bytes
         self._inspect.window_s, self._inspect.max_jobs = self.options.inspect_window_s, self.options.inspect_group_max
+        self._route_frame_calls()
+
+    def _route_frame_calls(self) -> None:
+        """The handles of the per-frame calls, over gRPC or as Ray actor calls (``replica_calls``)."""
+        by_reference = self.options.replica_calls == "ray"
+        self._judge_many = self.inspector.options(method_name="judge_many", _by_reference=by_reference)
+        self._observe = self.monitor.options(method_name="observe", _by_reference=by_reference)
 
     async def _follow_tokens(self) -> None:
         while True:
@@ -139,7 +151,7 @@ class Gateway:
     # --- what the gateway logic calls ------------------------------------------------------------------
     async def _inspect_many(self, jobs: list[InspectJob]) -> list[Judgement | JudgeFailure]:
         try:
-            return await self.inspector.judge_many.remote(jobs)
+            return await self._judge_many.remote(jobs)
         except BackPressureError:
             msg = "the inspectors' queues are full; retry shortly"
             raise OverloadedError(msg, headers={"Retry-After": str(self.options.retry_after_s)}) from None
@@ -165,7 +177,7 @@ class Gateway:
         log.info("model %s warm on %d inspector replicas", model, len(results))
 
     async def _send(self, batch: MonitorBatch) -> None:
-        await self.monitor.observe.remote(batch)
+        await self._observe.remote(batch)
 
     async def _remember_stored_verdicts(self) -> None:
         """After a restart, warm the repeated-id cache with the store's newest verdicts (the store decides misses)."""

@@ -129,6 +129,19 @@ def app_config(
     return app
 
 
+def own_app(
+    checkpoint, tmp_path: Path, name: str, replicas: int, cpus: float, gateway: dict | None = None
+) -> tuple[ModelRegistry, dict]:
+    """An app of a test's own, next to the base one: its registry (one model, promoted) and its config."""
+    registry = ModelRegistry(tmp_path / "models")
+    registry.register(checkpoint)
+    registry.promote("v0001")
+    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": cpus}}
+    return registry, app_config(
+        registry.root, name=name, route_prefix=f"/{name}", inspector_options=options, gateway=gateway
+    )
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 60, what: str | Callable[[], str] = "condition") -> None:
     """Poll ``predicate``; ``what`` (or what it returns, for a message that says what was last seen) names it."""
     deadline = time.monotonic() + timeout_s

@@ -21,10 +21,9 @@ from ray import serve
 
 from inspectline.config import StoreConfig
 from inspectline.imaging import encode_png
-from inspectline.registry import ModelRegistry
 from inspectline.store import FrameStore
 from tests.helpers import make_cell
-from tests.integration.conftest import app_config, store_config, wait_for
+from tests.integration.conftest import own_app, store_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -44,17 +43,8 @@ def _post(url: str, body: bytes, camera: str, frame_id: str | None = None, timeo
     )
 
 
-def _own_app(checkpoint, tmp_path, name: str, replicas: int, cpus: float) -> tuple[ModelRegistry, dict]:
-    """An app of this test's own, next to the base one: its registry (one model, promoted) and its config."""
-    registry = ModelRegistry(tmp_path / "models")
-    registry.register(checkpoint)
-    registry.promote("v0001")
-    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": cpus}}
-    return registry, app_config(registry.root, name=name, route_prefix=f"/{name}", inspector_options=options)
-
-
 def test_a_small_frame_does_not_wait_for_40_megapixel_frames(service, trained_run, tmp_path):
-    _, app = _own_app(trained_run.checkpoint, tmp_path, "big", replicas=2, cpus=0.4)
+    _, app = own_app(trained_run.checkpoint, tmp_path, "big", replicas=2, cpus=0.4)
     url = f"{service.url}/big"
     small, big = encode_png(make_cell(np.random.default_rng(0), True)), _forty_megapixels()
     try:
@@ -174,7 +164,7 @@ async def _broadcast(handle, method: str) -> list:
 
 
 def test_replicas_killed_while_the_store_is_down_lose_no_accepted_frame(service, trained_run, tmp_path):
-    registry, app = _own_app(trained_run.checkpoint, tmp_path, "durable", replicas=1, cpus=0.3)
+    registry, app = own_app(trained_run.checkpoint, tmp_path, "durable", replicas=1, cpus=0.3)
     url = f"{service.url}/durable"
     config = StoreConfig.model_validate(store_config(registry.root, "durable"))
     images = tmp_path / "data-durable" / "images"

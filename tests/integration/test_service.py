@@ -4,6 +4,7 @@ readiness, promotion under load, backpressure and the serve config."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import struct
 import time
@@ -15,12 +16,14 @@ import pytest
 from PIL import Image
 from ray import serve
 
+from inspectline.config import StoreConfig
 from inspectline.imaging import encode_png
 from inspectline.registry import ModelRegistry
 from inspectline.serving.auth import add_token, remove_token
 from inspectline.serving.records import InspectJob, Judgement, ServedModel
+from inspectline.store import FrameStore
 from tests.helpers import make_cell
-from tests.integration.conftest import REPO, app_config, wait_for
+from tests.integration.conftest import REPO, app_config, own_app, store_config, wait_for
 
 pytestmark = pytest.mark.integration
 IDS = {"line_id": "line-1", "camera_id": "cam-1"}
@@ -374,3 +377,47 @@ def test_a_repeated_frame_id_returns_the_first_verdict_only_for_the_same_bytes(s
     results = asyncio.run(concurrent())
     assert sum(not r["duplicate"] for r in results) == 1
     assert len({r["defect_probability"] for r in results}) == 1
+
+
+def test_each_frame_gets_its_own_verdict_over_grpc_and_over_ray_actor_calls(service, trained_run, tmp_path):
+    """``replica_calls``: the gateway's per-frame calls (to an inspector, to the line monitor) made as Ray actor
+    calls give every frame the verdict the default gRPC calls give it, and every frame is stored either way."""
+    registry, app = own_app(
+        trained_run.checkpoint, tmp_path, "actorcalls", replicas=1, cpus=0.3, gateway={"replica_calls": "ray"}
+    )
+    bodies = [encode_png(cell(300 + i, defective=i % 2 == 0)) for i in range(12)]
+    line = {"line_id": "line-calls", "camera_id": "cam-calls"}
+
+    async def judge_all(url: str) -> list[dict]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{url}/v1/frames",
+                        content=body,
+                        headers={"Content-Type": "image/png"},
+                        params=line | {"frame_id": f"calls-{i}"},
+                    )
+                    for i, body in enumerate(bodies)
+                )
+            )
+        assert [r.status_code for r in responses] == [200] * len(bodies), [r.text for r in responses]
+        return [r.json() for r in responses]
+
+    stores = {
+        name: FrameStore(StoreConfig.model_validate(store_config(root, name)))
+        for name, root in (("inspectline", service.registry.root), ("actorcalls", registry.root))
+    }
+    try:
+        service.deploy(service.base_app, app)
+        wait_for(lambda: httpx.get(f"{service.url}/actorcalls/readyz").status_code == 200, 300, "the app")
+        over_grpc = asyncio.run(judge_all(service.url))
+        over_actor_calls = asyncio.run(judge_all(f"{service.url}/actorcalls"))
+        for name, store in stores.items():
+            wait_for(lambda s=store: s.count(line="line-calls") == len(bodies), 60, f"every frame in {name}'s store")
+    finally:
+        service.restore()
+    for body, grpc_answer, actor_answer in zip(bodies, over_grpc, over_actor_calls, strict=True):
+        assert grpc_answer["content_sha256"] == actor_answer["content_sha256"] == hashlib.sha256(body).hexdigest()
+        assert actor_answer["defect_probability"] == pytest.approx(grpc_answer["defect_probability"], abs=1e-4)
+    assert len({answer["defect_probability"] for answer in over_grpc}) > 1  # not one answer for every frame
