@@ -99,6 +99,14 @@ def _worker(
 ) -> None:
     registered = ModelRegistry(Path(registry_root)).get(version)
     predictor = Predictor.from_version(registered, EnginePreference(**preference), threads=threads)
+    report = time_predictor(predictor, frames, batch=batch, seconds=seconds, barrier=barrier)
+    queue.put(report | {"engine": {**predictor.engine_choice.describe(), **predictor.engine.describe()}})
+
+
+def time_predictor(
+    predictor: Predictor, frames: list[np.ndarray], *, batch: int, seconds: float, barrier: mp.Barrier
+) -> dict:
+    """Warm up, wait for the other processes, then predict batches for ``seconds``: frames, seconds, CPU seconds."""
     for i in range(3):  # lazy initialisation and allocator warm-up stay out of the measurement
         predictor.predict(frames[i * batch : (i + 1) * batch])
     barrier.wait()
@@ -108,12 +116,4 @@ def _worker(
         predictor.predict([frames[(i + k) % len(frames)] for k in range(batch)])
         done += batch
         i += batch
-    elapsed = time.perf_counter() - start
-    queue.put(
-        {
-            "frames": done,
-            "seconds": elapsed,
-            "cpu_seconds": time.process_time() - cpu0,
-            "engine": {**predictor.engine_choice.describe(), **predictor.engine.describe()},
-        }
-    )
+    return {"frames": done, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu0}

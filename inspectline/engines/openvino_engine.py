@@ -13,7 +13,10 @@ Precisions (the IR stored in ``vNNNN/exports/openvino-<precision>/model.xml``, a
 The network is captured with ``torch.export`` (batch dimension dynamic) and converted with
 ``openvino.convert_model``; the input is named ``image``, the outputs ``logits`` and ``embedding``.
 ``threads`` sets ``INFERENCE_NUM_THREADS`` (a replica with one CPU uses 1); the ``LATENCY`` hint
-keeps one stream, which is what a synchronous batch call wants.
+keeps one stream, which is what a synchronous batch call wants. CPU pinning is off: the plugin pins a
+process's inference threads to cores counted from the first, without knowing of other processes, so
+two single-thread replicas on a 2-core machine both ran on core 0 — half the machine
+(``benchmarks/cpu_pinning.py``). One process loses nothing without it; the OS scheduler places threads.
 
     engine = OpenVinoEngine(Path("models/v0003/exports/openvino-int8/model.xml"), precision="int8", threads=2)
 """
@@ -42,6 +45,16 @@ MODEL_FILE = "model.xml"
 _PRECISION_HINTS = {"fp32": "f32", "bf16": "bf16"}  # fp16 and int8: the plugin's default precision
 
 
+def compile_options(precision: str, threads: int | None, *, cpu_pinning: bool = False) -> dict[str, Any]:
+    """The CPU plugin's configuration for an export of ``precision`` run by ``threads`` threads."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": cpu_pinning}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    if precision in _PRECISION_HINTS:
+        config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[precision]
+    return config
+
+
 class OpenVinoEngine(InferenceEngine):
     """An OpenVINO IR (a path, an in-memory ``ov.Model`` or an already compiled model) on the CPU."""
 
@@ -53,11 +66,7 @@ class OpenVinoEngine(InferenceEngine):
         if isinstance(model, ov.CompiledModel):
             compiled = model
         else:
-            config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
-            if threads is not None:
-                config["INFERENCE_NUM_THREADS"] = threads
-            if precision in _PRECISION_HINTS:
-                config["INFERENCE_PRECISION_HINT"] = _PRECISION_HINTS[precision]
+            config = compile_options(precision, threads)
             source = str(model) if isinstance(model, Path) else model
             if isinstance(model, Path) and not model.is_file():
                 msg = f"no OpenVINO model at {model}"
@@ -72,6 +81,7 @@ class OpenVinoEngine(InferenceEngine):
             )
             raise EngineError(msg)
         self.runtime_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))  # 0: the plugin decides
+        self.cpu_pinning = bool(compiled.get_property("ENABLE_CPU_PINNING"))
         self._request = compiled.create_infer_request()
         self._logits, self._embedding = compiled.output(LOGITS_NAME), compiled.output(EMBEDDING_NAME)
         self._lock = threading.Lock()  # one infer request: calls from several threads take turns
@@ -89,6 +99,7 @@ class OpenVinoEngine(InferenceEngine):
             **super().describe(),
             "inference_precision": self.inference_precision,
             "runtime_threads": self.runtime_threads,
+            "cpu_pinning": self.cpu_pinning,
         }
 
 

@@ -130,6 +130,15 @@ def test_threads_reach_the_runtime(exported):
         OpenVinoEngine(exported["openvino-fp32"], precision="fp32", threads=0)
 
 
+def test_openvino_leaves_thread_placement_to_the_os(exported):
+    # Pinned, every single-thread replica on a machine ran on its first core (benchmarks/cpu_pinning.py).
+    for threads in (1, 2, None):
+        assert (
+            OpenVinoEngine(exported["openvino-fp32"], precision="fp32", threads=threads).describe()["cpu_pinning"]
+            is False
+        )
+
+
 def test_torch_bf16_only_where_the_cpu_has_it(batch):
     with pytest.raises(EngineError, match=r"no native bf16.*accepted here: fp32"):
         TorchEngine(_model(), precision="bf16", capabilities=AVX2_ONLY)
