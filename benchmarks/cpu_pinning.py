@@ -114,7 +114,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    version = ModelRegistry(args.registry).get(args.model)
+    registry = ModelRegistry(args.registry)
+    version = registry.get(registry.resolve(args.model).parent.name)  # aliases: production, latest
     choice = choose_engine(version, EnginePreference(engine="openvino", precision=args.precision))
     model_xml = version.path / choice.export.path
     frames = [decode_image(s.path.read_bytes()) for s in load_samples(DataConfig())[:64]]
