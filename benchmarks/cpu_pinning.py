@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.machine import machine_info, save_result
-from benchmarks.raw_layouts import layouts_for, time_predictor
+from benchmarks.raw_layouts import layouts_for, run_together, time_predictor
 from inspectline.card import ModelCard
 from inspectline.config import DataConfig
 from inspectline.data import load_samples
@@ -75,26 +75,8 @@ def measure(
     seconds: float,
 ) -> dict:
     """``processes`` processes of ``threads`` threads at once; their frames/s summed and the cores they used."""
-    ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(processes), ctx.Queue()
-    args = (
-        queue,
-        barrier,
-        str(model_xml),
-        precision,
-        card.model_dump(mode="json"),
-        threads,
-        pinning,
-        frames,
-        batch,
-        seconds,
-    )
-    workers = [ctx.Process(target=_worker, args=args) for _ in range(processes)]
-    for w in workers:
-        w.start()
-    reports = [queue.get() for _ in workers]
-    for w in workers:
-        w.join()
+    args = (str(model_xml), precision, card.model_dump(mode="json"), threads, pinning, frames, batch, seconds)
+    reports = run_together(_worker, args, processes)
     if any(r["cpu_pinning"] != pinning for r in reports):
         msg = f"asked for cpu_pinning={pinning}, the plugin compiled {[r['cpu_pinning'] for r in reports]}"
         raise RuntimeError(msg)

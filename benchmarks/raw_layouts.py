@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,6 +48,22 @@ def layouts_for(cores: int) -> list[tuple[int, int]]:
     return [(1, cores)] if cores == 1 else [(1, cores), (cores, 1)]
 
 
+def run_together(target: Callable[..., None], args: tuple, processes: int) -> list[dict]:
+    """Start ``processes`` spawned processes of ``target(queue, barrier, *args)`` and collect one report from each.
+
+    The barrier lets their timed loops start together; each puts its report on the queue.
+    """
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(queue, barrier, *args)) for _ in range(processes)]
+    for w in workers:
+        w.start()
+    reports = [queue.get() for _ in workers]
+    for w in workers:
+        w.join()
+    return reports
+
+
 def measure_layout(
     registry_root: Path,
     version: str,
@@ -59,16 +76,8 @@ def measure_layout(
     seconds: float,
 ) -> LayoutResult:
     """``processes`` processes of ``threads`` threads each, predicting at once for ``seconds``."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(processes)
-    queue = ctx.Queue()
-    args = (queue, barrier, str(registry_root), version, preference.model_dump(), threads, frames, batch, seconds)
-    workers = [ctx.Process(target=_worker, args=args) for _ in range(processes)]
-    for w in workers:
-        w.start()
-    reports = [queue.get() for _ in workers]
-    for w in workers:
-        w.join()
+    args = (str(registry_root), version, preference.model_dump(), threads, frames, batch, seconds)
+    reports = run_together(_worker, args, processes)
     engines = {r["engine"]["engine"] + " " + r["engine"]["precision"] for r in reports}
     if len(engines) != 1:
         msg = f"the processes of layout {processes}x{threads} chose different engines: {sorted(engines)}"
