@@ -2,6 +2,7 @@
 
     python benchmarks/serve_throughput.py --registry models --model production   # the demo model
     python benchmarks/serve_throughput.py --arch resnet50 --image-size 224       # ResNet50 at 224 px
+    python benchmarks/serve_throughput.py --registry models --judge gateway     # the Gateway replicas judge
 
 (a) raw: the version's Predictor through the engine the service's Inspector would choose (same
     ``engine`` / ``precision`` / ``torch_autocast`` preference), in batches of ``--max-batch-size``
@@ -84,6 +85,14 @@ def main() -> None:
         help="the Inspector's engine preference, for raw and served alike",
     )
     parser.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16", "int8"], default="auto")
+    parser.add_argument(
+        "--judge",
+        choices=["inspector", "gateway"],
+        default="inspector",
+        help="which deployment judges frames: Inspector replicas behind the Gateway (serve_config.yaml), or the "
+        "Gateway replicas themselves (deploy/serve_config.gateway-judges.yaml); --replicas and --cpus-per-replica "
+        "size whichever judges",
+    )
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--cpus-per-replica", type=float, default=1.0)
     parser.add_argument("--max-batch-size", type=int, default=8)
@@ -142,8 +151,7 @@ def main() -> None:
         bodies = [s.path.read_bytes() for s in load_samples(DataConfig())[:64]]
         frames = [decode_image(b) for b in bodies]
         config = _serve_config(args, registry.root, version, Path(tmp))
-        inspector = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Inspector")
-        options = inspector["user_config"]
+        options = _inspector_options(config)
         preference = EnginePreference(
             engine=options["engine"], precision=options["precision"], torch_autocast=options["torch_autocast"]
         )
@@ -236,6 +244,7 @@ def main() -> None:
         "ray_serve_throughput_optimized": args.throughput_optimized,
         "ray_env": ray_env,
         "gateway_settings": _gateway_settings(args),
+        "judge": args.judge,
         "replicas": args.replicas,
         "cpus_per_replica": args.cpus_per_replica,
         "max_batch_size": args.max_batch_size,
@@ -481,27 +490,38 @@ def _serve_config(args: argparse.Namespace, registry: Path, version: str, workdi
         "service": {"spool_dir": str(workdir / "spool")},
     }
     (workdir / "inspect.yaml").write_text(yaml.safe_dump(locations))
-    config = load_serve_config(REPO / "serve_config.yaml")
+    gateway_judges = args.judge == "gateway"
+    config = load_serve_config(
+        REPO / ("deploy/serve_config.gateway-judges.yaml" if gateway_judges else "serve_config.yaml")
+    )
     config["http_options"] = {"host": "127.0.0.1", "port": args.port}
     app = config["applications"][0]
-    app["args"] = {"config": str(workdir / "inspect.yaml")}
+    app["args"] = {"config": str(workdir / "inspect.yaml"), "judge": args.judge}
     for deployment in app["deployments"]:
-        if deployment["name"] == "Inspector":
+        if deployment["name"] == ("Gateway" if gateway_judges else "Inspector"):
             deployment["num_replicas"] = args.replicas
             deployment["ray_actor_options"] = {"num_cpus": args.cpus_per_replica}
-            deployment["user_config"].update(
-                {
-                    "max_batch_size": args.max_batch_size,
-                    "batch_wait_timeout_s": args.batch_wait_s,
-                    "engine": args.engine,
-                    "precision": args.precision,
-                }
-            )
         if deployment["name"] == "Gateway":
             deployment["user_config"]["model"] = version
             deployment["user_config"]["max_inflight"] = 4096  # measure the service, not its refusal path
             deployment["user_config"].update(_gateway_settings(args))
+    _inspector_options(config).update(
+        {
+            "max_batch_size": args.max_batch_size,
+            "batch_wait_timeout_s": args.batch_wait_s,
+            "engine": args.engine,
+            "precision": args.precision,
+        }
+    )
     return config
+
+
+def _inspector_options(config: dict) -> dict:
+    """The judging replicas' settings: the Inspector's user_config, or the Gateway's ``inspector`` where it judges."""
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    if "Inspector" in deployments:
+        return deployments["Inspector"]["user_config"]
+    return deployments["Gateway"]["user_config"]["inspector"]
 
 
 def _gateway_settings(args: argparse.Namespace) -> dict:
@@ -514,6 +534,8 @@ def _table(r: dict) -> None:
     print(f"engine: {r['engine']} {r['precision']} ({r['engine_reason']})")
     if r.get("ingress"):
         print(f"ingress: {r['ingress']['name']} ({r['ingress']['reason']})")
+    if r.get("judge"):
+        print(f"frames judged by: {'the Gateway replicas' if r['judge'] == 'gateway' else 'Inspector replicas'}")
     if r.get("gateway_settings") or r.get("ray_env"):
         gateway, ray_env = r.get("gateway_settings") or "none", r.get("ray_env") or "default"
         print(f"gateway overrides: {gateway}; Ray environment: {ray_env}")

@@ -461,53 +461,6 @@ class PathsConfig(_Section):
     snapshots: Path = Path("snapshots")
 
 
-class GatewayOptions(_Section):
-    """``user_config`` of the HTTP gateway deployment (see ``serve_config.yaml``)."""
-
-    model: str = Field("production", description="model to serve: production (follows promotions), latest or vNNNN")
-    reload_interval_s: float = Field(1.0, gt=0, description="how often the production pointer is checked")
-    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="larger request bodies get 413")
-    max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard: larger images get 422")
-    max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")
-    max_inflight: int = Field(64, ge=1, description="frames being judged at once; beyond it 503 + Retry-After")
-    retry_after_s: int = Field(1, ge=1)
-    recent_frames: int = Field(
-        100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id"
-    )
-    monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
-    inspect_window_s: float = Field(
-        0.0,
-        ge=0,
-        le=0.1,
-        description="frames arriving within this of each other go to an inspector in one call; 0: those of the same "
-        "event-loop turn (the frames of one batch post)",
-    )
-    inspect_group_max: int = Field(8, ge=1, le=256, description="most frames in one call to an inspector replica")
-    replica_calls: Literal["grpc", "ray"] = Field(
-        "grpc",
-        description="how frames go to the inspector replicas and records to the line monitor: grpc (Ray Serve's gRPC "
-        "between replicas, by value: about half the CPU of an actor call) or ray (Ray actor calls, by reference)",
-    )
-    max_pending_bytes: int = Field(
-        256 * 2**20,
-        ge=2**20,
-        description="judged frames (with their images) held in memory for the line monitor; beyond it they wait "
-        "only in the gateway's journal on disk",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_token_in_the_serve_config(cls, values: Any) -> Any:
-        if isinstance(values, dict) and "api_token" in values:
-            msg = (
-                "api_token is no longer read from the serve config (a secret in a deployment file); set "
-                "INSPECT_API_TOKEN in the service's environment, or name tokens with scopes in "
-                "service.tokens_file (`inspect tokens add`)"
-            )
-            raise ValueError(msg)
-        return values
-
-
 class InspectorOptions(_Section):
     """``user_config`` of the inspector replicas: verdict rules, TTA and dynamic batching."""
 
@@ -548,6 +501,58 @@ class InspectorOptions(_Section):
             msg = f"camera_bit_depth must be between 8 and 16 bits, got {bad}"
             raise ValueError(msg)
         return value
+
+
+class GatewayOptions(_Section):
+    """``user_config`` of the HTTP gateway deployment (see ``serve_config.yaml``)."""
+
+    model: str = Field("production", description="model to serve: production (follows promotions), latest or vNNNN")
+    reload_interval_s: float = Field(1.0, gt=0, description="how often the production pointer is checked")
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="larger request bodies get 413")
+    max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard: larger images get 422")
+    max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")
+    max_inflight: int = Field(64, ge=1, description="frames being judged at once; beyond it 503 + Retry-After")
+    retry_after_s: int = Field(1, ge=1)
+    recent_frames: int = Field(
+        100_000, ge=0, description="verdicts remembered per gateway to answer a repeated frame id"
+    )
+    monitor_flush_s: float = Field(0.2, gt=0, le=10, description="how often frame records are sent to the line monitor")
+    inspect_window_s: float = Field(
+        0.0,
+        ge=0,
+        le=0.1,
+        description="frames arriving within this of each other go to an inspector in one call; 0: those of the same "
+        "event-loop turn (the frames of one batch post)",
+    )
+    inspect_group_max: int = Field(8, ge=1, le=256, description="most frames in one call to an inspector replica")
+    replica_calls: Literal["grpc", "ray"] = Field(
+        "grpc",
+        description="how frames go to the inspector replicas and records to the line monitor: grpc (Ray Serve's gRPC "
+        "between replicas, by value: about half the CPU of an actor call) or ray (Ray actor calls, by reference)",
+    )
+    max_pending_bytes: int = Field(
+        256 * 2**20,
+        ge=2**20,
+        description="judged frames (with their images) held in memory for the line monitor; beyond it they wait "
+        "only in the gateway's journal on disk",
+    )
+    inspector: InspectorOptions | None = Field(
+        None,
+        description="where the gateway judges frames itself (the application's args: judge: gateway): the settings an "
+        "Inspector replica would take (engine, threshold, TTA, batching); ignored otherwise",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token_in_the_serve_config(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "api_token" in values:
+            msg = (
+                "api_token is no longer read from the serve config (a secret in a deployment file); set "
+                "INSPECT_API_TOKEN in the service's environment, or name tokens with scopes in "
+                "service.tokens_file (`inspect tokens add`)"
+            )
+            raise ValueError(msg)
+        return values
 
 
 class MonitorOptions(_Section):

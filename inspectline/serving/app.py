@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -37,6 +38,9 @@ class AppArgs(BaseModel):
 
     config: Path = Path("inspect.yaml")  # the CLI's configuration; when the file is missing, the defaults
     base: Path | None = None  # what relative paths resolve against; None: the working directory
+    # Which deployment judges frames: Inspector replicas behind the Gateway (serve_config.yaml), or the
+    # Gateway replicas themselves, one process hop fewer per frame (deploy/serve_config.gateway-judges.yaml).
+    judge: Literal["inspector", "gateway"] = "inspector"
 
     @model_validator(mode="before")
     @classmethod
@@ -105,7 +109,8 @@ def service_locations(config_path: Path, base: Path) -> ServiceLocations:
 
 
 def build_app(args: dict) -> Application:
-    """Gateway -> Inspector replicas, LineMonitor and the Heatmaps worker, with the locations from ``inspect.yaml``."""
+    """Gateway -> Inspector replicas (unless the Gateway judges), LineMonitor and the Heatmaps worker, with the
+    locations from ``inspect.yaml``."""
     try:
         parsed = AppArgs.model_validate(args or {})
     except ValidationError as exc:
@@ -125,7 +130,7 @@ def build_app(args: dict) -> Application:
     from inspectline.serving.monitor import LineMonitor
 
     return Gateway.bind(
-        Inspector.bind(registry, gateway=Gateway.name),
+        Inspector.bind(registry, gateway=Gateway.name) if parsed.judge == "inspector" else None,
         LineMonitor.bind(registry, store, spool, plant),
         registry,
         store,

@@ -62,13 +62,33 @@ def load_serve_config(path: Path) -> dict[str, Any]:
     raw = yaml.safe_load(path.read_text()) or {}
     _validated(ServeDeploySchema, raw, f"{path} is not a valid Ray Serve config")
     for app in raw.get("applications", []):
-        if app.get("import_path") == "inspectline.serving.app:build_app":
-            _validated(AppArgs, app.get("args") or {}, f"{path}: args of application {app.get('name')!r}")
         for deployment in app.get("deployments", []):
             schema = _OPTIONS.get(deployment.get("name"))
             if schema is not None:
                 _validated(schema, deployment.get("user_config") or {}, f"{path}: user_config of {deployment['name']}")
+        if app.get("import_path") == "inspectline.serving.app:build_app":
+            where = f"{path}: application {app.get('name')!r}"
+            _validated(AppArgs, app.get("args") or {}, f"{where}: args")
+            _check_judge(AppArgs.model_validate(app.get("args") or {}).judge, app.get("deployments", []), where)
     return raw
+
+
+def _check_judge(judge: str, deployments: list[dict], where: str) -> None:
+    """The deployments must be the ones ``judge`` builds, with the inspector settings in one place."""
+    names = {d.get("name"): d for d in deployments}
+    if judge == "gateway" and "Inspector" in names:
+        msg = (
+            f"{where} has judge: gateway, which builds no Inspector deployment: remove the Inspector entry and put "
+            "its user_config under the Gateway's user_config.inspector (see deploy/serve_config.gateway-judges.yaml)"
+        )
+        raise ConfigError(msg)
+    gateway_inspector = (names.get("Gateway", {}).get("user_config") or {}).get("inspector")
+    if judge == "inspector" and gateway_inspector is not None:
+        msg = (
+            f"{where} sets the Gateway's user_config.inspector, but its Inspector replicas judge the frames (judge: "
+            "inspector): move those settings to the Inspector deployment's user_config, or set judge: gateway in args"
+        )
+        raise ConfigError(msg)
 
 
 def _validated(schema: type[BaseModel], value: dict, where: str) -> None:
@@ -94,6 +114,8 @@ def resolve_paths(config: dict[str, Any], base: Path) -> dict[str, Any]:
         args = AppArgs.model_validate(app.get("args") or {})
         root = (base / args.base).resolve() if args.base else base.resolve()
         app["args"] = {"config": str((root / args.config.expanduser()).resolve()), "base": str(root)}
+        if args.judge != AppArgs().judge:  # only where set: the args of a default app stay as they were
+            app["args"]["judge"] = args.judge
     return config
 
 

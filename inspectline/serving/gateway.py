@@ -5,7 +5,8 @@ error table in :mod:`inspectline.serving.http`, idempotent judging, the monitor 
 follower in :mod:`inspectline.serving.judging`. Here each of them gets its Ray-backed callables:
 
     inspect(job)          -> an inspector replica; jobs arriving together share one call
-                             (handle.judge_many, see serving.coalesce), backpressure -> 503 overloaded
+                             (handle.judge_many, see serving.coalesce), backpressure -> 503 overloaded;
+                             or, where the gateway judges its own frames, its FrameJudge (below)
     prepare_everywhere(m) -> every inspector replica loads and warms m (handle.broadcast), or it raises
     send(batch)           -> the line monitor (handle.observe); acknowledged once the frames are durable
     lookup(key)           -> the frame store (the authority on frame ids judged before)
@@ -21,6 +22,14 @@ which costs the two processes about half the CPU per call (README, "Serving").
 
 The gateway reserves no CPU: it checks headers and limits, hashes bytes and forwards encoded images;
 decoding happens in the inspectors.
+
+**The gateway judges its own frames** where the application is built with ``judge: gateway``
+(``deploy/serve_config.gateway-judges.yaml``): there are no Inspector replicas, each Gateway replica
+holds a :class:`~inspectline.serving.inspector.FrameJudge` configured by its ``user_config.inspector``
+and reserves the CPUs its model threads use, and the front (HAProxy, or Ray's proxy) spreads posts over
+the Gateway replicas. A frame then crosses one process boundary fewer: no replica call, no second
+request in Serve's machinery (README, "Serving"). Each Gateway replica follows promotions on its own, so
+during a switch two replicas may judge with the old and the new version for up to ``reload_interval_s``.
 """
 
 from __future__ import annotations
@@ -37,8 +46,8 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from inspectline.audit import AUDIT_NAME, AuditLog
-from inspectline.config import GatewayOptions, StoreConfig
-from inspectline.errors import NotReadyError, OverloadedError
+from inspectline.config import GatewayOptions, InspectorOptions, StoreConfig
+from inspectline.errors import ConfigError, NotReadyError, OverloadedError
 from inspectline.registry import ModelRegistry
 from inspectline.serving import line_routes, model_routes, review_routes, routes, ui
 from inspectline.serving.auth import TokenTable
@@ -58,7 +67,7 @@ log = logging.getLogger("ray.serve")
 class Gateway:
     async def __init__(
         self,
-        inspector: DeploymentHandle,
+        inspector: DeploymentHandle | None,
         monitor: DeploymentHandle,
         registry: str,
         store: dict,
@@ -68,8 +77,13 @@ class Gateway:
     ):
         self.inspector, self.monitor, self.heatmaps = inspector, monitor, heatmaps
         self.options = GatewayOptions()
-        self._route_frame_calls()
         self.registry = ModelRegistry(Path(registry))
+        self.judge = None
+        if inspector is None:  # no Inspector deployment: this replica judges its frames itself (judge: gateway)
+            from inspectline.serving.inspector import FrameJudge  # torch and the engines, only where they run
+
+            self.judge = FrameJudge(self.registry)
+        self._route_frame_calls()
         store_config = StoreConfig.model_validate(store)
         self.store = StoreAccess(lambda: FrameStore(store_config))
         # Read here at the process edge; a tokens file that cannot be read stops the start (fail closed). The
@@ -87,7 +101,7 @@ class Gateway:
             self._inspect_many, window_s=self.options.inspect_window_s, max_jobs=self.options.inspect_group_max
         )
         self.frames = FrameService(
-            inspect=self._inspect,
+            inspect=self._inspect if self.judge is None else self.judge.judge,
             lookup=self.store.find,
             outbox=self.outbox,
             follower=self.follower,
@@ -110,7 +124,7 @@ class Gateway:
                 frames=self.frames,
                 store=self.store,
                 audit=AuditLog(self.registry.root / AUDIT_NAME),
-                describe_model=lambda model: self.inspector.describe.remote(model),
+                describe_model=self._describe_model,
                 render_metrics=lambda: self.monitor.render.remote(),
                 review=ReviewServices(
                     models=ModelBook(self.registry),
@@ -125,8 +139,16 @@ class Gateway:
             ui.router,
         )
 
-    def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = GatewayOptions.model_validate(user_config or {})
+        if self.judge is not None:  # first call: nothing to warm yet, the model follower prepares what it serves
+            await self.judge.configure(self.options.inspector or InspectorOptions(), first_models=_nothing)
+        elif self.options.inspector is not None:
+            msg = (
+                "the Gateway's user_config sets inspector, but this application has Inspector replicas (judge: "
+                "inspector): put those settings in the Inspector deployment's user_config"
+            )
+            raise ConfigError(msg)
         self.frames.max_inflight = self.options.max_inflight
         self.frames.retry_after_s = self.follower.retry_after_s = self.options.retry_after_s
         self.frames.recent_capacity = self.options.recent_frames
@@ -137,7 +159,8 @@ class Gateway:
     def _route_frame_calls(self) -> None:
         """The handles of the per-frame calls, over gRPC or as Ray actor calls (``replica_calls``)."""
         by_reference = self.options.replica_calls == "ray"
-        self._judge_many = self.inspector.options(method_name="judge_many", _by_reference=by_reference)
+        if self.inspector is not None:
+            self._judge_many = self.inspector.options(method_name="judge_many", _by_reference=by_reference)
         self._observe = self.monitor.options(method_name="observe", _by_reference=by_reference)
 
     async def _follow_tokens(self) -> None:
@@ -171,8 +194,17 @@ class Gateway:
         later warms before its first frame."""
         return [m for m in (self.follower.active, self.follower.shadow) if m is not None]
 
+    async def _describe_model(self, model: ServedModel) -> dict:
+        if self.judge is not None:
+            return await self.judge.describe(model)
+        return await self.inspector.describe.remote(model)
+
     async def _prepare_everywhere(self, model: ServedModel) -> None:
         """Every running inspector replica loads and warms ``model``; raises if any of them cannot."""
+        if self.judge is not None:
+            await self.judge.prepare(model)
+            log.info("model %s warm in this gateway replica", model)
+            return
         results = await self.inspector.broadcast("prepare", model).results_async()
         log.info("model %s warm on %d inspector replicas", model, len(results))
 
@@ -189,3 +221,7 @@ class Gateway:
             log.warning("could not read recent verdicts from the frame store: %s", exc)
             return
         self.frames.remember_stored(list(reversed(stored)))
+
+
+async def _nothing() -> list[ServedModel]:
+    return []

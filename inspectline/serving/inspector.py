@@ -20,6 +20,11 @@ by default its ``num_cpus``. ``/v1/model`` says which engine runs and why.
 
 16-bit frames are scaled by the camera's configured bit depth, else the PNG's sBIT, else the bit depth
 the model was trained on (``imaging.decode_for_model``).
+
+All of this is :class:`FrameJudge`; the :class:`Inspector` deployment adds only what a replica of its own
+needs (its ``user_config`` and asking the running gateway what to warm at start). Where the application
+is built with ``judge: gateway`` each Gateway replica holds a ``FrameJudge`` instead and there are no
+Inspector replicas.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,29 +126,30 @@ def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgemen
     ]
 
 
-@serve.deployment(name="Inspector", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
-class Inspector:
-    def __init__(self, registry: str, gateway: str | None = None):
-        self.registry = ModelRegistry(Path(registry))
-        self.gateway = gateway  # the deployment whose frames this one judges: asked what to warm at start
+class FrameJudge:
+    """Decodes, preprocesses and judges frames with the model versions they ask for: the work of an Inspector
+    replica, and of a Gateway replica that judges its own frames (app args ``judge: gateway``).
+
+    Ray-free apart from its ``@serve.batch`` forward, which needs the Serve replica it runs in.
+    """
+
+    def __init__(self, registry: ModelRegistry):
+        self.registry = registry
         self.options = InspectorOptions()
         self._models: OrderedDict[str, tuple[InferenceEngine, EngineChoice, ModelCard]] = OrderedDict()
         self._predictors: dict[ServedModel, Predictor] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._configured = False
+        self._configured = asyncio.Event()
 
-    async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:  # noqa: ARG002
-        """Apply a new ``user_config`` in place: verdict rules, TTA and batching; models stay loaded unless
-        the engine, precision, threads or device changed (then the versions loaded reload here, warm).
+    async def configure(
+        self, options: InspectorOptions, first_models: Callable[[], Awaitable[list[ServedModel]]]
+    ) -> None:
+        """Apply ``options`` in place: verdict rules, TTA and batching; models stay loaded unless the engine,
+        precision, threads or device changed (then the versions loaded reload here, warm).
 
-        Serve makes the first call before the replica takes any frame, with or without a ``user_config``
-        (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the models the
-        frames will ask for, so a replica that starts later than the others, a restarted one or an
-        autoscaled one never answers its first frames after a model load: what the running gateway serves
-        (a version it is pinned to, ``model: vNNNN``, included) and its shadow, or the registry's production
-        and shadow versions when no gateway is running yet (the first deploy, when they all start together).
+        The first call also loads and warms ``first_models()``. Until it returns, frames and ``prepare``
+        wait: nothing is loaded with settings about to change.
         """
-        options = InspectorOptions.model_validate(user_config or {})
         warm = list(self._predictors)
         if _engine_settings(options) != _engine_settings(self.options):
             self._models.clear()
@@ -150,30 +157,12 @@ class Inspector:
         self._forward.set_max_batch_size(self.options.max_batch_size)
         self._forward.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
         self._predictors.clear()  # rebuilt with the new rules
-        if not self._configured:
-            self._configured = True
-            warm = await self._served_by_gateway() or await asyncio.to_thread(self._models_in_service)
+        if not self._configured.is_set():
+            warm = await first_models()
         await self._warm(warm)
+        self._configured.set()
 
-    async def _served_by_gateway(self) -> list[ServedModel]:
-        """The models the running gateway serves, or none when it is not running (it is not waited for)."""
-        if self.gateway is None:
-            return []
-        try:
-            app = serve.get_replica_context().app_name
-            status = await asyncio.to_thread(serve.status)
-            gateway = status.applications[app].deployments.get(self.gateway)
-            if gateway is None or gateway.status != "HEALTHY":
-                return []
-            handle = serve.get_deployment_handle(self.gateway, app_name=app)
-            served = await asyncio.wait_for(handle.models_in_service.remote(), timeout=GATEWAY_ANSWER_S)
-        except Exception as exc:  # noqa: BLE001 - the registry's versions are the fallback
-            log.info("the gateway did not say what it serves (%s); warming the registry's versions", exc)
-            return []
-        log.info("the gateway serves %s", ", ".join(map(str, served)) or "nothing yet")
-        return list(served)
-
-    def _models_in_service(self) -> list[ServedModel]:
+    def models_in_registry(self) -> list[ServedModel]:
         """The production and shadow versions with their operating points in force (none is not an error)."""
         try:
             names = [self.registry.production(), self.registry.shadow()]
@@ -191,10 +180,12 @@ class Inspector:
                 log.warning("could not load model %s: %s", model, exc)
 
     async def prepare(self, model: ServedModel) -> dict:
-        """Load and warm ``model`` (if needed); returns its description. Broadcast before every switch."""
+        """Load and warm ``model`` (if needed); returns its description. Asked of every replica before a switch."""
+        await self._configured.wait()
         return self.describe_predictor(await self._predictor(model), model)
 
     async def describe(self, model: ServedModel) -> dict:
+        await self._configured.wait()
         return self.describe_predictor(await self._predictor(model), model)
 
     def loaded_versions(self) -> list[str]:
@@ -202,6 +193,7 @@ class Inspector:
 
     async def judge(self, job: InspectJob) -> Judgement | JudgeFailure:
         """Decode, preprocess and judge one encoded frame."""
+        await self._configured.wait()
         try:
             predictor = await self._predictor(job.model)
         except InspectError as exc:
@@ -300,6 +292,48 @@ class Inspector:
             "operating_point": point.model_dump(mode="json") if point is not None else None,
             "engine": predictor.engine_choice.describe() if predictor.engine_choice else None,
         }
+
+
+@serve.deployment(name="Inspector", max_ongoing_requests=32, ray_actor_options={"num_cpus": 1})
+class Inspector(FrameJudge):
+    """A replica of its own for judging frames, behind the gateway (app args ``judge: inspector``, the default)."""
+
+    def __init__(self, registry: str, gateway: str | None = None):
+        super().__init__(ModelRegistry(Path(registry)))
+        self.gateway = gateway  # the deployment whose frames this one judges: asked what to warm at start
+
+    async def reconfigure(self, user_config: dict[str, Any] | None, rank: Any = None) -> None:  # noqa: ARG002
+        """Apply a new ``user_config`` in place (:meth:`FrameJudge.configure`).
+
+        Serve makes the first call before the replica takes any frame, with or without a ``user_config``
+        (it always calls a ``reconfigure`` that takes ``rank``). That call loads and warms the models the
+        frames will ask for, so a replica that starts later than the others, a restarted one or an
+        autoscaled one never answers its first frames after a model load: what the running gateway serves
+        (a version it is pinned to, ``model: vNNNN``, included) and its shadow, or the registry's production
+        and shadow versions when no gateway is running yet (the first deploy, when they all start together).
+        """
+        await self.configure(InspectorOptions.model_validate(user_config or {}), self._first_models)
+
+    async def _first_models(self) -> list[ServedModel]:
+        return await self._served_by_gateway() or await asyncio.to_thread(self.models_in_registry)
+
+    async def _served_by_gateway(self) -> list[ServedModel]:
+        """The models the running gateway serves, or none when it is not running (it is not waited for)."""
+        if self.gateway is None:
+            return []
+        try:
+            app = serve.get_replica_context().app_name
+            status = await asyncio.to_thread(serve.status)
+            gateway = status.applications[app].deployments.get(self.gateway)
+            if gateway is None or gateway.status != "HEALTHY":
+                return []
+            handle = serve.get_deployment_handle(self.gateway, app_name=app)
+            served = await asyncio.wait_for(handle.models_in_service.remote(), timeout=GATEWAY_ANSWER_S)
+        except Exception as exc:  # noqa: BLE001 - the registry's versions are the fallback
+            log.info("the gateway did not say what it serves (%s); warming the registry's versions", exc)
+            return []
+        log.info("the gateway serves %s", ", ".join(map(str, served)) or "nothing yet")
+        return list(served)
 
 
 def _engine_settings(options: InspectorOptions) -> tuple:

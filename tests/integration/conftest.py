@@ -113,15 +113,24 @@ def app_config(
     inspector_options: dict | None = None,
     gateway_options: dict | None = None,
     tokens_file: Path | None = None,
+    judge: str = "inspector",
 ) -> dict:
-    """The repo's application entry with test-sized settings."""
-    app = copy.deepcopy(load_serve_config(REPO / "serve_config.yaml")["applications"][0])
+    """The repo's application entry with test-sized settings; ``judge="gateway"``: the one of
+    ``deploy/serve_config.gateway-judges.yaml``, where ``inspector`` goes to the Gateway's ``user_config.inspector``
+    and ``inspector_options`` (replicas, CPUs) to the Gateway deployment."""
+    gateway_judges = judge == "gateway"
+    source = REPO / ("deploy/serve_config.gateway-judges.yaml" if gateway_judges else "serve_config.yaml")
+    app = copy.deepcopy(load_serve_config(source)["applications"][0])
     app["name"], app["route_prefix"] = name, route_prefix
-    app["args"] = {"config": str(inspect_yaml(registry, name, tokens_file=tokens_file))}
+    app["args"] = {"config": str(inspect_yaml(registry, name, tokens_file=tokens_file)), "judge": judge}
     for deployment in app["deployments"]:
         if deployment["name"] == "Gateway":
             deployment["user_config"].update({"reload_interval_s": 0.3, **(gateway or {})})
             deployment.update(gateway_options or {})
+            if gateway_judges:
+                deployment["ray_actor_options"] = {"num_cpus": 0.25}  # beside the base app's inspectors
+                deployment["user_config"]["inspector"].update(inspector or {})
+                deployment.update(inspector_options or {})
         if deployment["name"] == "Inspector":
             deployment["ray_actor_options"] = {"num_cpus": 0.5}  # two replicas on a 2-core CI machine
             deployment["user_config"].update(inspector or {})

@@ -5,6 +5,9 @@ The promotion is also one between engines: v0001 runs its checkpoint in torch fp
 OpenVINO INT8 export that passed parity, which the replicas' ``engine: auto`` must pick up with the
 promotion (hot reload works the same for exported models). The tiny test model is not one INT8 keeps
 every verdict of, so the export is held to a low agreement bound; the test is about serving it.
+
+It runs in both layouts: Inspector replicas behind one Gateway, and Gateway replicas that judge their own
+frames (``judge: gateway``), where each replica switches on its own poll.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ pytestmark = pytest.mark.integration
 FRAMES = [encode_png(make_cell(np.random.default_rng(100 + i), i % 2 == 0)) for i in range(6)]
 
 
+@pytest.mark.parametrize("judge", ["inspector", "gateway"])
 def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_judge(
-    service, trained_run, other_run, tmp_path
+    service, trained_run, other_run, tmp_path, judge
 ):
     registry = ModelRegistry(tmp_path / "models")
     registry.register(trained_run.checkpoint)
@@ -46,13 +50,15 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
         "v0002": {"engine": "openvino", "precision": "int8"},
     }
     assert max(abs(a - b) for a, b in zip(offline["v0001"], offline["v0002"], strict=True)) > 1e-3  # truly different
+    replicas = 3 if judge == "inspector" else 2
     app = app_config(
         registry.root,
-        name="promo",
-        route_prefix="/promo",
-        inspector_options={"num_replicas": 3, "ray_actor_options": {"num_cpus": 0.3}},
+        name=f"promo-{judge}",
+        route_prefix=f"/promo-{judge}",
+        inspector_options={"num_replicas": replicas, "ray_actor_options": {"num_cpus": 0.3}},
+        judge=judge,
     )
-    url = f"{service.url}/promo"
+    url = f"{service.url}/promo-{judge}"
     stop = threading.Event()
     answers: list[list[tuple[int, str, float]]] = [[] for _ in range(3)]
     failures: list[str] = []
@@ -103,6 +109,8 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     for sequence in answers:
         versions = [v for _, v, _ in sequence]
         switch = versions.index("v0002")
-        assert set(versions[:switch]) == {"v0001"} and set(versions[switch:]) == {"v0002"}, versions
+        assert set(versions[:switch]) == {"v0001"}, versions
+        if judge == "inspector":  # one gateway switches every replica at one request boundary
+            assert set(versions[switch:]) == {"v0002"}, versions
         for i, version, p in sequence:  # the named version did judge it
             assert p == pytest.approx(offline[version][i], abs=1e-4), (i, version)

@@ -64,3 +64,46 @@ def test_binding_beyond_loopback_without_a_token_is_flagged(tmp_path: Path):
     assert not exposed_without_auth(config, {"INSPECT_API_TOKEN": "x"})
     config["http_options"]["host"] = "127.0.0.1"
     assert not exposed_without_auth(config, {})
+
+
+GATEWAY_JUDGES = REPO / "deploy" / "serve_config.gateway-judges.yaml"
+
+
+def test_the_gateway_judges_config_is_the_default_service_with_the_inspector_settings_moved(tmp_path: Path):
+    """The two shipped configs must not drift apart: the same settings, the Inspector's under the Gateway's."""
+    default = {d["name"]: d for d in load_serve_config(REPO / "serve_config.yaml")["applications"][0]["deployments"]}
+    config = load_serve_config(GATEWAY_JUDGES)
+    app = config["applications"][0]
+    assert app["args"]["judge"] == "gateway"
+    fused = {d["name"]: d for d in app["deployments"]}
+    assert set(fused) == set(default) - {"Inspector"}
+    gateway = fused["Gateway"]["user_config"]
+    assert gateway.pop("inspector") == default["Inspector"]["user_config"]
+    grouping = {"inspect_window_s", "inspect_group_max"}  # how frames are grouped into calls to Inspector replicas
+    assert gateway == {k: v for k, v in default["Gateway"]["user_config"].items() if k not in grouping}
+    assert fused["Gateway"]["ray_actor_options"]["num_cpus"] == default["Inspector"]["ray_actor_options"]["num_cpus"]
+    assert fused["Gateway"]["num_replicas"] == default["Inspector"]["num_replicas"]
+    for name in ("LineMonitor", "Heatmaps"):
+        assert fused[name] == default[name]
+    resolved = resolve_paths(config, tmp_path)["applications"][0]["args"]
+    assert resolved == {"config": str(tmp_path / "inspect.yaml"), "base": str(tmp_path), "judge": "gateway"}
+
+
+def test_inspector_settings_in_the_wrong_place_for_the_layout_are_refused(tmp_path: Path):
+    config = load_serve_config(GATEWAY_JUDGES)
+    app = config["applications"][0]
+    default = load_serve_config(REPO / "serve_config.yaml")["applications"][0]
+    app["deployments"].append(next(d for d in default["deployments"] if d["name"] == "Inspector"))
+    (tmp_path / "both.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"judge: gateway, which builds no Inspector deployment"):
+        load_serve_config(tmp_path / "both.yaml")
+    gateway = next(d for d in default["deployments"] if d["name"] == "Gateway")
+    gateway["user_config"]["inspector"] = {"tta": False}
+    (tmp_path / "split.yaml").write_text(yaml.safe_dump({**config, "applications": [default]}))
+    with pytest.raises(ConfigError, match=r"move those settings to the Inspector deployment's user_config"):
+        load_serve_config(tmp_path / "split.yaml")
+    app["args"]["judge"] = "elsewhere"
+    app["deployments"].pop()
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=r"judge.*'inspector' or 'gateway'"):
+        load_serve_config(tmp_path / "bad.yaml")

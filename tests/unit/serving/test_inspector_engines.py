@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from inspectline.config import InspectorOptions
 from inspectline.errors import EngineError
 from inspectline.export import ExportRequest, export_version
 from inspectline.registry import ModelRegistry
-from inspectline.serving.inspector import Inspector, judge_prepared, prepare_frame
+from inspectline.serving.inspector import FrameJudge, Inspector, judge_prepared, prepare_frame
 from inspectline.serving.records import InspectJob, Judgement, ServedModel
 
 PLAIN, EXPORTED = ServedModel("v0001"), ServedModel("v0002")
@@ -136,3 +137,23 @@ def test_an_engine_the_version_cannot_run_is_a_clear_error_not_a_crash(registry)
         asyncio.run(inspector.describe(EXPORTED))
     judged = asyncio.run(inspector.judge(InspectJob(image=_frames(1)[0], model=EXPORTED, camera_id="cam-1")))
     assert judged.kind == "model_unavailable" and "onnx" in judged.detail
+
+
+def test_a_model_asked_for_before_the_first_configure_is_loaded_with_its_settings(registry):
+    """A gateway that judges its own frames starts its model follower before Serve configures it: the
+    follower's prepare waits, and the model it gets runs with the configured settings, not the defaults."""
+
+    async def run() -> dict:
+        judge = FrameJudge(registry)
+        asked = asyncio.create_task(judge.prepare(EXPORTED))
+        await asyncio.sleep(0.05)
+        assert not asked.done() and judge.loaded_versions() == []
+        await judge.configure(InspectorOptions(engine="torch", tta=False), first_models=_nothing)
+        return await asked
+
+    described = asyncio.run(run())
+    assert described["engine"]["engine"] == "torch" and described["tta_views"] == ["identity"]
+
+
+async def _nothing() -> list[ServedModel]:
+    return []
