@@ -539,7 +539,7 @@ class GatewayOptions(_Section):
     inspector: InspectorOptions | None = Field(
         None,
         description="where the gateway judges frames itself (the application's args: judge: gateway): the settings an "
-        "Inspector replica would take (engine, threshold, TTA, batching); ignored otherwise",
+        "Inspector replica would take (engine, threshold, TTA, batching); refused where Inspector replicas judge",
     )
 
     @model_validator(mode="before")

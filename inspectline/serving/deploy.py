@@ -68,8 +68,8 @@ def load_serve_config(path: Path) -> dict[str, Any]:
                 _validated(schema, deployment.get("user_config") or {}, f"{path}: user_config of {deployment['name']}")
         if app.get("import_path") == "inspectline.serving.app:build_app":
             where = f"{path}: application {app.get('name')!r}"
-            _validated(AppArgs, app.get("args") or {}, f"{where}: args")
-            _check_judge(AppArgs.model_validate(app.get("args") or {}).judge, app.get("deployments", []), where)
+            args = _validated(AppArgs, app.get("args") or {}, f"{where}: args")
+            _check_judge(args.judge, app.get("deployments", []), where)
     return raw
 
 
@@ -91,9 +91,9 @@ def _check_judge(judge: str, deployments: list[dict], where: str) -> None:
         raise ConfigError(msg)
 
 
-def _validated(schema: type[BaseModel], value: dict, where: str) -> None:
+def _validated(schema: type[BaseModel], value: dict, where: str) -> BaseModel:
     try:
-        schema.model_validate(value)
+        return schema.model_validate(value)
     except ValidationError as exc:
         msg = f"{where} is invalid:\n" + "\n".join(f"  {line}" for line in validation_messages(exc))
         raise ConfigError(msg) from None

@@ -142,13 +142,13 @@ class FrameJudge:
         self._configured = asyncio.Event()
 
     async def configure(
-        self, options: InspectorOptions, first_models: Callable[[], Awaitable[list[ServedModel]]]
+        self, options: InspectorOptions, first_models: Callable[[], Awaitable[list[ServedModel]]] | None = None
     ) -> None:
         """Apply ``options`` in place: verdict rules, TTA and batching; models stay loaded unless the engine,
         precision, threads or device changed (then the versions loaded reload here, warm).
 
-        The first call also loads and warms ``first_models()``. Until it returns, frames and ``prepare``
-        wait: nothing is loaded with settings about to change.
+        The first call also loads and warms ``first_models()``, if given. Until it returns, frames and
+        ``prepare`` wait: nothing is loaded with settings about to change.
         """
         warm = list(self._predictors)
         if _engine_settings(options) != _engine_settings(self.options):
@@ -158,7 +158,7 @@ class FrameJudge:
         self._forward.set_batch_wait_timeout_s(self.options.batch_wait_timeout_s)
         self._predictors.clear()  # rebuilt with the new rules
         if not self._configured.is_set():
-            warm = await first_models()
+            warm = await first_models() if first_models is not None else []
         await self._warm(warm)
         self._configured.set()
 

@@ -148,12 +148,8 @@ def test_a_model_asked_for_before_the_first_configure_is_loaded_with_its_setting
         asked = asyncio.create_task(judge.prepare(EXPORTED))
         await asyncio.sleep(0.05)
         assert not asked.done() and judge.loaded_versions() == []
-        await judge.configure(InspectorOptions(engine="torch", tta=False), first_models=_nothing)
+        await judge.configure(InspectorOptions(engine="torch", tta=False))
         return await asked
 
     described = asyncio.run(run())
     assert described["engine"]["engine"] == "torch" and described["tta_views"] == ["identity"]
-
-
-async def _nothing() -> list[ServedModel]:
-    return []
