@@ -141,8 +141,12 @@ class Gateway:
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         self.options = GatewayOptions.model_validate(user_config or {})
-        if self.judge is not None:  # first call: nothing to warm yet, the model follower prepares what it serves
-            await self.judge.configure(self.options.inspector or InspectorOptions(), first_models=_nothing)
+        if self.judge is not None:
+            await self.judge.configure(self.options.inspector or InspectorOptions())
+            if self.follower.active is None:
+                # Serve routes posts to this replica once reconfigure returns, and the front spreads them over
+                # every Gateway replica: each one warms the model it serves first, as an Inspector replica does.
+                await self.follower.poll_once()
         elif self.options.inspector is not None:
             msg = (
                 "the Gateway's user_config sets inspector, but this application has Inspector replicas (judge: "
@@ -221,7 +225,3 @@ class Gateway:
             log.warning("could not read recent verdicts from the frame store: %s", exc)
             return
         self.frames.remember_stored(list(reversed(stored)))
-
-
-async def _nothing() -> list[ServedModel]:
-    return []
