@@ -1,6 +1,6 @@
 """Which deployment should judge frames: Inspector replicas behind the Gateway, or the Gateway replicas themselves?
 
-    python -m benchmarks.serve_layouts --registry models --model production [--rounds 3] [--seconds 15]
+    python -m benchmarks.serve_layouts --registry models --model production [--rounds 3] [--seconds 15] [--name layouts]
 
 Both layouts run on one local Ray, redeployed in turn in ABBA order (inspector, gateway, gateway,
 inspector, ...) so that a slow drift of the machine falls on both alike. Each turn: the app from
@@ -10,7 +10,8 @@ and judge their own frames, one process hop fewer), the same model, engine and b
 then single posts and batch posts of 8 at saturation (closed loop, the load generator in its own
 process), with every service process's CPU seconds per frame served, as ``serve_throughput.py`` counts them.
 
-Writes ``benchmarks/results/serve_layouts.json`` (each turn, and the medians per layout) and prints a table.
+Writes ``benchmarks/results/serve_<name>.json`` (default ``serve_layouts.json``: each turn, and the
+medians per layout) and prints a table.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="ABBA pairs: each layout runs this many times")
     parser.add_argument("--seconds", type=float, default=15.0, help="each measured closed loop")
     parser.add_argument("--port", type=int, default=8011)
+    parser.add_argument("--name", default="layouts", help="the result file: benchmarks/results/serve_NAME.json")
     args = parser.parse_args()
     registry = ModelRegistry(args.registry)
     version = registry.resolve(args.model).parent.name
+    card = registry.get(version).card
     bodies = [s.path.read_bytes() for s in load_samples(DataConfig())[:64]]
     order = [LAYOUTS[(i + i // 2) % 2] for i in range(2 * args.rounds)]  # A B B A A B ...
     cores = os.cpu_count() or 1
@@ -69,6 +72,9 @@ def main() -> None:
     }
     result = {
         "model": version,
+        "arch": card.arch,
+        "image_size": card.preprocessing.image_size,
+        "tta_views": list(card.tta_views),
         "rounds": args.rounds,
         "seconds": args.seconds,
         "order": order,
@@ -77,7 +83,7 @@ def main() -> None:
         "gateway_over_inspector": {k: medians["gateway"][k] / medians["inspector"][k] for k in keys},
         "machine": machine_info() | {"cpu_flags": _cpu_flags()},
     }
-    out = save_result("serve_layouts", result)
+    out = save_result(f"serve_{args.name}", result)
     print(
         f"\n| layout (median of {args.rounds}) | single f/s | CPU ms/frame | cores | batch f/s | CPU ms/frame | cores |"
     )
