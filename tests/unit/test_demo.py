@@ -26,17 +26,66 @@ def test_the_demo_exports_for_this_cpu_and_says_what_passed(registry, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("[3/6] exporting v0001 for this CPU")
     exports = {e.precision: e for e in registry.get("v0001").manifest.exports}
-    floating = "fp16" if cpu_capabilities().bf16 else "fp32"
-    for precision in ("int8", floating):
+    tried = [line.split(":")[0].split()[1] for line in lines[1:] if line.strip().startswith("openvino ")]
+    # fp16 (bf16 here) only where the CPU has native bf16; fp32 wherever no faster float export passed
+    floating = ["fp16", "fp32"] if cpu_capabilities().bf16 else ["fp32"]
+    if "fp16" in exports:
+        floating = ["fp16"]
+    assert tried == ["int8", *floating]
+    for precision in tried:
         line = next(line for line in lines if line.strip().startswith(f"openvino {precision}:"))
         if precision in exports:  # recorded only when it passed: the demo never forces an export
             assert exports[precision].passed and "agreement" in line and "torch fp32 here" in line, line
         else:
             assert "refused" in line and "below the bound" in line, line
-    if floating == "fp32":  # an fp32 export judges like the checkpoint on every CPU
+    if "fp32" in tried:  # an fp32 export judges like the checkpoint on every CPU
         assert exports["fp32"].parity["test"]["agreement"] == 1.0
     choice = choose_engine(registry.get("v0001"))
-    assert choice.engine == "torch" or (choice.export is not None and choice.export.passed)
+    assert choice.engine == "openvino" and choice.export is not None and choice.export.passed
+
+
+@pytest.mark.parametrize(
+    ("refused", "tried", "kept"),
+    [
+        ({"int8", "fp16"}, ["int8", "fp16", "fp32"], ["fp32"]),  # half precision refused: fp32 instead of torch
+        ({"int8"}, ["int8", "fp16"], ["fp16"]),  # half precision passed: fp32 would only be slower
+        (set(), ["int8", "fp16"], ["int8", "fp16"]),
+    ],
+)
+def test_on_a_bf16_cpu_a_refused_half_precision_export_falls_back_to_fp32(
+    registry, monkeypatch, capsys, refused, tried, kept
+):
+    from types import SimpleNamespace
+
+    from inspectline.errors import ParityError
+    from inspectline.hardware import CpuCapabilities
+
+    calls = []
+
+    def export(_registry, version, request, actor):
+        calls.append(request.precision)
+        assert request.format == "openvino" and actor == "make demo"
+        assert (request.max_drop is not None) == (request.precision == "int8")
+        if request.precision in refused:
+            msg = (
+                f"export openvino-{request.precision} of {version} refused: verdict agreement 98.00% is below the bound"
+            )
+            raise ParityError(msg)
+        record = SimpleNamespace(parity={"test": {"agreement": 1.0}}, images_per_s=100.0, speedup=1.4)
+        return SimpleNamespace(record=record)
+
+    zen4 = CpuCapabilities(
+        model="test CPU", flags=frozenset({"avx2", "avx512_vnni", "avx512_bf16"}), torch_capability="AVX512"
+    )
+    monkeypatch.setattr(demo, "cpu_capabilities", lambda: zen4)
+    monkeypatch.setattr(demo, "export_version", export)
+    demo._export(registry, "v0001")
+    out = capsys.readouterr().out
+    assert calls == tried
+    for precision in tried:
+        said = next(line for line in out.splitlines() if line.strip().startswith(f"openvino {precision}:"))
+        assert ("agreement 100.00%" in said) == (precision in kept), said
+        assert ("refused" in said) == (precision in refused), said
 
 
 def test_without_openvino_the_demo_says_the_checkpoint_serves_and_how_to_install_it(registry, monkeypatch, capsys):
