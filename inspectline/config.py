@@ -508,6 +508,14 @@ class GatewayOptions(_Section):
 
     model: str = Field("production", description="model to serve: production (follows promotions), latest or vNNNN")
     reload_interval_s: float = Field(1.0, gt=0, description="how often the production pointer is checked")
+    switch_delay_s: float = Field(
+        0.0,
+        ge=0,
+        le=600,
+        description="with several Gateway replicas (judge: gateway): every replica switches to a promoted version (or "
+        "a new operating point) this long after the registry recorded the change, all at one instant, each warm by "
+        "then; above reload_interval_s plus the time a version takes to load. 0: each switches once warm",
+    )
     max_body_bytes: int = Field(20 * 2**20, ge=1024, description="larger request bodies get 413")
     max_pixels: int = Field(40_000_000, ge=1, description="decompression-bomb guard: larger images get 422")
     max_batch_files: int = Field(64, ge=1, description="images per POST /v1/frames/batch")

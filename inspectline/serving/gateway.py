@@ -28,8 +28,9 @@ decoding happens in the inspectors.
 holds a :class:`~inspectline.serving.inspector.FrameJudge` configured by its ``user_config.inspector``
 and reserves the CPUs its model threads use, and the front (HAProxy, or Ray's proxy) spreads posts over
 the Gateway replicas. A frame then crosses one process boundary fewer: no replica call, no second
-request in Serve's machinery (README, "Serving"). Each Gateway replica follows promotions on its own, so
-during a switch two replicas may judge with the old and the new version for up to ``reload_interval_s``.
+request in Serve's machinery (README, "Serving"). Each Gateway replica follows promotions on its own poll;
+with ``switch_delay_s`` they all switch at the instant the registry's record of the change plus that delay
+gives, each having warmed the new version by then (:func:`~inspectline.serving.records.switch_instant`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +57,15 @@ from inspectline.serving.coalesce import Coalescer
 from inspectline.serving.http import Services, create_app
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, StoreAccess
 from inspectline.serving.model_book import ModelBook
-from inspectline.serving.records import InspectJob, JudgeFailure, Judgement, MonitorBatch, ServedModel, heatmap_bytes
+from inspectline.serving.records import (
+    InspectJob,
+    JudgeFailure,
+    Judgement,
+    MonitorBatch,
+    ServedModel,
+    heatmap_bytes,
+    switch_instant,
+)
 from inspectline.serving.review import ReviewServices
 from inspectline.store import FrameStore, StoredFrame
 
@@ -95,6 +105,9 @@ class Gateway:
             target=lambda: ServedModel.in_force(self.registry, self.registry.resolve(self.options.model).parent.name),
             shadow=lambda: ServedModel.in_force(self.registry, name) if (name := self.registry.shadow()) else None,
             prepare_everywhere=self._prepare_everywhere,
+            switch_at=lambda model: switch_instant(
+                self.registry, self.options.model, model, self.options.switch_delay_s, time.time()
+            ),
         )
         self.outbox = MonitorOutbox.open(self._send, Path(spool_dir), max_memory_bytes=self.options.max_pending_bytes)
         self._inspect = Coalescer(
@@ -196,7 +209,7 @@ class Gateway:
     async def models_in_service(self) -> list[ServedModel]:
         """The models frames are judged with now (served and shadow): what an inspector replica that starts
         later warms before its first frame."""
-        return [m for m in (self.follower.active, self.follower.shadow) if m is not None]
+        return self.follower.in_service()
 
     async def _describe_model(self, model: ServedModel) -> dict:
         if self.judge is not None:

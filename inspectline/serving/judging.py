@@ -24,7 +24,10 @@ waits on disk only. A replica killed with a backlog loses nothing: the next repl
 
 **Model follower** (:class:`ModelFollower`). The gateway decides which version judges each frame. On a
 promotion (or a new operating point) it has *every* inspector replica load and warm the new target, and
-switches only when all of them answered: frames in flight finish on the old one.
+switches only when all of them answered: frames in flight finish on the old one. Where several gateway
+replicas each follow the registry on their own poll (``judge: gateway``), each one also waits for the
+instant the registry's record of the change gives them all (``switch_at``): a frame received before it is
+judged by the old version whichever replica gets it, one received after it by the new one.
 """
 
 from __future__ import annotations
@@ -399,7 +402,15 @@ class ModelFollower:
 
     The target is a :class:`ServedModel`: a version *and* the operating point in force for it, so a new
     threshold chosen with ``inspect models set-threshold`` is rolled out exactly like a promotion.
+
+    ``switch_at(model)`` (optional) gives the wall-clock instant (epoch seconds) at which a warmed target
+    takes over, the same for every replica that follows the same registry; None switches as soon as it is
+    warm. Until then frames keep the version in service; which one judges a frame is decided by the clock
+    when the frame asks (:meth:`require_ready`), not by when this replica's poll happens to run. A replica
+    that is warm only after the instant switches at once and logs how late it was.
     """
+
+    LATE_WARNING_S = 0.5  # a replica this far past the common instant says so: the delay is too short
 
     def __init__(
         self,
@@ -408,17 +419,35 @@ class ModelFollower:
         shadow: Callable[[], ServedModel | None],
         prepare_everywhere: Callable[[ServedModel], Awaitable[None]],
         retry_after_s: int = 1,
+        switch_at: Callable[[ServedModel], float | None] | None = None,
+        clock: Callable[[], float] = time.time,
     ):
         self._target, self._shadow, self._prepare = target, shadow, prepare_everywhere
+        self._switch_at, self._clock = switch_at, clock
         self.retry_after_s = retry_after_s
-        self.active: ServedModel | None = None
+        self._active: ServedModel | None = None
+        self.pending: tuple[ServedModel, float] | None = None  # warm, and the instant it takes over
         self.shadow: ServedModel | None = None
         self.not_ready_reason = "the model is loading"
 
+    @property
+    def active(self) -> ServedModel | None:
+        """The model judging frames now (a pending switch whose instant has come included)."""
+        if self.pending is not None and self._clock() >= self.pending[1]:
+            model, _ = self.pending
+            log.info("serving model %s (was %s) at the switch instant", model, self._active)
+            self._active, self.pending = model, None
+        return self._active
+
+    @active.setter
+    def active(self, model: ServedModel | None) -> None:
+        self._active, self.pending = model, None
+
     def require_ready(self) -> ServedModel:
-        if self.active is None:
+        active = self.active
+        if active is None:
             raise NotReadyError(self.not_ready_reason, headers={"Retry-After": str(self.retry_after_s)})
-        return self.active
+        return active
 
     async def poll_once(self) -> None:
         """One check of the registry: warm and switch to a new target or shadow (errors keep the current one)."""
@@ -429,16 +458,44 @@ class ModelFollower:
                     await self._prepare(shadow)
                 log.info("shadow model: %s (was %s)", shadow, self.shadow)
                 self.shadow = shadow
-            target = self._target()
-            if target != self.active:
+            target, active = self._target(), self.active
+            if target == active:
+                if self.pending is not None:
+                    log.info("switch to %s called off: %s is the target again", self.pending[0], target)
+                self.pending = None
+            elif self.pending is None or self.pending[0] != target:
                 await self._prepare(target)  # every replica has it loaded and warm, or this raises
-                log.info("serving model %s (was %s)", target, self.active)
-                self.active = target
+                self._switch_when_due(target, active)
         except ModelNotFoundError as exc:
             self.not_ready_reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - keep serving the current version; retry at the next poll
             self.not_ready_reason = f"model could not be loaded: {exc}"
             log.warning("model switch failed: %s", exc)
+
+    def _switch_when_due(self, target: ServedModel, active: ServedModel | None) -> None:
+        at = self._switch_at(target) if self._switch_at is not None and active is not None else None
+        now = self._clock()
+        if at is not None and at > now:
+            log.info("model %s warm; it takes over from %s in %.1f s", target, active, at - now)
+            self.pending = (target, at)
+            return
+        if at is not None and now - at > self.LATE_WARNING_S:
+            log.warning(
+                "serving model %s (was %s) %.1f s after the instant every replica was to switch at: this replica "
+                "judged with the old version meanwhile; raise switch_delay_s above reload_interval_s plus the time "
+                "a version takes to load",
+                target,
+                active,
+                now - at,
+            )
+        else:
+            log.info("serving model %s (was %s)", target, active)
+        self.active = target
+
+    def in_service(self) -> list[ServedModel]:
+        """Every model this follower may judge with soon: the active one, a pending switch's and the shadow."""
+        pending = self.pending[0] if self.pending is not None else None
+        return [m for m in (self.active, pending, self.shadow) if m is not None]
 
     async def run_forever(self, interval_s: Callable[[], float]) -> None:
         while True:

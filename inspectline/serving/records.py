@@ -58,6 +58,31 @@ class ServedModel:
         )
 
 
+def switch_instant(
+    registry: ModelRegistry, reference: str, model: ServedModel, delay_s: float, now: float
+) -> float | None:
+    """When every gateway replica following ``reference`` switches to ``model`` (epoch seconds), or None.
+
+    The registry's own record of the change (the production pointer's time when following ``production``,
+    the operating point's time) plus ``delay_s``: each replica reads the same record and so computes the
+    same instant, however far apart their polls are. The record is to the second. None when the delay is
+    0 or the registry holds no time for the change (a version pinned in the config, ``latest``); an instant
+    beyond ``now + delay_s`` (a promoting machine's clock ahead of this one) is held to that.
+    """
+    if delay_s <= 0:
+        return None
+    stamps = [model.operating_point_at]
+    if reference == "production":
+        stamps.append(registry.pointer().get("updated_at"))
+    times = []
+    for stamp in filter(None, stamps):
+        try:
+            times.append(datetime.fromisoformat(stamp).timestamp())
+        except (TypeError, ValueError):  # a hand-edited pointer: switch when warm rather than never
+            continue
+    return min(max(times) + delay_s, now + delay_s) if times else None
+
+
 @dataclass(frozen=True)
 class InspectJob:
     """One encoded frame for an inspector replica to decode, preprocess and judge with ``model``."""

@@ -6,13 +6,17 @@ OpenVINO INT8 export that passed parity, which the replicas' ``engine: auto`` mu
 promotion (hot reload works the same for exported models). The tiny test model is not one INT8 keeps
 every verdict of, so the export is held to a low agreement bound; the test is about serving it.
 
-It runs in both layouts: Inspector replicas behind one Gateway, and Gateway replicas that judge their own
-frames (``judge: gateway``), where each replica switches on its own poll.
+It runs in both layouts: Inspector replicas behind one Gateway, which switches every replica at one request
+boundary, and Gateway replicas that judge their own frames (``judge: gateway``), which each notice the
+promotion on their own poll and switch together at the instant the registry's record of it plus
+``switch_delay_s`` (as shipped in ``deploy/serve_config.gateway-judges.yaml``) gives: no answer from the new
+version before it, and no client, whichever replica takes its next post, back on the old one after it.
 """
 
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 
 import httpx
 import numpy as np
@@ -60,7 +64,7 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     )
     url = f"{service.url}/promo-{judge}"
     stop = threading.Event()
-    answers: list[list[tuple[int, str, float]]] = [[] for _ in range(3)]
+    answers: list[list[tuple[int, str, float, datetime]]] = [[] for _ in range(3)]
     failures: list[str] = []
 
     def client(k: int) -> None:
@@ -76,7 +80,9 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
                     params={"line_id": "promo", "camera_id": f"cam-{k}"},
                 )
                 if r.status_code == 200:
-                    answers[k].append((i, r.json()["model_version"], r.json()["defect_probability"]))
+                    v = r.json()
+                    answered = datetime.fromisoformat(v["received_at"])
+                    answers[k].append((i, v["model_version"], v["defect_probability"], answered))
                 else:
                     failures.append(f"{r.status_code} {r.text[:200]}")
 
@@ -89,9 +95,9 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
             t.start()
         try:
             wait_for(lambda: all(len(a) >= 4 for a in answers), timeout_s=120, what="traffic before the promotion")
-            registry.promote("v0002", reason="test: different weights")
+            promoted = registry.promote("v0002", reason="test: different weights")
             wait_for(
-                lambda: all(a and a[-1][1] == "v0002" and sum(v == "v0002" for _, v, _ in a) >= 4 for a in answers),
+                lambda: all(a and a[-1][1] == "v0002" and sum(v == "v0002" for _, v, _, _ in a) >= 4 for a in answers),
                 timeout_s=120,
                 what="the switch",
             )
@@ -106,11 +112,16 @@ def test_promotion_under_load_warms_every_replica_and_every_answer_names_its_jud
     for version, model in served.items():  # /v1/model names the engine that judges each version
         assert model["version"] == version
         assert {k: model["engine"][k] for k in ("engine", "precision")} == engines[version], model["engine"]
+    if judge == "gateway":  # the instant every Gateway replica switches at, from the registry's record
+        delay = next(d for d in app["deployments"] if d["name"] == "Gateway")["user_config"]["switch_delay_s"]
+        assert delay > 0.3  # above the test's reload_interval_s, as the shipped config is above its own
+        instant = datetime.fromisoformat(promoted["updated_at"]).timestamp() + delay
+        first_new = min(t for a in answers for _, v, _, t in a if v == "v0002")
+        assert first_new.timestamp() >= instant, (first_new, instant)  # no replica switched early
     for sequence in answers:
-        versions = [v for _, v, _ in sequence]
+        versions = [v for _, v, _, _ in sequence]
         switch = versions.index("v0002")
         assert set(versions[:switch]) == {"v0001"}, versions
-        if judge == "inspector":  # one gateway switches every replica at one request boundary
-            assert set(versions[switch:]) == {"v0002"}, versions
-        for i, version, p in sequence:  # the named version did judge it
+        assert set(versions[switch:]) == {"v0002"}, versions  # a client's next post never goes back to v0001
+        for i, version, p, _ in sequence:  # the named version did judge it
             assert p == pytest.approx(offline[version][i], abs=1e-4), (i, version)

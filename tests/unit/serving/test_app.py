@@ -79,7 +79,9 @@ def test_the_gateway_judges_config_is_the_default_service_with_the_inspector_set
     assert set(fused) == set(default) - {"Inspector"}
     gateway = fused["Gateway"]["user_config"]
     assert gateway.pop("inspector") == default["Inspector"]["user_config"]
-    grouping = {"inspect_window_s", "inspect_group_max"}  # how frames are grouped into calls to Inspector replicas
+    # several Gateway replicas each notice a promotion on their own poll: they switch together, each warm by then
+    assert gateway.pop("switch_delay_s") > gateway["reload_interval_s"] + 2
+    grouping = {"inspect_window_s", "inspect_group_max", "switch_delay_s"}  # grouping: calls to Inspector replicas
     assert gateway == {k: v for k, v in default["Gateway"]["user_config"].items() if k not in grouping}
     assert fused["Gateway"]["ray_actor_options"]["num_cpus"] == default["Inspector"]["ray_actor_options"]["num_cpus"]
     assert fused["Gateway"]["num_replicas"] == default["Inspector"]["num_replicas"]

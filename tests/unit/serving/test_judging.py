@@ -18,6 +18,7 @@ from inspectline.errors import (
     StoreError,
     UndecodableImageError,
 )
+from inspectline.registry import OperatingPoint
 from inspectline.serving.journal import Journal
 from inspectline.serving.judging import FrameService, ModelFollower, MonitorOutbox, sha256_of
 from inspectline.serving.records import (
@@ -30,6 +31,7 @@ from inspectline.serving.records import (
     MonitorBatch,
     ServedModel,
     ShadowObservation,
+    switch_instant,
 )
 from inspectline.store import StoredFrame
 
@@ -385,6 +387,99 @@ def test_the_follower_switches_only_after_every_replica_has_the_model_warm(tmp_p
     run(follower.poll_once())
     assert follower.active.operating_point_at == "2026-11-30T10:00:00+00:00"
     assert prepared == [ServedModel("v0001"), ServedModel("v0002"), follower.active]
+
+
+class Replica:
+    """A gateway replica's follower on a shared fake clock; ``load_s`` is how long warming a version takes it."""
+
+    def __init__(self, clock: dict, target: dict, switch_at: float | None, load_s: float = 0.0):
+        self.clock, self.load_s = clock, load_s
+
+        async def prepare(_model: ServedModel) -> None:
+            clock["t"] += load_s
+
+        self.follower = ModelFollower(
+            target=lambda: target["model"],
+            shadow=lambda: None,
+            prepare_everywhere=prepare,
+            switch_at=lambda _model: switch_at,
+            clock=lambda: clock["t"],
+        )
+
+    def judge_at(self, t: float) -> str:
+        self.clock["t"] = t
+        return self.follower.require_ready().version
+
+
+def test_gateway_replicas_polling_at_different_times_switch_at_one_instant(caplog):
+    """Frames received before the common instant get the old version from every replica, later ones the new."""
+    clock, target = {"t": 100.0}, {"model": V1}
+    a, b = Replica(clock, target, switch_at=105.0, load_s=0.4), Replica(clock, target, switch_at=105.0, load_s=2.5)
+    for replica in (a, b):
+        run(replica.follower.poll_once())  # the first version: served as soon as it is warm, whatever the instant
+    assert a.judge_at(100.5) == b.judge_at(100.5) == "v0001"
+    target["model"] = ServedModel("v0002")  # promoted at 101 (say), switch_delay_s 4 -> 105
+    clock["t"] = 101.2
+    run(a.follower.poll_once())  # warm at 101.6
+    assert a.follower.pending == (ServedModel("v0002"), 105.0) and a.follower.active == V1
+    assert a.judge_at(103.0) == "v0001"  # warm, but not yet its time: b has not even noticed the promotion
+    clock["t"] = 101.9
+    run(b.follower.poll_once())  # a slower replica, warm at 104.4
+    assert b.follower.in_service() == [V1, ServedModel("v0002")]  # what an inspector starting now must warm
+    assert [r.judge_at(104.99) for r in (a, b)] == ["v0001", "v0001"]
+    assert [r.judge_at(105.0) for r in (a, b)] == ["v0002", "v0002"]
+    assert a.follower.pending is None and b.follower.active == ServedModel("v0002")
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_replica_warm_only_after_the_instant_switches_at_once_and_says_how_late(caplog):
+    clock, target = {"t": 100.0}, {"model": V1}
+    slow = Replica(clock, target, switch_at=103.0, load_s=5.0)
+    run(slow.follower.poll_once())
+    target["model"] = ServedModel("v0002")
+    run(slow.follower.poll_once())  # warm at 110: 7 s after the instant
+    assert slow.follower.active == ServedModel("v0002") and slow.follower.pending is None
+    (warning,) = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "7.0 s after the instant" in warning.getMessage() and "raise switch_delay_s" in warning.getMessage()
+
+
+def test_a_pending_switch_is_called_off_when_the_target_returns_before_its_instant():
+    clock, target = {"t": 100.0}, {"model": V1}
+    replica = Replica(clock, target, switch_at=105.0)
+    run(replica.follower.poll_once())
+    target["model"] = ServedModel("v0002")
+    run(replica.follower.poll_once())
+    assert replica.follower.pending is not None
+    target["model"] = V1  # rolled back within the delay
+    run(replica.follower.poll_once())
+    assert replica.follower.pending is None and replica.judge_at(200.0) == "v0001"
+
+
+def test_without_a_switch_instant_the_follower_switches_once_warm():
+    clock, target = {"t": 100.0}, {"model": V1}
+    replica = Replica(clock, target, switch_at=None, load_s=1.0)
+    run(replica.follower.poll_once())
+    target["model"] = ServedModel("v0002")
+    run(replica.follower.poll_once())
+    assert replica.follower.pending is None and replica.judge_at(101.0) == "v0002"
+
+
+def test_every_replica_computes_the_same_switch_instant_from_the_registrys_record(own_registry):
+    promoted = datetime.fromisoformat(own_registry.pointer()["updated_at"]).timestamp()
+    served = ServedModel.in_force(own_registry, "v0001")
+    for poll in (promoted + 0.3, promoted + 1.7, promoted + 30):  # whenever a replica's poll notices it
+        assert switch_instant(own_registry, "production", served, 5.0, poll) == promoted + 5
+    assert switch_instant(own_registry, "production", served, 0.0, promoted) is None  # no delay: once warm
+    assert switch_instant(own_registry, "v0001", served, 5.0, promoted) is None  # pinned: no record to share
+    own_registry.set_operating_point("v0001", OperatingPoint(threshold=0.4, basis="manual", actor="ana"))
+    pointed = ServedModel.in_force(own_registry, "v0001")
+    at = datetime.fromisoformat(pointed.operating_point_at).timestamp()
+    assert switch_instant(own_registry, "v0001", pointed, 5.0, at + 1) == at + 5  # pinned, new operating point
+    assert switch_instant(own_registry, "production", pointed, 5.0, at + 1) == max(at, promoted) + 5
+    ahead = replace(served, operating_point_at="2099-01-01T00:00:00+00:00")  # a clock far ahead: held to now + delay
+    assert switch_instant(own_registry, "v0001", ahead, 5.0, promoted) == promoted + 5
+    garbled = replace(served, operating_point_at="yesterday")  # a hand-edited record: switch once warm
+    assert switch_instant(own_registry, "v0001", garbled, 5.0, promoted) is None
 
 
 def test_the_follower_reports_a_missing_production_model():
