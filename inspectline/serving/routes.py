@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -387,4 +387,9 @@ async def label_frame(id: StoreId, body: LabelRequest, s: ServicesDep, who: Revi
 async def model(s: ServicesDep, _: Reader) -> dict:
     follower = s.frames.follower
     info = await s.describe_model(follower.require_ready())
-    return info | {"shadow_version": follower.shadow.version if follower.shadow else None}
+    pending = follower.pending
+    return info | {
+        "shadow_version": follower.shadow.version if follower.shadow else None,
+        "switching_to": str(pending[0]) if pending else None,
+        "switching_at": datetime.fromtimestamp(pending[1], timezone.utc) if pending else None,
+    }

@@ -186,6 +186,12 @@ class ModelInfo(BaseModel):
     operating_point: dict[str, Any] | None = Field(None, description="the operating point in force, when one was set")
     engine: EngineInfo | None = Field(None, description="the inference engine of the replicas")
     shadow_version: str | None = None
+    switching_to: str | None = Field(
+        None,
+        description="a promoted version (or new operating point) this replica has warm and takes up at switching_at, "
+        "together with every other Gateway replica (judge: gateway with switch_delay_s); null: none pending",
+    )
+    switching_at: datetime | None = Field(None, description="when switching_to takes over (UTC)")
 
 
 class Health(BaseModel):

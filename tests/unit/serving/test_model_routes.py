@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import datetime
+
+import pytest
 
 from inspectline.registry import ModelRegistry
 from inspectline.serving.judging import ModelFollower
@@ -98,3 +102,20 @@ def test_a_committed_operating_point_is_rolled_out_like_a_promotion(own_registry
     asyncio.run(follower.poll_once())
     assert [m.operating_point_at for m in warmed] == [None, own_registry.operating_point("v0001").at]
     assert follower.active == warmed[-1]
+
+
+def test_the_served_model_says_which_version_is_warm_and_when_it_takes_over(tmp_path, own_registry):
+    """Gateway replicas that switch at one instant: GET /v1/model shows the pending switch until it happens."""
+    gateway = build_gateway(tmp_path / "gw", own_registry)
+    client = gateway.client("viewer")
+    first = client.get("/v1/model").json()
+    assert (first["version"], first["switching_to"], first["switching_at"]) == ("v0001", None, None)
+    follower = gateway.services.frames.follower
+    at = time.time() + 60
+    follower.pending = (ServedModel("v0002"), at)
+    body = client.get("/v1/model").json()
+    assert body["version"] == "v0001" and body["switching_to"] == "v0002"  # v0001 still judges until then
+    assert datetime.fromisoformat(body["switching_at"]).timestamp() == pytest.approx(at)
+    follower.pending = (ServedModel("v0001", "2026-12-03T10:00:00+00:00"), time.time() - 1)  # its instant has come
+    body = client.get("/v1/model").json()
+    assert body["switching_to"] is None and follower.active == ServedModel("v0001", "2026-12-03T10:00:00+00:00")
