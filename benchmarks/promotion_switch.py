@@ -41,7 +41,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import machine_info, save_result
-from serve_layouts import _wait_for_layout
+from serve_layouts import _wait_for_layout, layout_settings
 from serve_throughput import _cpu_flags, _serve_config
 
 from inspectline.config import DataConfig
@@ -123,18 +123,7 @@ def _turn(
 ) -> dict:
     from ray import serve
 
-    layout = argparse.Namespace(
-        port=args.port,
-        replicas=2,
-        cpus_per_replica=1.0,
-        max_batch_size=8,
-        batch_wait_s=0.005,
-        engine="auto",
-        precision="auto",
-        gateway=[],
-        judge=judge,
-    )
-    config = _serve_config(layout, registry_root, old, work)
+    config = _serve_config(layout_settings(args.port, judge), registry_root, old, work)
     gateway = next(d for d in config["applications"][0]["deployments"] if d["name"] == "Gateway")
     gateway["user_config"].update({"model": "production", "switch_delay_s": delay})
     if "inspectline" in serve.status().applications:  # fresh replicas: the new version is loaded nowhere before

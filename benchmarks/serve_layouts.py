@@ -100,18 +100,7 @@ def main() -> None:
 
 def _turn(args: argparse.Namespace, judge: str, version: str, bodies: list[bytes], address: str, work: Path) -> dict:
     work.mkdir(parents=True)
-    layout = argparse.Namespace(
-        port=args.port,
-        replicas=2,
-        cpus_per_replica=1.0,
-        max_batch_size=8,
-        batch_wait_s=0.005,
-        engine="auto",
-        precision="auto",
-        gateway=[],
-        judge=judge,
-    )
-    deploy(_serve_config(layout, args.registry, version, work), address)
+    deploy(_serve_config(layout_settings(args.port, judge), args.registry, version, work), address)
     url = f"http://127.0.0.1:{args.port}"
     _wait_for_layout(url, judge)
     run_in_process("closed", f"{url}/v1/frames", bodies, concurrency=32, seconds=5)  # warm every replica
@@ -131,6 +120,21 @@ def _turn(args: argparse.Namespace, judge: str, version: str, bodies: list[bytes
         "batch_errors": batch.result.errors,
         "batch_cpu_ms_by_process": batch.by_process_ms_per_frame,
     }
+
+
+def layout_settings(port: int, judge: str) -> argparse.Namespace:
+    """``serve_throughput``'s service settings for one layout: 2 judging replicas x 1 CPU, batches of 8."""
+    return argparse.Namespace(
+        port=port,
+        replicas=2,
+        cpus_per_replica=1.0,
+        max_batch_size=8,
+        batch_wait_s=0.005,
+        engine="auto",
+        precision="auto",
+        gateway=[],
+        judge=judge,
+    )
 
 
 def _wait_for_layout(url: str, judge: str, timeout_s: float = 600) -> None:
