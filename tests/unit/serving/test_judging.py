@@ -393,7 +393,7 @@ class Replica:
     """A gateway replica's follower on a shared fake clock; ``load_s`` is how long warming a version takes it."""
 
     def __init__(self, clock: dict, target: dict, switch_at: float | None, load_s: float = 0.0):
-        self.clock, self.load_s = clock, load_s
+        self.clock = clock
 
         async def prepare(_model: ServedModel) -> None:
             clock["t"] += load_s
