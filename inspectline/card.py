@@ -45,6 +45,7 @@ class ModelCard(BaseModel):
     head_dims: tuple[int, ...]
     head_dropout: tuple[float, ...]
     pooling: str = "avg"  # cards written before pooling was configurable hold torchvision's average
+    width: float = 1.0  # the backbone's channel scale; cards written before it was configurable are full width
     preprocessing: Preprocessing
     temperature: float = 1.0
     threshold: float = 0.5

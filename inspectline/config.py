@@ -82,6 +82,13 @@ class ModelConfig(_Section):
         "(generalized mean with a learnt exponent, between the two): a defect covers a few of the map's cells, "
         "which an average over all of them dilutes",
     )
+    width: float = Field(
+        1.0,
+        ge=0.125,
+        le=2.0,
+        description="scale of the backbone's channels in every stage (1.0: torchvision's ResNet; 0.5: half the "
+        "channels, a quarter of the multiply-adds, so a larger image for the same time); ImageNet weights need 1.0",
+    )
     init_weights: Literal["imagenet"] | Path | None = Field(
         None,
         description="None: from scratch; 'imagenet': torchvision's ImageNet weights (downloaded once to torch's "
@@ -95,6 +102,16 @@ class ModelConfig(_Section):
                 f"model.head_dropout needs one rate per head layer plus one before the output "
                 f"({len(self.head_dims) + 1} values for head_dims={list(self.head_dims)}), got "
                 f"{list(self.head_dropout)}"
+            )
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _pretrained_at_full_width(self) -> ModelConfig:
+        if self.init_weights is not None and self.width != 1.0:
+            msg = (
+                f"model.init_weights={str(self.init_weights)!r} loads a full-width torchvision ResNet, which does not "
+                f"fit model.width={self.width}: set model.width to 1.0, or init_weights to null to train from scratch"
             )
             raise ValueError(msg)
         return self

@@ -36,6 +36,7 @@ from inspectline.files import atomic_write
 CHECKPOINT_FORMAT = "inspectline.checkpoint/1"
 ARCHITECTURES = ("resnet18", "resnet34", "resnet50")
 POOLINGS = ("avg", "max", "gem")
+WIDTH_ROUNDING = 8  # a scaled stage keeps a multiple of 8 channels: the width SIMD kernels and INT8 blocking expect
 
 
 class GeneralizedMeanPool(nn.Module):
@@ -54,6 +55,37 @@ class GeneralizedMeanPool(nn.Module):
         p = self.p.float()
         pooled = x.float().clamp(min=self.eps).pow(p).mean(dim=(2, 3), keepdim=True)
         return pooled.pow(1.0 / p).to(x.dtype)
+
+
+def _resnet(arch: str, width: float) -> nn.Module:
+    """torchvision's ``arch``, untrained, with every stage's channels scaled by ``width`` (1.0: torchvision's own).
+
+    A narrower network (``width`` 0.5: 32-64-128-256 channels for ResNet18 instead of 64-512) keeps the
+    depth and receptive field for a quarter of the multiply-adds, so a full-resolution cell costs what a
+    downscaled one does at full width. The stages are rebuilt with torchvision's own blocks and stage
+    builder and initialised as torchvision initialises its ResNets.
+    """
+    import torchvision  # here, not at import: an inspector serving an export never builds a model (~3 s, 150 MB)
+
+    backbone = getattr(torchvision.models, arch)(weights=None)
+    if width == 1.0:
+        return backbone
+    widths = [max(WIDTH_ROUNDING, round(64 * 2**i * width / WIDTH_ROUNDING) * WIDTH_ROUNDING) for i in range(4)]
+    block = type(backbone.layer1[0])
+    depths = [len(backbone.layer1), len(backbone.layer2), len(backbone.layer3), len(backbone.layer4)]
+    backbone.inplanes = widths[0]
+    backbone.conv1 = nn.Conv2d(3, widths[0], kernel_size=7, stride=2, padding=3, bias=False)
+    backbone.bn1 = nn.BatchNorm2d(widths[0])
+    for i, (planes, depth) in enumerate(zip(widths, depths, strict=True), start=1):
+        setattr(backbone, f"layer{i}", backbone._make_layer(block, planes, depth, stride=1 if i == 1 else 2))
+    backbone.fc = nn.Linear(widths[-1] * block.expansion, backbone.fc.out_features)
+    for module in backbone.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return backbone
 
 
 def _pooling(kind: str) -> nn.Module:
@@ -82,18 +114,18 @@ class DefectClassifier(nn.Module):
         head_dims: tuple[int, ...],
         head_dropout: tuple[float, ...],
         pooling: str = "avg",
+        width: float = 1.0,
     ):
         super().__init__()
         if arch not in ARCHITECTURES:
             msg = f"model.arch {arch!r} is not one of {', '.join(ARCHITECTURES)}"
             raise ValueError(msg)
-        import torchvision  # here, not at import: an inspector serving an export never builds a model (~3 s, 150 MB)
-
-        backbone = getattr(torchvision.models, arch)(weights=None)
+        backbone = _resnet(arch, width)
         backbone.avgpool = _pooling(pooling)  # the name torchvision's forward calls, whatever the pooling
         if in_channels != 3:
-            backbone.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.feature_dim = backbone.fc.in_features  # 512 (resnet18/34) or 2048 (resnet50)
+            stem = backbone.conv1.out_channels
+            backbone.conv1 = nn.Conv2d(in_channels, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.feature_dim = backbone.fc.in_features  # 512 (resnet18/34) or 2048 (resnet50), times the width
         backbone.fc = nn.Identity()
         self.backbone = backbone
         layers: list[nn.Module] = []
@@ -122,6 +154,7 @@ def build_model(
     head_dims: tuple[int, ...] = (512, 256),
     head_dropout: tuple[float, ...] = (0.5, 0.3, 0.2),
     pooling: str = "avg",
+    width: float = 1.0,
     init_weights: str | Path | None = None,
     fetch_imagenet: Callable[[str], dict[str, torch.Tensor]] | None = None,
 ) -> DefectClassifier:
@@ -129,7 +162,7 @@ def build_model(
 
     ``fetch_imagenet`` (``arch -> state dict``) replaces the download, for tests and air-gapped mirrors.
     """
-    model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout), pooling)
+    model = DefectClassifier(arch, num_classes, in_channels, tuple(head_dims), tuple(head_dropout), pooling, width)
     if init_weights is None:
         return model
     if str(init_weights) == "imagenet":
@@ -169,6 +202,7 @@ def model_from_card(card: ModelCard) -> DefectClassifier:
         head_dims=card.head_dims,
         head_dropout=card.head_dropout,
         pooling=card.pooling,
+        width=card.width,
     )
 
 

@@ -119,21 +119,23 @@ def train_model(
 
     if init_from is not None:
         model, base_card = load_checkpoint(init_from)
-        pre, arch, head_dims, head_dropout, pooling = (
+        pre, arch, head_dims, head_dropout, pooling, width = (
             base_card.preprocessing,
             base_card.arch,
             base_card.head_dims,
             base_card.head_dropout,
             base_card.pooling,
+            base_card.width,
         )
         color_mode = pre.color_mode
     else:
         color_mode = cfg.data.color_mode
-        arch, head_dims, head_dropout, pooling = (
+        arch, head_dims, head_dropout, pooling, width = (
             cfg.model.arch,
             cfg.model.head_dims,
             cfg.model.head_dropout,
             cfg.model.pooling,
+            cfg.model.width,
         )
 
     cache = cfg.data.cache_images
@@ -149,6 +151,7 @@ def train_model(
             head_dims=head_dims,
             head_dropout=head_dropout,
             pooling=pooling,
+            width=width,
             init_weights=cfg.model.init_weights,
         )
 
@@ -201,6 +204,7 @@ def train_model(
         head_dims=head_dims,
         head_dropout=head_dropout,
         pooling=pooling,
+        width=width,
         preprocessing=pre,
         threshold_policy=cfg.calibration.threshold_policy,
         tta_views=cfg.calibration.tta_views,

@@ -186,18 +186,19 @@ def test_a_retrained_version_with_line_frames_evaluates_like_any_other(trained_r
     np.testing.assert_allclose(test.probabilities, trained_run.evaluation.probabilities, atol=1e-5)
 
 
-def test_a_pooling_from_config_travels_in_the_card_and_through_a_warm_start(folder_dataset, tmp_path):
-    """model.pooling: gem is trained (its exponent learnt), saved in the card, and kept by a retrain from it."""
+def test_pooling_and_width_from_config_travel_in_the_card_and_through_a_warm_start(folder_dataset, tmp_path):
+    """model.pooling: gem and model.width: 0.5 are trained, saved in the card, and kept by a retrain from it."""
     from inspectline.model import GeneralizedMeanPool, load_checkpoint
     from inspectline.training.run import load_data, run_training, train_model
     from tests.helpers import tiny_config
 
-    cfg = tiny_config(folder_dataset, tmp_path, model={"pooling": "gem"}, train={"epochs": 2})
+    cfg = tiny_config(folder_dataset, tmp_path, model={"pooling": "gem", "width": 0.5}, train={"epochs": 2})
     run = run_training(cfg, run_dir=tmp_path / "gem", progress=False)
     model, card = load_checkpoint(run.run_dir / "model.pt")
     assert card.pooling == "gem" and isinstance(model.backbone.avgpool, GeneralizedMeanPool)
     assert model.backbone.avgpool.p.item() != 3.0  # learnt from its starting value
+    assert card.width == 0.5 and model.feature_dim == 256
 
-    plain = tiny_config(folder_dataset, tmp_path, train={"epochs": 1})  # says avg: the checkpoint's pooling wins
+    plain = tiny_config(folder_dataset, tmp_path, train={"epochs": 1})  # says avg, full width: the checkpoint wins
     again = train_model(plain, load_data(plain), run_dir=tmp_path / "again", init_from=run.run_dir / "model.pt")
-    assert again.card.pooling == "gem"
+    assert again.card.pooling == "gem" and again.card.width == 0.5

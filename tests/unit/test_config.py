@@ -74,3 +74,12 @@ def test_every_shipped_profile_loads_and_the_cli_names_each_one():
     assert f"A shipped profile: {', '.join(names)}." in result.output
     with pytest.raises(ConfigError, match="available: " + ", ".join(names)):
         profile_path("elpv-fast")
+
+
+def test_width_is_bounded_and_pretrained_weights_need_full_width():
+    assert build_config({"model": {"width": 0.5}}).model.width == 0.5
+    with pytest.raises(ConfigError, match=r"model\.width"):
+        build_config({"model": {"width": 0.05}})
+    with pytest.raises(ConfigError, match=r"model\.width=0\.5") as err:
+        build_config({"model": {"width": 0.5, "init_weights": "imagenet"}})
+    assert "init_weights" in str(err.value) and "1.0" in str(err.value)

@@ -150,3 +150,43 @@ def test_checkpoint_keeps_the_pooling_and_its_learnt_exponent(tmp_path: Path):
     legacy = _card().model_dump(mode="json")
     del legacy["pooling"]
     assert ModelCard.model_validate(legacy).pooling == "avg"
+
+
+@pytest.mark.parametrize(
+    ("arch", "width", "stages"), [("resnet18", 0.5, (32, 64, 128, 256)), ("resnet50", 0.25, (16, 32, 64, 128))]
+)
+def test_width_scales_every_stage_and_keeps_the_depth(arch, width, stages):
+    full = build_model(arch, in_channels=1, head_dims=(32, 16))
+    narrow = build_model(arch, in_channels=1, head_dims=(32, 16), width=width)
+    backbone = narrow.backbone
+    assert backbone.conv1.in_channels == 1 and backbone.conv1.out_channels == stages[0]
+    expansion = 4 if arch == "resnet50" else 1
+    for i, planes in enumerate(stages, start=1):
+        layer, full_layer = getattr(backbone, f"layer{i}"), getattr(full.backbone, f"layer{i}")
+        assert len(layer) == len(full_layer)  # the depth is the architecture's
+        assert layer[-1].conv1.out_channels == planes and layer[0].conv1.stride == full_layer[0].conv1.stride
+    assert narrow.feature_dim == stages[-1] * expansion == full.feature_dim * width
+    assert sum(p.numel() for p in backbone.parameters()) < 0.3 * sum(p.numel() for p in full.backbone.parameters())
+    # initialised as torchvision initialises its ResNets, not left at PyTorch's layer defaults
+    assert backbone.layer2[0].bn1.weight.eq(1).all() and backbone.layer2[0].bn1.bias.eq(0).all()
+    conv = backbone.layer3[0].conv2
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]  # kaiming normal, fan-out mode
+    assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.1)
+    logits, embedding = narrow.eval().forward_with_embedding(torch.randn(2, 1, 64, 64))
+    assert logits.shape == (2, 2) and embedding.shape == (2, 16)
+
+
+def test_width_travels_in_the_checkpoint_and_old_cards_are_full_width(tmp_path: Path):
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), width=0.5).eval()
+    save_checkpoint(tmp_path / "m.pt", model, _card(width=0.5))
+    loaded, card = load_checkpoint(tmp_path / "m.pt")
+    assert card.width == 0.5 and loaded.backbone.layer4[0].conv1.out_channels == 256
+    x = torch.randn(3, 1, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    legacy = _card().model_dump(mode="json")
+    del legacy["width"]
+    assert ModelCard.model_validate(legacy).width == 1.0
+    # a narrow checkpoint's card cannot be loaded into a full-width model, or the reverse
+    save_checkpoint(tmp_path / "wrong.pt", model, _card())
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path / "wrong.pt")
