@@ -195,10 +195,10 @@ def test_images_per_second_measures_every_runner(batch):
     assert set(speeds) == {"a", "b"} and all(v > 0 for v in speeds.values())
 
 
-@pytest.mark.parametrize("pooling", ["max", "gem"])
-def test_every_pooling_exports_to_the_same_outputs(tmp_path, batch, pooling):
+@pytest.mark.parametrize(("pooling", "width"), [("max", 1.0), ("gem", 1.0), ("avg", 0.5)])
+def test_every_pooling_and_width_exports_to_the_same_outputs(tmp_path, batch, pooling, width):
     torch.manual_seed(0)
-    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), pooling=pooling).eval()
+    model = build_model("resnet18", in_channels=1, head_dims=(32, 16), pooling=pooling, width=width).eval()
     reference = TorchEngine(model, precision="fp32").run(batch)
     engines = {"onnx": OnnxRuntimeEngine, "openvino": OpenVinoEngine}
     for name, fmt in FORMATS.items():
