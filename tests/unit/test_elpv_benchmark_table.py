@@ -34,6 +34,17 @@ def test_the_table_lists_training_results_and_skips_the_views_comparison(tmp_pat
     )
 
 
+def test_the_table_names_a_scaled_backbone(tmp_path: Path):
+    narrow = RESULT | {"config": {"model": {"arch": "resnet18", "width": 0.5}, "data": {"image_size": 300}}}
+    (tmp_path / "elpv_elpv-cpu-w50-300.json").write_text(json.dumps(narrow))
+    (tmp_path / "elpv_elpv-cpu-full.json").write_text(
+        json.dumps(RESULT | {"config": RESULT["config"] | {"model": {"arch": "resnet18", "width": 1.0}}})
+    )
+    rows = table(folder=tmp_path).splitlines()[2:]
+    assert rows[0].startswith("| `elpv_elpv-cpu-full` | resnet18 @ 192 |")
+    assert rows[1].startswith("| `elpv_elpv-cpu-w50-300` | resnet18 x0.5 @ 300 |")
+
+
 def _run(seed: int, roc_auc: float, **config) -> dict:
     """A recorded elpv-cpu result: the profile's config with ``config`` changes (section -> fields)."""
     from inspectline.cli import profile_path
