@@ -61,5 +61,10 @@ class ModelCard(BaseModel):
     config: dict[str, Any] = {}
 
     @property
+    def backbone(self) -> str:
+        """The architecture as people should read it: ``resnet18``, or ``resnet18 x0.5`` when its width is scaled."""
+        return self.arch if self.width == 1.0 else f"{self.arch} x{self.width:g}"
+
+    @property
     def defect_index(self) -> int:
         return self.class_names.index("defective")

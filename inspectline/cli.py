@@ -365,14 +365,14 @@ def models_list(registry: RegistryOpt = None, config: ConfigOpt = None) -> None:
         typer.echo(f"no model versions in {reg.root}")
         return
     typer.echo(
-        f"  {'version':<8} {'created':<26} {'arch':<9} {'parent':<7} {'F1':>6} {'recall':>7} "
+        f"  {'version':<8} {'created':<26} {'arch':<14} {'parent':<7} {'F1':>6} {'recall':>7} "
         f"{'ROC-AUC':>8} {'threshold':>9}"
     )
     for v in versions:
         m = v.card.metrics
         mark = "*" if v.name == production else " "
         typer.echo(
-            f"{mark} {v.name:<8} {v.card.created_at or '':<26} {v.card.arch:<9} {v.card.parent or '-':<7} "
+            f"{mark} {v.name:<8} {v.card.created_at or '':<26} {v.card.backbone:<14} {v.card.parent or '-':<7} "
             f"{_num(m.get('f1'))} {_num(m.get('recall'), 7)} {_num(m.get('roc_auc'), 8)} {v.card.threshold:>9.3f}"
         )
 

@@ -52,8 +52,9 @@ from inspectline.training import run_training
 
 def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml"), frames: int = 200) -> None:
     started = time.perf_counter()
+    backbone = cfg.model.arch + (f" x{cfg.model.width:g}" if cfg.model.width != 1.0 else "")
     typer.echo(
-        f"[1/6] training {cfg.model.arch} at {cfg.data.image_size} px on {cfg.data.source} for up to "
+        f"[1/6] training {backbone} at {cfg.data.image_size} px on {cfg.data.source} for up to "
         f"{cfg.train.epochs} epochs"
     )
     run = run_training(cfg, progress=True)

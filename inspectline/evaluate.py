@@ -93,7 +93,7 @@ def evaluate_model(
             evaluation,
             out_dir,
             history=_history(checkpoint.parent / "history.jsonl"),
-            title=f"{name} ({card.arch}) on {data_cfg.source} / {split}",
+            title=f"{name} ({card.backbone}) on {data_cfg.source} / {split}",
         )
         with report.open("a") as fh:  # the gallery of worst mistakes with heatmaps, after the report's sections
             fh.write(write_gallery(predictor, samples, evaluation, report.parent))

@@ -110,7 +110,7 @@ def export_version(
 
     model, _ = load_checkpoint(version.checkpoint)
     test_frames, test_labels = split_frames(splits["test"], card)
-    log.info("%s: capturing %s for %s", version.name, card.arch, request.format)
+    log.info("%s: capturing %s for %s", version.name, card.backbone, request.format)
     exported = fmt.convert(_LogitsAndEmbedding(model).eval(), test_frames[:2])
     reference = Predictor(model, card, threshold=threshold, threads=request.threads)
     quantization: dict[str, Any] = {}

@@ -279,6 +279,7 @@ class FrameJudge:
         return {
             "version": card.version,
             "arch": card.arch,
+            "width": card.width,
             "classes": list(card.class_names),
             "threshold": predictor.threshold,
             "unsure_band": predictor.unsure_band,

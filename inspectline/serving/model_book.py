@@ -144,6 +144,7 @@ def _summary(version: ModelVersion) -> dict[str, Any]:
     return {
         "version": version.name,
         "arch": card.arch,
+        "width": card.width,
         "created_at": card.created_at,
         "parent": card.parent,
         "threshold": point.threshold if point is not None else card.threshold,

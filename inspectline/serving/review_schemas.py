@@ -90,6 +90,7 @@ class WhatIfReport(BaseModel):
 class VersionSummary(BaseModel):
     version: str
     arch: str
+    width: float = Field(1.0, description="the backbone's channel scale (model.width; 1.0: torchvision's ResNet)")
     created_at: str | None
     parent: str | None
     threshold: float = Field(description="the operating threshold in force (operating point, else the card's)")

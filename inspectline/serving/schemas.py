@@ -173,6 +173,7 @@ class EngineInfo(BaseModel):
 class ModelInfo(BaseModel):
     version: str
     arch: str
+    width: float = Field(1.0, description="the backbone's channel scale (model.width; 1.0: torchvision's ResNet)")
     classes: list[str]
     threshold: float
     unsure_band: float

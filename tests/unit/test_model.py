@@ -184,6 +184,7 @@ def test_width_travels_in_the_checkpoint_and_old_cards_are_full_width(tmp_path: 
     save_checkpoint(tmp_path / "m.pt", model, _card(width=0.5))
     loaded, card = load_checkpoint(tmp_path / "m.pt")
     assert card.width == 0.5 and loaded.backbone.layer4[0].conv1.out_channels == 256
+    assert card.backbone == "resnet18 x0.5" and _card().backbone == "resnet18"  # what lists and reports show
     x = torch.randn(3, 1, 32, 32)
     assert torch.equal(model(x), loaded(x))
     legacy = _card().model_dump(mode="json")

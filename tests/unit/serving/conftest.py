@@ -114,6 +114,7 @@ class InProcessInspector:
         return {
             "version": p.card.version,
             "arch": p.card.arch,
+            "width": p.card.width,
             "classes": list(p.card.class_names),
             "threshold": p.threshold,
             "unsure_band": p.unsure_band,

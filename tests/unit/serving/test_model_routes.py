@@ -46,6 +46,7 @@ def test_a_version_shows_its_card_lineage_and_report_with_images_loaded_by_token
     body = viewer.get("/v1/models/v0001").json()
     assert (body["version"], body["card_threshold"], body["operating_point"]) == ("v0001", 0.5, None)
     assert [link["version"] for link in body["lineage"]] == ["v0001"]
+    assert (body["arch"], body["width"]) == (own_registry.get("v0001").card.arch, 1.0)  # the backbone, as trained
     html = body["report_html"]
     assert "<table>" in html and "0.97" in html
     assert 'data-src="/v1/models/v0001/report/roc_pr.png"' in html and ' src="' not in html
