@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import RESULTS, machine_info, save_result
 
+from inspectline.card import backbone_name
 from inspectline.cli import profile_path
 from inspectline.config import InspectConfig, load_config
 from inspectline.hardware import cpu_capabilities, resolve_device
@@ -98,9 +99,7 @@ def run_recipe(cfg: InspectConfig, *, recipe: str, name: str, overrides: list[st
 
 
 def _backbone(cfg: dict) -> str:
-    """The architecture, with its channel scale where it is not torchvision's (``resnet18 x0.5``)."""
-    width = cfg["model"].get("width", 1.0)
-    return cfg["model"]["arch"] + (f" x{width:g}" if width != 1.0 else "")
+    return backbone_name(cfg["model"]["arch"], cfg["model"].get("width", 1.0))  # results from before width: 1.0
 
 
 def print_result(result: dict) -> None:

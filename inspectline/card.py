@@ -35,6 +35,11 @@ class Preprocessing(BaseModel):
         return 1 if self.color_mode == "gray" else 3
 
 
+def backbone_name(arch: str, width: float) -> str:
+    """The architecture as people should read it: ``resnet18``, or ``resnet18 x0.5`` when its width is scaled."""
+    return arch if width == 1.0 else f"{arch} x{width:g}"
+
+
 class ModelCard(BaseModel):
     """What travels with the weights: enough to preprocess, predict and explain a verdict."""
 
@@ -62,8 +67,7 @@ class ModelCard(BaseModel):
 
     @property
     def backbone(self) -> str:
-        """The architecture as people should read it: ``resnet18``, or ``resnet18 x0.5`` when its width is scaled."""
-        return self.arch if self.width == 1.0 else f"{self.arch} x{self.width:g}"
+        return backbone_name(self.arch, self.width)
 
     @property
     def defect_index(self) -> int:

@@ -31,6 +31,7 @@ from inspectline.camera_adapters.replay import ReplaySettings
 from inspectline.camera_adapters.runner import AdapterSettings, run_camera
 from inspectline.camera_adapters.source import safe_id
 from inspectline.camera_adapters.uploader import UploadSettings
+from inspectline.card import backbone_name
 from inspectline.config import DataConfig, InspectConfig
 from inspectline.data import CLASS_NAMES, Sample, load_samples, load_split_manifest
 from inspectline.errors import EngineUnavailableError, ParityError
@@ -52,10 +53,9 @@ from inspectline.training import run_training
 
 def run_demo(cfg: InspectConfig, *, serve_config: Path = Path("serve_config.yaml"), frames: int = 200) -> None:
     started = time.perf_counter()
-    backbone = cfg.model.arch + (f" x{cfg.model.width:g}" if cfg.model.width != 1.0 else "")
     typer.echo(
-        f"[1/6] training {backbone} at {cfg.data.image_size} px on {cfg.data.source} for up to "
-        f"{cfg.train.epochs} epochs"
+        f"[1/6] training {backbone_name(cfg.model.arch, cfg.model.width)} at {cfg.data.image_size} px on "
+        f"{cfg.data.source} for up to {cfg.train.epochs} epochs"
     )
     run = run_training(cfg, progress=True)
     m = run.evaluation.metrics
