@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import RESULTS, machine_info, save_result
 
 from inspectline.card import backbone_name
-from inspectline.cli import profile_path
+from inspectline.cli import profile_path, shipped_profiles
 from inspectline.config import InspectConfig, load_config
 from inspectline.hardware import cpu_capabilities, resolve_device
 from inspectline.training import run_training
@@ -174,44 +174,61 @@ NOT_THE_RECIPE = ("paths.", "train.seed")  # where a run wrote, and the seed: wh
 def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
     """Mean and spread over the runs of each recorded recipe variant, to tell a change from seed noise.
 
-    Runs are grouped by what they trained: the effective config without the seed and the paths, and the
-    training precision. Each group is named by how its config differs from its profile as it is now.
+    Runs are grouped by what they trained and where: the effective config without the seed and the
+    paths, the training precision and the CPU model, whichever profile each run started from (``elpv-cpu``
+    with the narrow profile's changes trained what ``elpv-cpu-narrow`` trains). Each group is named by the
+    shipped profile as it is now that it differs from in the fewest keys, ties to the profile its first
+    run started from, and by those differences.
     """
     groups: dict[str, list[dict]] = {}
     for path in sorted(folder.glob(f"{prefix}*.json")):
         r = json.loads(path.read_text())
         if not {"config", "recipe", "roc_auc"} <= r.keys():
             continue
-        flat = {k: v for k, v in _flatten(r["config"]).items() if not k.startswith(NOT_THE_RECIPE)}
-        key = json.dumps([r["recipe"], r.get("training_precision", "fp32"), sorted(flat.items())], default=str)
+        trained = sorted(_recipe_keys(r["config"]).items())
+        key = json.dumps([r.get("machine", {}).get("cpu"), r.get("training_precision", "fp32"), trained], default=str)
         groups.setdefault(key, []).append(r)
+    profiles = {name: _flatten(load_config(profile_path(name)).model_dump(mode="json")) for name in shipped_profiles()}
     lines = [
         "| variant | runs (seeds) | ROC-AUC mean ± sd (range) | max-F1 accuracy mean ± sd | 4-class mean "
-        "| shipped point: recall / false rejects, means | CPUs |",
+        "| shipped point: recall / false rejects, means | CPU |",
         "|---|---|---|---|---|---|---|",
     ]
     for runs in groups.values():
         first = runs[0]
-        profile = _flatten(load_config(profile_path(first["recipe"])).model_dump(mode="json"))
-        change = [
-            f"{k}={v}"
-            for k, v in sorted(_flatten(first["config"]).items())
-            if not k.startswith(NOT_THE_RECIPE) and k in profile and profile[k] != v
-        ]
+        trained = _recipe_keys(first["config"])
+        changes = {
+            name: [f"{k}={v}" for k, v in sorted(trained.items()) if k in profile and profile[k] != v]
+            for name, profile in profiles.items()
+        }
+        nearest = min(changes, key=lambda name: (len(changes[name]), name != first["recipe"]))
+        change = changes[nearest]
         auc = [r["roc_auc"] for r in runs]
         points = [r.get("operating_points", {}).get("in force", {}).get("test", {}) for r in runs]
         seeds = ", ".join(str(seed) for seed in sorted(r["config"].get("train", {}).get("seed", -1) for r in runs))
-        cpus = ", ".join(sorted({r.get("machine", {}).get("cpu", "?") for r in runs}))
         lines.append(
-            f"| `{first['recipe']}`{' + ' + ', '.join(f'`{c}`' for c in change) if change else ''} "
+            f"| `{nearest}`{' + ' + ', '.join(f'`{c}`' for c in change) if change else ''} "
             f"({first.get('training_precision', 'fp32')}) | {len(runs)} ({seeds}) | "
             f"{_mean_sd(auc)}{f' ({min(auc):.3f}-{max(auc):.3f})' if len(auc) > 1 else ''} | "
             f"{_mean_sd([r['max_f1_accuracy'] for r in runs if r.get('max_f1_accuracy') is not None])} | "
             f"{_mean([r.get('four_class_accuracy') for r in runs])} | "
             f"{_mean([p.get('recall') for p in points])} / {_mean([p.get('false_reject_rate') for p in points])} "
-            f"| {cpus} |"
+            f"| {first.get('machine', {}).get('cpu', '?')} |"
         )
     return "\n".join(lines)
+
+
+def _recipe_keys(config: dict) -> dict:
+    """A run's effective config, flattened, without what repeats of one recipe vary (the seed, the paths).
+
+    Read through today's config model where it still validates, so a key added since the run was recorded
+    (``model.width``) counts at its default, the value the run trained with.
+    """
+    try:
+        config = InspectConfig.model_validate(config).model_dump(mode="json")
+    except ValueError:  # written by an older config model that no longer validates: compare what it recorded
+        pass
+    return {k: v for k, v in _flatten(config).items() if not k.startswith(NOT_THE_RECIPE)}
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

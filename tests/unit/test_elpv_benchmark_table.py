@@ -82,3 +82,26 @@ def test_the_seed_table_groups_runs_by_what_they_trained_and_names_the_change(tm
     assert "| 2 (0, 1) | 0.875 ± 0.007 (0.870-0.880) |" in profile
     assert "| 3 (0, 1, 2) | 0.878 ± 0.002 (0.876-0.880) |" in gem
     assert gem.endswith("| 0.900 / 0.410 | AMD EPYC |")  # shipped point: mean recall / mean false rejects
+
+
+def test_the_seed_table_groups_what_was_trained_whichever_profile_it_started_from(tmp_path: Path):
+    narrow = {"model": {"width": 0.25}, "train": {"keep": "last"}}  # elpv-cpu-narrow's changes to elpv-cpu
+    from_cpu = _run(0, 0.855, **narrow)
+    from_narrow = _run(1, 0.861, **narrow) | {"recipe": "elpv-cpu-narrow"}
+    older = _run(2, 0.864)
+    del older["config"]["model"]["width"]  # recorded before model.width existed: it trained at full width
+    runs = {
+        "elpv-cpu-w25-last": from_cpu,
+        "elpv-cpu-narrow-seed1": from_narrow,
+        "elpv-cpu-old": older,
+        "elpv-cpu-zen4": _run(0, 0.870),
+        "elpv-cpu-xeon": _run(1, 0.880) | {"machine": {"cpu": "Intel Xeon"}},
+    }
+    for name, result in runs.items():
+        (tmp_path / f"elpv_{name}.json").write_text(json.dumps(result))
+    rows = seed_table(folder=tmp_path).splitlines()[2:]
+    assert len(rows) == 3
+    by_name = {(row.split(" | ")[0], row.rsplit(" | ", 1)[1]): row for row in rows}
+    assert "| 2 (0, 1) | 0.858 ± 0.004 (0.855-0.861) |" in by_name["| `elpv-cpu-narrow` (bf16)", "AMD EPYC |"]
+    assert "| 2 (0, 2) | 0.867 ± 0.004 (0.864-0.870) |" in by_name["| `elpv-cpu` (bf16)", "AMD EPYC |"]
+    assert "| 1 (1) | 0.880 |" in by_name["| `elpv-cpu` (bf16)", "Intel Xeon |"]  # another machine: its own row
