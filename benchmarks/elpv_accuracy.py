@@ -180,23 +180,24 @@ def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
     shipped profile as it is now that it differs from in the fewest keys, ties to the profile its first
     run started from, and by those differences.
     """
-    groups: dict[str, list[dict]] = {}
+    groups: dict[str, tuple[dict, list[dict]]] = {}  # key -> (the config the runs trained, the runs)
     for path in sorted(folder.glob(f"{prefix}*.json")):
         r = json.loads(path.read_text())
         if not {"config", "recipe", "roc_auc"} <= r.keys():
             continue
-        trained = sorted(_recipe_keys(r["config"]).items())
-        key = json.dumps([r.get("machine", {}).get("cpu"), r.get("training_precision", "fp32"), trained], default=str)
-        groups.setdefault(key, []).append(r)
+        trained = _recipe_keys(r["config"])
+        key = json.dumps(
+            [r.get("machine", {}).get("cpu"), r.get("training_precision", "fp32"), sorted(trained.items())], default=str
+        )
+        groups.setdefault(key, (trained, []))[1].append(r)
     profiles = {name: _flatten(load_config(profile_path(name)).model_dump(mode="json")) for name in shipped_profiles()}
     lines = [
         "| variant | runs (seeds) | ROC-AUC mean ± sd (range) | max-F1 accuracy mean ± sd | 4-class mean "
         "| shipped point: recall / false rejects, means | CPU |",
         "|---|---|---|---|---|---|---|",
     ]
-    for runs in groups.values():
+    for trained, runs in groups.values():
         first = runs[0]
-        trained = _recipe_keys(first["config"])
         changes = {
             name: [f"{k}={v}" for k, v in sorted(trained.items()) if k in profile and profile[k] != v]
             for name, profile in profiles.items()
