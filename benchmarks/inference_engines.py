@@ -2,11 +2,13 @@
 
     python benchmarks/inference_engines.py --registry /tmp/models --version v0001   # a trained demo model
     python benchmarks/inference_engines.py --quick                                   # fewer repeats
+    python benchmarks/inference_engines.py --device cuda --name inference_engines_cuda  # on a GPU
 
 Two models, batch 1 and 8 (images per engine call, the network only: no decoding or preprocessing):
 
 * ``resnet50@224``: ResNet50 at 224 px, gray, random weights (the size of the full recipe);
-* ``demo``: the demo model, ResNet18 at 128 px, gray. With ``--version`` it is that trained version
+* ``demo``: the demo model as ``inspectline/profiles/demo.yaml`` builds it (today ResNet18 at a quarter
+  of the width, 192 px, gray; random weights). With ``--version`` it is that trained version
   of the registry, exported with ``inspect export``'s own code, so its rows carry the verdict
   agreement with PyTorch fp32 on the ELPV test split (flip TTA, the threshold in force) and the
   accuracy section the ROC-AUC and recall change. Without it, random weights and no agreement.
@@ -17,6 +19,12 @@ only) / INT8 (NNCF), ONNX Runtime fp32 / INT8 (NNCF). INT8 of the random-weight 
 on ELPV training frames. Every figure is the best of ``--repeats`` runs with the engines interleaved,
 so contention from other processes hits them alike; the load average before and after is recorded
 and the run is marked busy when the load before it exceeded half the cores (the load after counts its own threads).
+
+With ``--device cuda`` it measures the torch engine on the GPU instead: fp32, fp16 and bf16 autocast
+(where the GPU has bf16), batch 1, 8 and 64 (a GPU needs large batches to fill), cuDNN's autotuner on;
+each call includes copying the batch to the GPU and the outputs back, as serving does. Those rows
+carry ``device`` and their ``speedup_vs_torch_fp32`` is against torch fp32 on the same GPU; the exported
+engines are CPU runtimes and are not run there.
 
 Writes ``benchmarks/results/inference_engines.json``: ``rows`` of ``{engine, precision, arch,
 image_size, batch, images_per_s, speedup_vs_torch_fp32, agreement}`` plus the machine with CPU flags.
@@ -36,15 +44,19 @@ import numpy as np
 import torch
 from machine import machine_info, save_result
 
-from inspectline.config import DataConfig
+from inspectline.card import backbone_name
+from inspectline.cli import profile_path
+from inspectline.config import DataConfig, load_config
 from inspectline.data import Preprocessing, compute_normalization, load_images, load_samples, split_samples
 from inspectline.engines import FORMATS, TorchEngine, images_per_second, require_runtime, runtime_installed
+from inspectline.engines.torch_engine import torch_precisions
 from inspectline.export import ExportRequest, _LogitsAndEmbedding, export_version, split_frames
 from inspectline.hardware import cpu_capabilities
 from inspectline.model import ModelCard, build_model, load_checkpoint
 from inspectline.registry import ModelRegistry
 
 BATCHES = (1, 8)
+CUDA_BATCHES = (1, 8, 64)
 EXPORTS = [("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8")]
 EXPORTS += [("onnx", "fp32"), ("onnx", "int8")]
 ENGINE_OF = {"openvino": "openvino", "onnx": "onnxruntime"}
@@ -60,6 +72,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats, 100 calibration frames")
     parser.add_argument("--name", default="inference_engines", help="results file: benchmarks/results/NAME.json")
     parser.add_argument(
+        "--device", default="cpu", help="cpu (every engine) or cuda / cuda:N (the torch engine on that GPU)"
+    )
+    parser.add_argument(
         "--models", default="resnet50,demo", help="comma-separated: resnet50 (random weights), demo (trained if given)"
     )
     args = parser.parse_args()
@@ -72,19 +87,21 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="inference-engines-"))
 
     rows, accuracy = [], None
-    if "demo" in models and args.registry is not None:
+    if args.device != "cpu":
+        rows = _measure_cuda(models, args)
+    elif "demo" in models and args.registry is not None:
         registry = ModelRegistry(args.registry)
         name = args.version or registry.names()[-1]
         engines, agreement, accuracy = _engines_for_version(registry, name, args, caps)
         card = registry.get(name).card
         rows += _measure(card.arch, card.preprocessing.image_size, engines, args.repeats, agreement=agreement)
     elif "demo" in models:
-        demo = build_model("resnet18", in_channels=1).eval()
+        demo, arch, size = _demo_model()
         engines = _engines_for_random(
-            demo, _elpv_calibration(128, args.calibration_frames), work / "demo", args.threads, caps
+            demo, _elpv_calibration(size, args.calibration_frames), work / "demo", args.threads, caps
         )
-        rows += _measure("resnet18", 128, engines, args.repeats, agreement=None)
-    if "resnet50" in models:
+        rows += _measure(arch, size, engines, args.repeats, agreement=None)
+    if "resnet50" in models and args.device == "cpu":
         random_model = build_model("resnet50", in_channels=1).eval()
         calibration = _elpv_calibration(224, args.calibration_frames)
         engines = _engines_for_random(random_model, calibration, work / "resnet50", args.threads, caps)
@@ -131,6 +148,42 @@ def _engines_for_random(model, calibration: np.ndarray, folder: Path, threads: i
     return engines
 
 
+def _demo_model() -> tuple[torch.nn.Module, str, int]:
+    """The demo profile's network with random weights, its backbone name (``resnet18 x0.25``) and input side."""
+    cfg = load_config(profile_path("demo"))
+    m = cfg.model
+    model = build_model(
+        m.arch, in_channels=1, head_dims=m.head_dims, head_dropout=m.head_dropout, pooling=m.pooling, width=m.width
+    )
+    return model.eval(), backbone_name(m.arch, m.width), cfg.data.image_size
+
+
+def _measure_cuda(models: set[str], args) -> list[dict]:
+    """The torch engine on the GPU in every precision it runs there; the demo model trained if given."""
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels, as a server would
+    named = []
+    if "demo" in models:
+        if args.registry is not None:
+            registry = ModelRegistry(args.registry)
+            version = registry.get(args.version or registry.names()[-1])
+            model, card = load_checkpoint(version.checkpoint)[0], version.card
+            named.append((model, card.arch, card.preprocessing.image_size))
+        else:
+            named.append(_demo_model())
+    if "resnet50" in models:
+        named.append((build_model("resnet50", in_channels=1), "resnet50", 224))
+    rows = []
+    for model, arch, size in named:
+        engines = {
+            ("torch", precision): TorchEngine(model, precision=precision, device=device)
+            for precision in torch_precisions(device, cpu_capabilities())
+        }
+        measured = _measure(arch, size, engines, args.repeats, agreement=None, batches=CUDA_BATCHES)
+        rows += [row | {"device": f"{device.type}: {torch.cuda.get_device_name(device)}"} for row in measured]
+    return rows
+
+
 def _engines_for_version(registry: ModelRegistry, name: str, args, caps) -> tuple[dict, dict, dict]:
     """The trained version exported with ``inspect export``'s code; agreement from each export's parity."""
     version = registry.get(name)
@@ -166,10 +219,12 @@ def _engines_for_version(registry: ModelRegistry, name: str, args, caps) -> tupl
     return engines, agreement, accuracy
 
 
-def _measure(arch: str, size: int, engines: dict, repeats: int, *, agreement: dict | None) -> list[dict]:
+def _measure(
+    arch: str, size: int, engines: dict, repeats: int, *, agreement: dict | None, batches: tuple[int, ...] = BATCHES
+) -> list[dict]:
     rows = []
     channels = 1
-    for batch in BATCHES:
+    for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, channels, size, size)).astype(np.float32)
         runners = {key: engine.run for key, engine in engines.items()}
         speed = images_per_second(runners, x, repeats=repeats)
@@ -228,13 +283,16 @@ def _print_table(result: dict) -> None:
     busy = "BUSY" if result["busy"] else "quiet"
     load = result["load_average_1m"]
     print(f"\n{m['cpu']} ({', '.join(m['cpu_flags'])}), {result['threads']} threads, best of {result['repeats']}")
+    if m.get("gpu"):
+        print(f"GPU: {m['gpu']}, torch {m['torch']}")
     print(f"machine {busy}: 1-min load average {load['before']:.1f} before, {load['after']:.1f} after\n")
     print("| model | batch | engine | precision | images/s | × torch fp32 | agreement |")
     print("|---|---|---|---|---|---|---|")
     for r in result["rows"]:
         agreement = "-" if r["agreement"] is None else f"{r['agreement']:.2%}"
+        engine = f"{r['engine']} ({r['device']})" if "device" in r else r["engine"]
         print(
-            f"| {r['arch']} @ {r['image_size']} | {r['batch']} | {r['engine']} | {r['precision']} "
+            f"| {r['arch']} @ {r['image_size']} | {r['batch']} | {engine} | {r['precision']} "
             f"| {r['images_per_s']:.1f} | {r['speedup_vs_torch_fp32']:.2f} | {agreement} |"
         )
     if result["accuracy"]:
