@@ -168,7 +168,8 @@ def table(prefix: str = "elpv_", folder: Path = RESULTS) -> str:
     return "\n".join(lines)
 
 
-NOT_THE_RECIPE = ("paths.", "train.seed")  # where a run wrote, and the seed: what repeats of one recipe vary
+# where a run wrote, the seed, and how many loader processes fed it: what repeats of one recipe may vary
+NOT_THE_RECIPE = ("paths.", "train.seed", "train.num_workers")
 
 
 def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
@@ -187,13 +188,13 @@ def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
             continue
         trained = _recipe_keys(r["config"])
         key = json.dumps(
-            [r.get("machine", {}).get("cpu"), r.get("training_precision", "fp32"), sorted(trained.items())], default=str
+            [_machine(r.get("machine", {})), r.get("training_precision", "fp32"), sorted(trained.items())], default=str
         )
         groups.setdefault(key, (trained, []))[1].append(r)
     profiles = {name: _flatten(load_config(profile_path(name)).model_dump(mode="json")) for name in shipped_profiles()}
     lines = [
         "| variant | runs (seeds) | ROC-AUC mean ± sd (range) | max-F1 accuracy mean ± sd | 4-class mean "
-        "| shipped point: recall / false rejects, means | CPU |",
+        "| shipped point: recall / false rejects, means | machine |",
         "|---|---|---|---|---|---|---|",
     ]
     for trained, runs in groups.values():
@@ -214,7 +215,7 @@ def seed_table(prefix: str = "elpv_elpv-", folder: Path = RESULTS) -> str:
             f"{_mean_sd([r['max_f1_accuracy'] for r in runs if r.get('max_f1_accuracy') is not None])} | "
             f"{_mean([r.get('four_class_accuracy') for r in runs])} | "
             f"{_mean([p.get('recall') for p in points])} / {_mean([p.get('false_reject_rate') for p in points])} "
-            f"| {first.get('machine', {}).get('cpu', '?')} |"
+            f"| {_machine(first.get('machine', {}))} |"
         )
     return "\n".join(lines)
 
@@ -237,6 +238,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     for k, v in tree.items():
         out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
+
+
+def _machine(machine: dict) -> str:
+    """What trained the run: the GPU where one did, else the CPU."""
+    return machine.get("gpu") or machine.get("cpu", "?")
 
 
 def _mean_sd(values: list[float]) -> str:

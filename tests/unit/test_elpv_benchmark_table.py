@@ -105,3 +105,16 @@ def test_the_seed_table_groups_what_was_trained_whichever_profile_it_started_fro
     assert "| 2 (0, 1) | 0.858 ± 0.004 (0.855-0.861) |" in by_name["| `elpv-cpu-narrow` (bf16)", "AMD EPYC |"]
     assert "| 2 (0, 2) | 0.867 ± 0.004 (0.864-0.870) |" in by_name["| `elpv-cpu` (bf16)", "AMD EPYC |"]
     assert "| 1 (1) | 0.880 |" in by_name["| `elpv-cpu` (bf16)", "Intel Xeon |"]  # another machine: its own row
+
+
+def test_the_seed_table_pools_runs_fed_by_different_loader_counts_and_names_the_gpu(tmp_path: Path):
+    runs = {
+        "elpv-gpu": _run(0, 0.922, train={"num_workers": 4}) | {"machine": {"cpu": "Xeon", "gpu": "NVIDIA H200"}},
+        "elpv-gpu-seed1": _run(1, 0.914, train={"num_workers": 6}) | {"machine": {"cpu": "Xeon", "gpu": "NVIDIA H200"}},
+    }
+    for name, result in runs.items():
+        (tmp_path / f"elpv_{name}.json").write_text(json.dumps(result))
+    rows = seed_table(folder=tmp_path).splitlines()[2:]
+    assert len(rows) == 1  # loader processes change how fast a run goes, not what it trains
+    assert "| 2 (0, 1) | 0.918 ± 0.006 (0.914-0.922) |" in rows[0]
+    assert rows[0].endswith("| NVIDIA H200 |")
