@@ -66,9 +66,13 @@ def test_every_shipped_profile_loads_and_the_cli_names_each_one():
     from inspectline.cli import profile_path, shipped_profiles
 
     names = shipped_profiles()
-    assert {"demo", "elpv-budget", "elpv-cpu", "elpv-resnet50"} <= set(names)
+    assert {"demo", "elpv-budget", "elpv-cpu", "elpv-cpu-long", "elpv-gpu", "elpv-resnet50"} <= set(names)
     for name in names:
         load_config(profile_path(name), [])
+    # the inspection profiles ship at the plant's recall, not at max F1
+    for name in ("elpv-cpu", "elpv-cpu-narrow", "elpv-cpu-long", "elpv-gpu", "elpv-resnet50"):
+        calibration = load_config(profile_path(name), []).calibration
+        assert (calibration.threshold_policy, calibration.target_recall) == ("target_recall", 0.95), name
     result = CliRunner().invoke(cli, ["train", "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert f"A shipped profile: {', '.join(names)}." in result.output
