@@ -184,3 +184,32 @@ def test_cli_export_and_models_show(registry, exports, monkeypatch, capsys):
     code, err = inspect("export", "v0001", "--format", "onnx")
     assert code == 2 and "error: onnxruntime is not installed; install it with: pip install 'inspectline[onnx]'" in err
     assert "Traceback" not in err
+
+
+def test_the_engines_benchmark_measures_a_passed_export_instead_of_replacing_it(
+    registry, exports, tmp_path, monkeypatch
+):
+    """`benchmarks/inference_engines.py --registry` after `make demo` must leave the export the service runs."""
+    import argparse
+    import shutil
+
+    from benchmarks import inference_engines
+
+    copy = ModelRegistry(shutil.copytree(registry.root, tmp_path / "models"))
+    kept, redone = ("openvino", "fp32"), ("openvino", "int8")
+    recorded = {(e.format, e.precision): e for e in copy.get("v0001").manifest.exports}
+    # whatever this CPU's rounding made of the tiny model's INT8, record it as forced: one kind of each
+    copy.record_export("v0001", recorded[redone].model_copy(update={"passed": False, "forced": True}))
+    before = {(e.format, e.precision): e for e in copy.get("v0001").manifest.exports}
+    assert before[kept].passed and not before[kept].forced
+    monkeypatch.setattr(inference_engines, "EXPORTS", [kept, redone])
+    args = argparse.Namespace(threads=1, calibration_frames=20)
+    engines, agreement, accuracy = inference_engines._engines_for_version(copy, "v0001", args, cpu_capabilities())
+
+    after = {(e.format, e.precision): e for e in copy.get("v0001").manifest.exports}
+    assert after[kept] == before[kept]  # the passed export is measured as recorded, not exported again
+    assert after[redone].actor == "benchmarks/inference_engines.py"  # a forced export is made again
+    assert accuracy["exports"]["openvino-fp32"]["reused"] is True
+    assert accuracy["exports"]["openvino-int8"]["reused"] is False
+    assert agreement[("openvino", "fp32")] == before[kept].parity["test"]["agreement"]
+    assert {("torch", "fp32"), ("openvino", "fp32"), ("openvino", "int8")} <= set(engines)
