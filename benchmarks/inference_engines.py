@@ -53,6 +53,7 @@ from inspectline.engines.torch_engine import torch_precisions
 from inspectline.export import ExportRequest, _LogitsAndEmbedding, export_version, split_frames
 from inspectline.hardware import cpu_capabilities
 from inspectline.model import ModelCard, build_model, load_checkpoint
+from inspectline.parity import SetParity
 from inspectline.registry import ModelRegistry
 
 BATCHES = (1, 8)
@@ -199,32 +200,33 @@ def _engines_for_version(registry: ModelRegistry, name: str, args, caps) -> tupl
             continue
         key = (ENGINE_OF[fmt_name], precision)
         record = passed.get((fmt_name, precision))
-        if record is not None:
+        reused = record is not None
+        if reused:
             # An export that passed parity may be what the service runs (`make demo`'s accuracy-controlled
             # INT8, say): measure it as it is rather than replace it with a forced plain export.
             print(f"{name}: measuring the {fmt_name}-{precision} export already recorded (passed parity)")
-            test = dict(record.parity.get("test", {}))
+            test = SetParity.model_validate(record.parity["test"])
         else:
             request = ExportRequest(
                 format=fmt_name, precision=precision, force=True, calibration_frames=args.calibration_frames
             )
             result = export_version(registry, name, request, actor="benchmarks/inference_engines.py")
             print(result.table)
-            record, test = result.record, result.report.test.model_dump()
+            record, test = result.record, result.report.test
         engines[key] = FORMATS[fmt_name].open(version.path / record.path, precision, args.threads)
-        agreement[key] = test.get("agreement")
+        agreement[key] = test.agreement
         accuracy["exports"][f"{fmt_name}-{precision}"] = {
-            "frames": test.get("frames"),
-            "agreement": test.get("agreement"),
+            "frames": test.frames,
+            "agreement": test.agreement,
             "passed": record.passed,
-            "reused": record is passed.get((fmt_name, precision)),
+            "reused": reused,
             "quantization": record.quantization,
-            "max_abs_dp": test.get("max_abs_dp"),
-            "mean_abs_dp": test.get("mean_abs_dp"),
-            "roc_auc_torch_fp32": test.get("roc_auc_reference"),
-            "roc_auc_change": test.get("roc_auc_change"),
-            "recall_torch_fp32": test.get("recall_reference"),
-            "recall_change": test.get("recall_change"),
+            "max_abs_dp": test.max_abs_dp,
+            "mean_abs_dp": test.mean_abs_dp,
+            "roc_auc_torch_fp32": test.roc_auc_reference,
+            "roc_auc_change": test.roc_auc_change,
+            "recall_torch_fp32": test.recall_reference,
+            "recall_change": test.recall_change,
         }
     return engines, agreement, accuracy
 

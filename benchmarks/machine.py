@@ -9,25 +9,13 @@ from pathlib import Path
 
 import torch
 
+from inspectline.hardware import cpu_capabilities
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _cpuinfo_fields() -> dict[str, str]:
-    """The first processor's fields from /proc/cpuinfo (empty where there is none)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.is_file():
-        return {}
-    fields: dict[str, str] = {}
-    for line in cpuinfo.read_text().splitlines():
-        if not line.strip():
-            break
-        key, _, value = line.partition(":")
-        fields[key.strip()] = value.strip()
-    return fields
-
-
 def machine_info() -> dict:
-    info = _cpuinfo_fields()
+    cpu = cpu_capabilities()
     mem_gib = None
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():
@@ -35,11 +23,9 @@ def machine_info() -> dict:
         mem_gib = round(kib / 2**20, 1)
     return {
         "hostname": platform.node(),
-        "cpu": info.get("model name", "unknown"),
-        # VMs often hide the model name ("AMD EPYC"); family and model numbers still tell the generation
-        # (AMD family 25 model 1 is Zen 3, family 25 model 17 is Zen 4).
-        "cpu_family": info.get("cpu family"),
-        "cpu_model_number": info.get("model"),
+        "cpu": cpu.model,
+        "cpu_family": cpu.family or None,  # the generation where a VM hides the model name
+        "cpu_model_number": cpu.model_number or None,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": mem_gib,

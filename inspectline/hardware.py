@@ -27,6 +27,10 @@ class CpuCapabilities:
     model: str
     flags: frozenset[str]  # the FEATURE_FLAGS this CPU has
     torch_capability: str  # what PyTorch dispatches to: "DEFAULT", "AVX2", "AVX512", "AMX" ...
+    # /proc/cpuinfo's "cpu family" and "model" numbers: VMs often hide the model name ("AMD EPYC") but these
+    # still tell the generation (AMD family 25 model 1 is Zen 3, model 17 is Zen 4). Empty where not given.
+    family: str = ""
+    model_number: str = ""
 
     @property
     def bf16(self) -> bool:
@@ -72,6 +76,7 @@ def cpu_supports_bf16() -> bool:
 def parse_cpuinfo(text: str, *, torch_capability: str = "DEFAULT") -> CpuCapabilities:
     """Capabilities from the text of ``/proc/cpuinfo`` (first processor; all cores of a CPU match)."""
     model, flags = platform.processor() or "unknown", set()
+    numbers = {"cpu family": "", "model": ""}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -79,7 +84,15 @@ def parse_cpuinfo(text: str, *, torch_capability: str = "DEFAULT") -> CpuCapabil
             model = value.strip()
         elif key == "flags" and not flags:
             flags = set(value.split())
-    return CpuCapabilities(model=model, flags=frozenset(flags & set(FEATURE_FLAGS)), torch_capability=torch_capability)
+        elif key in numbers and not numbers[key]:
+            numbers[key] = value.strip()
+    return CpuCapabilities(
+        model=model,
+        flags=frozenset(flags & set(FEATURE_FLAGS)),
+        torch_capability=torch_capability,
+        family=numbers["cpu family"],
+        model_number=numbers["model"],
+    )
 
 
 def _read_cpuinfo() -> str:
