@@ -13,7 +13,12 @@
     ``serve run``, closed loop at saturation, from a load generator in its own process, one frame
     per ``POST /v1/frames`` and then ``--batch-frames`` per ``POST /v1/frames/batch``; over each
     measured window the CPU seconds of every service process (all of Ray's, which this process
-    started) per frame served, and that less the model's cost: the service's plumbing;
+    started) per frame served, and that less the model's cost: the service's plumbing. The model's
+    cost is taken twice: from (a), and as the service itself counted it over the same window
+    (``inspect_inference_cpu_seconds_total`` over ``inspect_frames_total``, read from ``/metrics``). The
+    second does not depend on the machine running at the same speed minutes apart (a VM's can drift
+    by 15 %, as much as a large model's whole plumbing); it leaves out preprocessing, which (a)
+    counts as model, so its plumbing is the larger by that much;
 (c) latency p50/p95/p99 at open-loop rates of 50 % and 80 % of (b), and of a single frame on an
     idle service;
 (d) the service at rest: its CPU while no frame arrives (Ray's and the app's background loops), and
@@ -42,6 +47,7 @@ from pathlib import Path
 import httpx
 import psutil
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -181,12 +187,13 @@ def main() -> None:
             frames_url = f"{url}/v1/frames"
             run_in_process("closed", frames_url, bodies, concurrency=concurrency, seconds=5)  # warm every replica
             with load.phase("served_single"):
-                single = _saturate(frames_url, bodies, concurrency=concurrency, seconds=args.seconds)
+                single = _saturate(frames_url, bodies, f"{url}/metrics", concurrency=concurrency, seconds=args.seconds)
             print(f"served: {single.result.throughput:.1f} frames/s closed loop with {concurrency} clients")
             with load.phase("served_batch"):
                 batch = _saturate(
                     f"{url}/v1/frames/batch",
                     bodies,
+                    f"{url}/metrics",
                     concurrency=batch_concurrency,
                     seconds=args.seconds,
                     frames_per_post=args.batch_frames,
@@ -268,6 +275,9 @@ def main() -> None:
         "service_cpu_ms_per_frame": single.cpu_ms_per_frame,
         "service_cpu_ms_per_frame_by_process": single.by_process_ms_per_frame,
         "plumbing_cpu_ms_per_frame": single.cpu_ms_per_frame - model_ms,
+        # the model's cost as the service counted it in the same window, and the plumbing against that
+        "served_model_cpu_ms_per_frame": single.model_ms_per_frame,
+        "plumbing_cpu_ms_per_frame_in_service": single.cpu_ms_per_frame - single.model_ms_per_frame,
         # what served / raw would be if the service and raw each had every core to themselves: the model's CPU
         # per frame over the service's (robust to neighbours that take cores from one phase and not another)
         "served_over_raw_by_cpu": model_ms / single.cpu_ms_per_frame,
@@ -284,6 +294,8 @@ def main() -> None:
         "batch_service_cpu_ms_per_frame": batch.cpu_ms_per_frame,
         "batch_service_cpu_ms_per_frame_by_process": batch.by_process_ms_per_frame,
         "batch_plumbing_cpu_ms_per_frame": batch.cpu_ms_per_frame - model_ms,
+        "batch_served_model_cpu_ms_per_frame": batch.model_ms_per_frame,
+        "batch_plumbing_cpu_ms_per_frame_in_service": batch.cpu_ms_per_frame - batch.model_ms_per_frame,
         "served_batch_over_raw_by_cpu": model_ms / batch.cpu_ms_per_frame,
         "batch_service_cores_used": batch.cores_used,
         "batch_loadgen_cpu_share": batch.result.cpu_seconds / (batch.result.seconds * cores),
@@ -321,30 +333,50 @@ class LoadAverages:
 
 
 class ServiceCpu:
-    """``on_window`` for a closed loop: the CPU seconds of the service's processes inside its measured window.
+    """``on_window`` for a closed loop: the CPU seconds of the service's processes inside its measured window,
+    and the model's CPU seconds and frames the service counted over it (its ``/metrics``, when given).
 
     The service is every process below this one (``start_local_ray`` runs Ray from here: GCS, raylet,
     Serve controller, proxy, replicas), less those Python's multiprocessing started for the benchmark
     (the load generator, which reports its own CPU, and the resource tracker). A process that starts
     inside the window counts whole; one that ends inside it is missed (none should, at steady load)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics_url: str | None = None) -> None:
         self.seconds = float("nan")
         self.by_process: dict[str, float] = {}  # CPU seconds per kind of process (several replicas add up)
         self.niceness: dict[str, int] = {}  # Ray starts its workers at nice 15: neighbours at 0 come first
+        self.model_ms_per_frame = float("nan")  # as the service counted it
         self._open: dict[tuple[int, float], tuple[str, float]] = {}
+        self._metrics_url = metrics_url
+        self._counted: tuple[float, float] = (0.0, 0.0)
 
     def __call__(self, event: str) -> None:
-        cpu = _service_cpu()
-        if event == "open":
-            self._open = cpu
+        if event == "open":  # the scrape before the window opens and after it closes: its CPU stays outside
+            self._counted = _model_counters(self._metrics_url)
+            self._open = _service_cpu()
             return
+        cpu = _service_cpu()
+        model_seconds, frames = (b - a for a, b in zip(self._counted, _model_counters(self._metrics_url), strict=True))
+        self.model_ms_per_frame = 1000 * model_seconds / frames if frames else float("nan")
         self.by_process = {}
         for key, (label, seconds, nice) in cpu.items():
             spent = seconds - self._open.get(key, (label, 0.0, nice))[1]
             self.by_process[label] = self.by_process.get(label, 0.0) + spent
             self.niceness[label] = nice
         self.seconds = sum(self.by_process.values())
+
+
+def _model_counters(metrics_url: str | None) -> tuple[float, float]:
+    """The model's CPU seconds and the frames judged, as the service's ``/metrics`` counts them: the line
+    monitor updates both from the same judgements, so their ratio over a window does not lag."""
+    if metrics_url is None:
+        return (float("nan"), float("nan"))
+    totals = dict.fromkeys(("inspect_inference_cpu_seconds_total", "inspect_frames_total"), 0.0)
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=30).text):
+        for sample in family.samples:
+            if sample.name in totals:
+                totals[sample.name] += sample.value
+    return totals["inspect_inference_cpu_seconds_total"], totals["inspect_frames_total"]
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -389,14 +421,15 @@ class Saturated:
         self.cores_used = cpu.seconds / result.seconds
         frames = result.ok or float("nan")
         self.cpu_ms_per_frame = 1000 * cpu.seconds / frames
+        self.model_ms_per_frame = cpu.model_ms_per_frame
         self.by_process_ms_per_frame = {
             label: round(1000 * seconds / frames, 2)
             for label, seconds in sorted(cpu.by_process.items(), key=lambda kv: -kv[1])
         }
 
 
-def _saturate(url: str, bodies: list[bytes], **kw) -> Saturated:
-    cpu = ServiceCpu()
+def _saturate(url: str, bodies: list[bytes], metrics_url: str, **kw) -> Saturated:
+    cpu = ServiceCpu(metrics_url)
     return Saturated(run_in_process("closed", url, bodies, on_window=cpu, **kw), cpu)
 
 
@@ -539,8 +572,8 @@ def _table(r: dict) -> None:
     if r.get("gateway_settings") or r.get("ray_env"):
         gateway, ray_env = r.get("gateway_settings") or "none", r.get("ray_env") or "default"
         print(f"gateway overrides: {gateway}; Ray environment: {ray_env}")
-    print(f"| {'measure':<52} | {'value':>12} | {'target':<7} |")
-    print(f"|{'-' * 54}|{'-' * 14}|{'-' * 9}|")
+    print(f"| {'measure':<60} | {'value':>12} | {'target':<7} |")
+    print(f"|{'-' * 62}|{'-' * 14}|{'-' * 9}|")
     t = r["targets"]
     rows = [
         (
@@ -566,6 +599,12 @@ def _table(r: dict) -> None:
             f"{r['plumbing_cpu_ms_per_frame']:.1f}",
             t["plumbing_cpu_ms_per_frame"],
         ),
+        ("model CPU per frame as the service counted it, single, ms", f"{r['served_model_cpu_ms_per_frame']:.1f}", ""),
+        (
+            "plumbing CPU per frame against that, single posts, ms",
+            f"{r['plumbing_cpu_ms_per_frame_in_service']:.1f}",
+            t["plumbing_cpu_ms_per_frame"],
+        ),
         (
             f"served batch, frames/s ({r['batch_concurrency']} x {r['batch_frames_per_post']} frames) (cores got)",
             f"{r['served_batch_frames_per_s']:.1f} ({r['batch_service_cores_used']:.2f})",
@@ -581,6 +620,16 @@ def _table(r: dict) -> None:
         (
             "plumbing CPU per frame, batch posts, ms",
             f"{r['batch_plumbing_cpu_ms_per_frame']:.1f}",
+            t["plumbing_cpu_ms_per_frame"],
+        ),
+        (
+            "model CPU per frame as the service counted it, batch, ms",
+            f"{r['batch_served_model_cpu_ms_per_frame']:.1f}",
+            "",
+        ),
+        (
+            "plumbing CPU per frame against that, batch posts, ms",
+            f"{r['batch_plumbing_cpu_ms_per_frame_in_service']:.1f}",
             t["plumbing_cpu_ms_per_frame"],
         ),
         ("idle single frame, median ms", f"{r['idle_single_frame_ms']['median_ms']:.1f}", ""),
@@ -604,7 +653,7 @@ def _table(r: dict) -> None:
         for phase, v in r["load_average_1m"].items()
     ]
     for label, value, target in rows:
-        print(f"| {label:<52} | {value:>12} | {target:<7} |")
+        print(f"| {label:<60} | {value:>12} | {target:<7} |")
     top = list(r["service_cpu_ms_per_frame_by_process"].items())[:6]
     print("service CPU per frame by process, single posts (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in top))
 

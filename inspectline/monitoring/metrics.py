@@ -67,6 +67,11 @@ class LineMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.inference_cpu = Counter(
+            "inspect_inference_cpu_seconds_total",
+            "CPU seconds of the batched TTA forwards (the model's share of the service's CPU).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "inspect_batch_size", "Frames per batched forward.", buckets=BATCH_BUCKETS, registry=r
         )

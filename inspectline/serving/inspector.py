@@ -100,13 +100,18 @@ def prepare_frame(predictor: Predictor, job: InspectJob, camera_bit_depth: dict[
 
 
 def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgement | JudgeFailure]:
-    """One TTA forward over frames of one model: ``(B, C, H, W)`` plus flips -> a judgement per frame."""
-    started = time.perf_counter()
+    """One TTA forward over frames of one model: ``(B, C, H, W)`` plus flips -> a judgement per frame.
+
+    Its CPU time is counted on the clock that sees the engine's work: this thread's for a single-thread
+    engine (the replicas' default: it computes on the calling thread), the process's for an engine with
+    more threads (its workers are other threads; whatever else the replica does meanwhile counts too)."""
+    clock = time.thread_time if predictor.engine.threads == 1 else time.process_time
+    started, cpu_started = time.perf_counter(), clock()
     try:
         predictions = predictor.predict_tensor(torch.stack([item.tensor for item in items]))
     except RuntimeError as exc:  # the batch as a whole failed: say so to each of its frames
         return [JudgeFailure("unprocessable", f"the model could not process this frame: {exc}") for _ in items]
-    seconds = time.perf_counter() - started
+    seconds, cpu_seconds = time.perf_counter() - started, clock() - cpu_started
     return [
         Judgement(
             verdict=p.verdict,
@@ -119,6 +124,7 @@ def judge_prepared(predictor: Predictor, items: list[Prepared]) -> list[Judgemen
             embedding=tuple(float(v) for v in np.asarray(p.embedding)),
             image_stats=item.stats,
             inference_s=seconds,
+            inference_cpu_s=cpu_seconds,
             batch_size=len(items),
             first_in_batch=n == 0,
         )

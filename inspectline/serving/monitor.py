@@ -190,6 +190,7 @@ class LineMonitor:
         m.latency.labels(line).observe(o.latency_s)
         if j.first_in_batch:  # batch metrics once per batch, not once per frame of it
             m.inference.observe(j.inference_s)
+            m.inference_cpu.inc(j.inference_cpu_s)
             m.batch_size.observe(j.batch_size)
         m.probability.labels(line, camera).observe(j.defect_probability)
         m.confidence.labels(line, camera).observe(j.confidence)

@@ -107,6 +107,7 @@ class Judgement:
     embedding: tuple[float, ...] = field(repr=False)  # penultimate activations, for drift
     image_stats: tuple[float, ...] = field(repr=False)  # brightness, contrast ... for drift
     inference_s: float = 0.0  # the batched forward this frame was part of
+    inference_cpu_s: float = 0.0  # the CPU seconds of that forward
     batch_size: int = 1
     first_in_batch: bool = True
 

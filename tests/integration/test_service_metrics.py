@@ -77,6 +77,9 @@ def test_batching_model_and_errors_are_visible(service):
     batches = total(samples, "inspect_batch_size_count")
     single = total(samples, "inspect_batch_size_bucket", le="1.0")
     assert batches > 0 and single < batches, "no batch of more than one frame formed under concurrency"
+    # the model's CPU: counted per batch, by the single-thread replicas' own clock, so within their forwards' time
+    model_cpu = total(samples, "inspect_inference_cpu_seconds_total")
+    assert 0 < model_cpu <= 1.05 * total(samples, "inspect_inference_duration_seconds_sum") + 0.01
     assert total(samples, "inspect_model_info", version="v0001", engine="torch", precision="fp32") == 1
     assert 0 < total(samples, "inspect_model_threshold") < 1
     before = total(samples, "inspect_errors_total", reason="undecodable_image")

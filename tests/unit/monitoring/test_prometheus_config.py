@@ -198,6 +198,7 @@ def test_the_board_shows_what_quality_engineers_watch():
         "inspect_drift_alarm",
         "inspect_errors_total",
         "inspect_batch_size",
+        "inspect_inference_cpu_seconds_total",
         "inspect_camera_frames_sent_total",
         "inspect_camera_retries_total",
         "inspect_camera_spooled_frames",

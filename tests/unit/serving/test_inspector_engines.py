@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -92,6 +93,30 @@ def test_an_export_asked_for_judges_like_the_checkpoint(registry):
         assert b.defect_probability == pytest.approx(a.defect_probability, abs=1e-4)
         assert b.verdict == a.verdict and b.views.keys() == a.views.keys()
     assert asyncio.run(openvino.describe(EXPORTED))["engine"]["engine"] == "openvino"
+
+
+@pytest.mark.parametrize("engine", ["torch", "openvino"])
+def test_a_single_thread_forward_counts_its_own_cpu_not_the_replicas_other_threads(registry, engine):
+    """The model's CPU per batch (``inspect_inference_cpu_seconds_total``) is what a benchmark subtracts from
+    the service's CPU to find the plumbing: a busy thread beside the forward must not be counted as model."""
+    stop = threading.Event()
+
+    def busy() -> None:  # another thread of the replica working meanwhile (decoding, HTTP, the event loop)
+        while not stop.is_set():
+            sum(i * i for i in range(10_000))
+
+    neighbour = threading.Thread(target=busy)
+    neighbour.start()
+    try:
+        judgements = _judge(_inspector(registry, engine=engine, threads=1), EXPORTED, _frames(4))
+    finally:
+        stop.set()
+        neighbour.join()
+    first = judgements[0]
+    assert first.first_in_batch and first.batch_size == 4
+    # one thread cannot spend more CPU than the wall time it ran; the process's clock, with the busy
+    # neighbour on the other core, would
+    assert 0 < first.inference_cpu_s <= first.inference_s * 1.05 + 1e-3
 
 
 def test_a_new_engine_setting_reloads_the_versions_warm_and_other_settings_keep_them(registry):
