@@ -278,6 +278,7 @@ def main() -> None:
         # the model's cost as the service counted it in the same window, and the plumbing against that
         "served_model_cpu_ms_per_frame": single.model_ms_per_frame,
         "plumbing_cpu_ms_per_frame_in_service": single.cpu_ms_per_frame - single.model_ms_per_frame,
+        "model_share_of_service_cpu": single.model_ms_per_frame / single.cpu_ms_per_frame,
         # what served / raw would be if the service and raw each had every core to themselves: the model's CPU
         # per frame over the service's (robust to neighbours that take cores from one phase and not another)
         "served_over_raw_by_cpu": model_ms / single.cpu_ms_per_frame,
@@ -308,6 +309,10 @@ def main() -> None:
         * rest["cores_used"]
         / single.result.throughput
         / (single.cpu_ms_per_frame - model_ms),
+        "plumbing_at_rest_share_in_service": 1000
+        * rest["cores_used"]
+        / single.result.throughput
+        / (single.cpu_ms_per_frame - single.model_ms_per_frame),
         "open_loop": open_loop,
         "p99_at_50pct_over_idle": open_loop["50%"]["p99_ms"] / idle["median_ms"],
         "load_average_1m": load.phases,
@@ -635,6 +640,12 @@ def _table(r: dict) -> None:
         ("idle single frame, median ms", f"{r['idle_single_frame_ms']['median_ms']:.1f}", ""),
         ("service at rest (no frames), cores", f"{r['at_rest_cores_used']:.3f}", ""),
         ("share of single-post plumbing that is the rest floor", f"{r['plumbing_at_rest_share']:.2f}", ""),
+        (
+            "the same, of the plumbing against the service's model count",
+            f"{r['plumbing_at_rest_share_in_service']:.2f}",
+            "",
+        ),
+        ("model's share of the service's CPU, single posts", f"{r['model_share_of_service_cpu']:.2f}", ""),
     ]
     for key, v in r["open_loop"].items():
         rows.append(
