@@ -69,7 +69,8 @@ class LineMetrics:
         )
         self.inference_cpu = Counter(
             "inspect_inference_cpu_seconds_total",
-            "CPU seconds of the batched TTA forwards (the model's share of the service's CPU).",
+            "CPU seconds of the production model's batched TTA forwards (its share of the service's CPU; "
+            "a shadow model's forwards are not in it).",
             registry=r,
         )
         self.batch_size = Histogram(
