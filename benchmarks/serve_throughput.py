@@ -235,6 +235,7 @@ def main() -> None:
     model_cost = _model_cost(layouts, raw, options["threads"] or max(1, int(args.cpus_per_replica)))
 
     model_ms = model_cost.model_cpu_ms_per_frame
+    rest_ms_per_frame = 1000 * rest["cores_used"] / single.result.throughput  # the at-rest floor spread over frames
     result = {
         "name": name,
         "model": ready.get("model_version"),
@@ -277,7 +278,7 @@ def main() -> None:
         "plumbing_cpu_ms_per_frame": single.cpu_ms_per_frame - model_ms,
         # the model's cost as the service counted it in the same window, and the plumbing against that
         "served_model_cpu_ms_per_frame": single.model_ms_per_frame,
-        "plumbing_cpu_ms_per_frame_in_service": single.cpu_ms_per_frame - single.model_ms_per_frame,
+        "plumbing_cpu_ms_per_frame_in_service": single.plumbing_ms_per_frame,
         "model_share_of_service_cpu": single.model_ms_per_frame / single.cpu_ms_per_frame,
         # what served / raw would be if the service and raw each had every core to themselves: the model's CPU
         # per frame over the service's (robust to neighbours that take cores from one phase and not another)
@@ -296,7 +297,7 @@ def main() -> None:
         "batch_service_cpu_ms_per_frame_by_process": batch.by_process_ms_per_frame,
         "batch_plumbing_cpu_ms_per_frame": batch.cpu_ms_per_frame - model_ms,
         "batch_served_model_cpu_ms_per_frame": batch.model_ms_per_frame,
-        "batch_plumbing_cpu_ms_per_frame_in_service": batch.cpu_ms_per_frame - batch.model_ms_per_frame,
+        "batch_plumbing_cpu_ms_per_frame_in_service": batch.plumbing_ms_per_frame,
         "served_batch_over_raw_by_cpu": model_ms / batch.cpu_ms_per_frame,
         "batch_service_cores_used": batch.cores_used,
         "batch_loadgen_cpu_share": batch.result.cpu_seconds / (batch.result.seconds * cores),
@@ -305,14 +306,8 @@ def main() -> None:
         # the single-post plumbing that is this floor spread over the frames rather than work per frame
         "at_rest_cores_used": rest["cores_used"],
         "at_rest_cores_by_process": rest["by_process"],
-        "plumbing_at_rest_share": 1000
-        * rest["cores_used"]
-        / single.result.throughput
-        / (single.cpu_ms_per_frame - model_ms),
-        "plumbing_at_rest_share_in_service": 1000
-        * rest["cores_used"]
-        / single.result.throughput
-        / (single.cpu_ms_per_frame - single.model_ms_per_frame),
+        "plumbing_at_rest_share": rest_ms_per_frame / (single.cpu_ms_per_frame - model_ms),
+        "plumbing_at_rest_share_in_service": rest_ms_per_frame / single.plumbing_ms_per_frame,
         "open_loop": open_loop,
         "p99_at_50pct_over_idle": open_loop["50%"]["p99_ms"] / idle["median_ms"],
         "load_average_1m": load.phases,
@@ -357,12 +352,15 @@ class ServiceCpu:
 
     def __call__(self, event: str) -> None:
         if event == "open":  # the scrape before the window opens and after it closes: its CPU stays outside
-            self._counted = _model_counters(self._metrics_url)
+            if self._metrics_url:
+                self._counted = _model_counters(self._metrics_url)
             self._open = _service_cpu()
             return
         cpu = _service_cpu()
-        model_seconds, frames = (b - a for a, b in zip(self._counted, _model_counters(self._metrics_url), strict=True))
-        self.model_ms_per_frame = 1000 * model_seconds / frames if frames else float("nan")
+        if self._metrics_url:
+            model_seconds, frames = _model_counters(self._metrics_url)
+            model_seconds, frames = model_seconds - self._counted[0], frames - self._counted[1]
+            self.model_ms_per_frame = 1000 * model_seconds / frames if frames else float("nan")
         self.by_process = {}
         for key, (label, seconds, nice) in cpu.items():
             spent = seconds - self._open.get(key, (label, 0.0, nice))[1]
@@ -371,11 +369,9 @@ class ServiceCpu:
         self.seconds = sum(self.by_process.values())
 
 
-def _model_counters(metrics_url: str | None) -> tuple[float, float]:
+def _model_counters(metrics_url: str) -> tuple[float, float]:
     """The model's CPU seconds and the frames judged, as the service's ``/metrics`` counts them: the line
     monitor updates both from the same judgements, so their ratio over a window does not lag."""
-    if metrics_url is None:
-        return (float("nan"), float("nan"))
     totals = dict.fromkeys(("inspect_inference_cpu_seconds_total", "inspect_frames_total"), 0.0)
     for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=30).text):
         for sample in family.samples:
@@ -427,6 +423,7 @@ class Saturated:
         frames = result.ok or float("nan")
         self.cpu_ms_per_frame = 1000 * cpu.seconds / frames
         self.model_ms_per_frame = cpu.model_ms_per_frame
+        self.plumbing_ms_per_frame = self.cpu_ms_per_frame - self.model_ms_per_frame  # against the service's count
         self.by_process_ms_per_frame = {
             label: round(1000 * seconds / frames, 2)
             for label, seconds in sorted(cpu.by_process.items(), key=lambda kv: -kv[1])
