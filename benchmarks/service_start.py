@@ -1,4 +1,4 @@
-"""How long `inspect serve` takes to answer ready, and how much memory each of its processes holds.
+"""How long `inspect serve` takes to answer ready, the memory and idle CPU of its processes, and its recovery.
 
 A line PC restarts the service after maintenance, a crash or a new release; until every inspector has
 its model loaded the line's frames wait in the cameras' spools. Each start here is the one a plant admin
@@ -14,6 +14,12 @@ by every start, read only) and a frame store of the start's own. Per start:
 * **memory** of every process the command started, once ready and idle: RSS, and USS (the pages only that
   process holds, so the sum over processes does not count the shared libraries twice), grouped by role:
   each Serve deployment's replicas, Serve's controller, HAProxy, the rest of Ray, the command itself;
+* **CPU at rest**: cores each role uses over ``--rest`` seconds with no frame arriving (Ray's and the
+  app's background loops), once idle;
+* **recovery from a crashed replica**: one Inspector replica killed (SIGKILL) while a frame at a time
+  keeps arriving; seconds until Serve's controller reports it gone, and until the replica replacing it is
+  running, from the service's own Ray (``serve.status()``); and how many of those frames were not
+  answered 200, and the slowest;
 * **seconds to stop** on Ctrl-C, until the command has exited.
 
     python -m benchmarks.service_start --registry models                  # the demo model, 3 starts
@@ -30,14 +36,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -86,6 +95,91 @@ def memory_by_role(command_pid: int) -> dict[str, dict[str, float]]:
     return dict(found)
 
 
+def cpu_at_rest(command_pid: int, seconds: float) -> dict[str, float]:
+    """Cores each role used over ``seconds`` (user + system time of every process the command started)."""
+
+    def times() -> dict[tuple[int, float], tuple[str, float]]:
+        command = psutil.Process(command_pid)
+        found = {}
+        for process in [command, *command.children(recursive=True)]:
+            try:
+                cpu = process.cpu_times()
+                found[(process.pid, process.create_time())] = (role(process, command_pid), cpu.user + cpu.system)
+            except psutil.Error:
+                continue
+        return found
+
+    before = times()
+    time.sleep(seconds)
+    after = times()
+    cores: dict[str, float] = defaultdict(float)
+    for key, (name, spent) in after.items():
+        cores[name] += (spent - before.get(key, (name, 0.0))[1]) / seconds  # a process started meanwhile: all of it
+    return dict(cores)
+
+
+def replica_recovery(command_pid: int, url: str, image: bytes, timeout_s: float) -> dict:
+    """Kill one Inspector replica as a crash would, with a frame at a time arriving; see the module docstring."""
+    import ray
+    from ray import serve
+
+    def inspectors() -> dict[str, int]:
+        app = next(iter(serve.status().applications.values()))
+        return dict(app.deployments["Inspector"].replica_states)
+
+    answers: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def post_frames() -> None:
+        with httpx.Client(timeout=120) as client:
+            n = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    status = client.post(
+                        f"{url}/v1/frames",
+                        content=image,
+                        headers={"Content-Type": "image/png"},
+                        params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"recovery-{n}"},
+                    ).status_code
+                except httpx.HTTPError:
+                    status = 0
+                answers.append((status, time.monotonic() - started))
+                n += 1
+
+    ray.init(address="auto", namespace="serve", log_to_driver=False)  # the service's own Ray, which it started last
+    try:
+        running = inspectors().get("RUNNING", 0)
+        victim = next(
+            p for p in psutil.Process(command_pid).children(recursive=True) if role(p, command_pid) == "Inspector"
+        )
+        sender = threading.Thread(target=post_frames, daemon=True)
+        sender.start()
+        time.sleep(1)
+        t0 = time.monotonic()
+        victim.kill()
+        noticed_s = replaced_s = None
+        while time.monotonic() - t0 < timeout_s and replaced_s is None:
+            now = inspectors().get("RUNNING", 0)
+            if noticed_s is None and now < running:
+                noticed_s = time.monotonic() - t0
+            elif noticed_s is not None and now == running:
+                replaced_s = time.monotonic() - t0
+            time.sleep(0.05)
+        time.sleep(1)
+        stop.set()
+        sender.join()
+    finally:
+        ray.shutdown()
+    return {
+        "noticed_s": noticed_s,
+        "replaced_s": replaced_s,
+        "frames": len(answers),
+        "frames_not_200": sum(status != 200 for status, _ in answers),
+        "slowest_frame_s": max(latency for _, latency in answers),
+    }
+
+
 def _folder(root: Path, registry: Path) -> Path:
     """A fresh folder laid out as after `make demo`: serve.yaml (the repository's, on a free port) and
     inspect.yaml (the shared registry, a store of its own)."""
@@ -122,7 +216,9 @@ async def _frames_after_ready(url: str, image: bytes, seconds: float, tag: str) 
     return latencies
 
 
-def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float, after_ready_s: float = 20.0) -> dict:
+def start_once(
+    root: Path, code: Path | None, image: bytes, timeout_s: float, after_ready_s: float = 20.0, rest_s: float = 30.0
+) -> dict:
     """One start of ``inspect serve`` in ``root`` with the inspectline at ``code`` (this one's by default)."""
     port = yaml.safe_load((root / "serve.yaml").read_text())["http_options"]["port"]
     url = f"http://127.0.0.1:{port}"
@@ -172,6 +268,10 @@ def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float, af
         time.sleep(5)  # idle: the start's own work (imports, warm-up) is over
         memory = memory_by_role(proc.pid)
         engine = httpx.get(f"{url}/v1/model", timeout=10).json().get("engine")
+        at_rest = cpu_at_rest(proc.pid, rest_s)
+        # in a process of its own: Serve's client in a driver outlives ray.shutdown(), tied to the first cluster
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            recovery = child.submit(replica_recovery, proc.pid, url, image, timeout_s).result()
     finally:
         t_stop = time.monotonic()
         if proc.poll() is None:
@@ -195,6 +295,9 @@ def start_once(root: Path, code: Path | None, image: bytes, timeout_s: float, af
         "memory": memory,
         "uss_total_mib": sum(m["uss_mib"] for m in memory.values()),
         "rss_total_mib": sum(m["rss_mib"] for m in memory.values()),
+        "at_rest_cores": at_rest,
+        "at_rest_cores_total": sum(at_rest.values()),
+        "recovery": recovery,
     }
 
 
@@ -209,13 +312,14 @@ def measure(args: argparse.Namespace) -> dict:
             for label in labels if r % 2 == 0 else labels[::-1]:
                 folder = _folder(Path(tmp) / f"round-{r}-{labels.index(label)}", registry.root)
                 code = None if label == THIS else args.baseline
-                result = start_once(folder, code, image, args.timeout, args.after_ready)
+                result = start_once(folder, code, image, args.timeout, args.after_ready, args.rest)
                 runs[label].append(result)
                 print(
                     f"round {r + 1}/{args.rounds} {label}: ready {result['ready_s']:.1f} s, "
                     f"after ready: slowest of {result['after_ready_frames']} frames "
                     f"{result['after_ready_max_s']:.2f} s ({result['after_ready_over_1s']} over 1 s), "
-                    f"USS {result['uss_total_mib']:.0f} MiB, stop {result['stop_s']:.1f} s",
+                    f"USS {result['uss_total_mib']:.0f} MiB, at rest {result['at_rest_cores_total']:.3f} cores, "
+                    f"a killed replica replaced in {result['recovery']['replaced_s']} s, stop {result['stop_s']:.1f} s",
                     flush=True,
                 )
     summary = {}
@@ -230,12 +334,18 @@ def measure(args: argparse.Namespace) -> dict:
             "stop_s": statistics.median(x["stop_s"] for x in results),
             "uss_total_mib": statistics.median(x["uss_total_mib"] for x in results),
             "rss_total_mib": statistics.median(x["rss_total_mib"] for x in results),
+            "at_rest_cores_total": statistics.median(x["at_rest_cores_total"] for x in results),
+            **{
+                f"recovery_{key}": statistics.median(x["recovery"][key] for x in results)
+                for key in ("noticed_s", "replaced_s", "frames_not_200", "slowest_frame_s")
+            },
             "engine": results[0]["engine"],
             "roles": {
                 name: {
                     key: statistics.median(x["memory"].get(name, {}).get(key, 0.0) for x in results)
                     for key in ("processes", "rss_mib", "uss_mib")
                 }
+                | {"at_rest_cores": statistics.median(x["at_rest_cores"].get(name, 0.0) for x in results)}
                 for name in roles
             },
         }
@@ -248,7 +358,7 @@ def measure(args: argparse.Namespace) -> dict:
         "machine": machine_info() | {"cpu_flags": cpu_capabilities().to_dict()["cpu_flags"]},
     }
     if args.baseline:  # paired per round: a round the machine was slow in slowed both starts
-        for key in ("ready_s", "uss_total_mib"):
+        for key in ("ready_s", "uss_total_mib", "at_rest_cores_total"):
             ratios = sorted(a[key] / b[key] for a, b in zip(runs[THIS], runs[labels[1]], strict=True))
             result[f"{key}_over_baseline"] = {"median": statistics.median(ratios), "range": [ratios[0], ratios[-1]]}
     return result
@@ -262,6 +372,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds a start may take to be ready")
     parser.add_argument("--name", help="results file suffix: service_start_NAME.json")
     parser.add_argument("--after-ready", type=float, default=20.0, help="seconds of frames sent after ready")
+    parser.add_argument("--rest", type=float, default=30.0, help="seconds the CPU at rest is measured over")
     args = parser.parse_args()
     result = measure(args)
     out = save_result(f"service_start_{args.name}" if args.name else "service_start", result)
@@ -274,7 +385,14 @@ def main() -> None:
     rows += [("slowest frame in the window after ready (s)", "after_ready_max_s", 2)]
     rows += [("frames over 1 s in that window", "after_ready_over_1s", 0)]
     rows += [("seconds to stop (Ctrl-C)", "stop_s", 1), ("USS, all processes (MiB)", "uss_total_mib", 0)]
-    rows += [("RSS, all processes (MiB)", "rss_total_mib", 0)]
+    rows += [
+        ("RSS, all processes (MiB)", "rss_total_mib", 0),
+        ("cores at rest, all processes", "at_rest_cores_total", 3),
+    ]
+    rows += [("a killed Inspector: seconds until Serve saw it gone", "recovery_noticed_s", 1)]
+    rows += [("... until its replacement was running", "recovery_replaced_s", 1)]
+    rows += [("... frames meanwhile not answered 200", "recovery_frames_not_200", 0)]
+    rows += [("... the slowest frame meanwhile (s)", "recovery_slowest_frame_s", 2)]
     for title, key, digits in rows:
         print(f"| {title} | " + " | ".join(f"{result['summary'][x][key]:.{digits}f}" for x in labels) + " |")
     roles = sorted({name for x in labels for name in result["summary"][x]["roles"]})
@@ -284,7 +402,10 @@ def main() -> None:
             r = result["summary"][x]["roles"].get(name, {"processes": 0, "uss_mib": 0.0, "rss_mib": 0.0})
             cells.append(f"{r['uss_mib']:.0f} / {r['rss_mib']:.0f} ({r['processes']:.0f})")
         print(f"| {name}: USS / RSS MiB (processes) | " + " | ".join(cells) + " |")
-    for key in ("ready_s", "uss_total_mib"):
+    for name in roles:
+        cells = [f"{result['summary'][x]['roles'].get(name, {}).get('at_rest_cores', 0.0):.3f}" for x in labels]
+        print(f"| {name}: cores at rest | " + " | ".join(cells) + " |")
+    for key in ("ready_s", "uss_total_mib", "at_rest_cores_total"):
         if f"{key}_over_baseline" in result:
             ratio = result[f"{key}_over_baseline"]
             print(
