@@ -21,7 +21,7 @@ import yaml
 from inspectline.errors import InspectError
 from inspectline.registry import ModelRegistry
 from inspectline.serving import ingress as ingress_module
-from inspectline.serving.deploy import load_serve_config, wait_until_ready
+from inspectline.serving.deploy import BACKGROUND_LOOPS, load_serve_config, wait_until_ready
 from tests.integration.conftest import REPO, free_port, wait_for
 from tests.integration.test_service import cell, encoded, post
 from tests.system_packages import available
@@ -60,6 +60,9 @@ def test_inspect_serve_runs_in_the_foreground_and_stops_cleanly_on_ctrl_c(traine
         # the store's relative path resolved against the working directory `inspect serve` ran in
         wait_for(lambda: (tmp_path / "data" / "frames.db").is_file(), timeout_s=60, what="the frame store")
         started = _descendants(proc.pid)
+        controller = next(p for p in started if "ServeController" in " ".join(p.cmdline()))
+        # Serve's background loops run at the intervals the service sets for a local Ray
+        assert {k: controller.environ().get(k) for k in BACKGROUND_LOOPS} == BACKGROUND_LOOPS
         fronts = [p for p in started if _name(p) == "haproxy"]
         assert bool(fronts) == (expected == "haproxy"), [_name(p) for p in started]
         folders = {Path(a).parent.parent for p in fronts for a in p.cmdline() if a.endswith("haproxy.cfg")}

@@ -1,4 +1,4 @@
-"""Choosing the local Ray's HTTP front (`inspect serve --ingress`), without starting Ray."""
+"""Choosing the local Ray's HTTP front (`inspect serve --ingress`) and its environment, without starting Ray."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from inspectline.errors import ConfigError
 from inspectline.serving import ingress as ingress_module
+from inspectline.serving.deploy import BACKGROUND_LOOPS, local_ray_environment
 from inspectline.serving.ingress import choose_ingress, end_haproxy, end_stale_haproxy, ingress_workdir
 
 
@@ -58,6 +59,18 @@ def test_asking_for_rays_proxy_turns_haproxy_off_even_where_it_is_installed(hapr
     chosen = choose_ingress("ray", {"RAY_SERVE_HAPROXY_BINARY_PATH": haproxy, "RAY_SERVE_ENABLE_HA_PROXY": "1"})
     assert chosen.name == "ray"
     assert chosen.environment(tmp_path, {}) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+
+
+def test_a_local_ray_slows_serves_background_loops_unless_the_environment_says_otherwise(haproxy, tmp_path):
+    env = local_ray_environment({}, None, None)
+    assert env == {"RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000", "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "1"}
+    assert env == BACKGROUND_LOOPS
+    environ = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.1", "RAY_SERVE_HAPROXY_BINARY_PATH": haproxy}
+    with_front = local_ray_environment(environ, choose_ingress("auto", environ), tmp_path)
+    assert with_front["RAY_SERVE_CONTROL_LOOP_INTERVAL_S"] == "0.1"  # the admin's own value
+    assert with_front["RAY_SERVE_METRICS_EXPORT_INTERVAL_MS"] == "1000"
+    assert with_front["RAY_SERVE_ENABLE_HA_PROXY"] == "1"  # and the front's settings beside them
+    assert with_front["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"].startswith(str(tmp_path))
 
 
 def test_auto_follows_an_explicit_ray_setting_in_the_environment(haproxy):
