@@ -187,13 +187,16 @@ def main() -> None:
             frames_url = f"{url}/v1/frames"
             run_in_process("closed", frames_url, bodies, concurrency=concurrency, seconds=5)  # warm every replica
             with load.phase("served_single"):
-                single = _saturate(frames_url, bodies, f"{url}/metrics", concurrency=concurrency, seconds=args.seconds)
+                single = _saturate(
+                    frames_url, bodies, f"{url}/metrics", args.replicas, concurrency=concurrency, seconds=args.seconds
+                )
             print(f"served: {single.result.throughput:.1f} frames/s closed loop with {concurrency} clients")
             with load.phase("served_batch"):
                 batch = _saturate(
                     f"{url}/v1/frames/batch",
                     bodies,
                     f"{url}/metrics",
+                    args.replicas,
                     concurrency=batch_concurrency,
                     seconds=args.seconds,
                     frames_per_post=args.batch_frames,
@@ -279,6 +282,7 @@ def main() -> None:
         # the model's cost as the service counted it in the same window, and the plumbing against that
         "served_model_cpu_ms_per_frame": single.model_ms_per_frame,
         "plumbing_cpu_ms_per_frame_in_service": single.plumbing_ms_per_frame,
+        "served_model_cpu_ms_per_frame_bound": single.model_ms_bound,  # +- from the window's edges
         "model_share_of_service_cpu": single.model_ms_per_frame / single.cpu_ms_per_frame,
         # what served / raw would be if the service and raw each had every core to themselves: the model's CPU
         # per frame over the service's (robust to neighbours that take cores from one phase and not another)
@@ -298,6 +302,7 @@ def main() -> None:
         "batch_plumbing_cpu_ms_per_frame": batch.cpu_ms_per_frame - model_ms,
         "batch_served_model_cpu_ms_per_frame": batch.model_ms_per_frame,
         "batch_plumbing_cpu_ms_per_frame_in_service": batch.plumbing_ms_per_frame,
+        "batch_served_model_cpu_ms_per_frame_bound": batch.model_ms_bound,
         "served_batch_over_raw_by_cpu": model_ms / batch.cpu_ms_per_frame,
         "batch_service_cores_used": batch.cores_used,
         "batch_loadgen_cpu_share": batch.result.cpu_seconds / (batch.result.seconds * cores),
@@ -339,16 +344,24 @@ class ServiceCpu:
     The service is every process below this one (``start_local_ray`` runs Ray from here: GCS, raylet,
     Serve controller, proxy, replicas), less those Python's multiprocessing started for the benchmark
     (the load generator, which reports its own CPU, and the resource tracker). A process that starts
-    inside the window counts whole; one that ends inside it is missed (none should, at steady load)."""
+    inside the window counts whole; one that ends inside it is missed (none should, at steady load).
 
-    def __init__(self, metrics_url: str | None = None) -> None:
+    The service counts a forward's CPU when the forward ends. A forward under way as the window opens
+    counts whole although part of its CPU was spent before, and one under way as it closes counts not
+    at all: each of the ``judges`` replicas can shift the count by up to one forward's CPU at each edge.
+    ``model_ms_bound`` is that shift per frame (one mean forward per judge): negligible for a fast model,
+    tens of milliseconds a frame for a slow one in large batches over a short window."""
+
+    def __init__(self, metrics_url: str | None = None, judges: int = 1) -> None:
         self.seconds = float("nan")
         self.by_process: dict[str, float] = {}  # CPU seconds per kind of process (several replicas add up)
         self.niceness: dict[str, int] = {}  # Ray starts its workers at nice 15: neighbours at 0 come first
         self.model_ms_per_frame = float("nan")  # as the service counted it
+        self.model_ms_bound = float("nan")  # how far the window's edges can move that count, per frame
+        self._judges = judges
         self._open: dict[tuple[int, float], tuple[str, float]] = {}
         self._metrics_url = metrics_url
-        self._counted: tuple[float, float] = (0.0, 0.0)
+        self._counted: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def __call__(self, event: str) -> None:
         if event == "open":  # the scrape before the window opens and after it closes: its CPU stays outside
@@ -358,9 +371,12 @@ class ServiceCpu:
             return
         cpu = _service_cpu()
         if self._metrics_url:
-            model_seconds, frames = _model_counters(self._metrics_url)
-            model_seconds, frames = model_seconds - self._counted[0], frames - self._counted[1]
-            self.model_ms_per_frame = 1000 * model_seconds / frames if frames else float("nan")
+            model_seconds, frames, forwards = (
+                b - a for a, b in zip(self._counted, _model_counters(self._metrics_url), strict=True)
+            )
+            if frames and forwards:
+                self.model_ms_per_frame = 1000 * model_seconds / frames
+                self.model_ms_bound = 1000 * self._judges * (model_seconds / forwards) / frames
         self.by_process = {}
         for key, (label, seconds, nice) in cpu.items():
             spent = seconds - self._open.get(key, (label, 0.0, nice))[1]
@@ -369,15 +385,22 @@ class ServiceCpu:
         self.seconds = sum(self.by_process.values())
 
 
-def _model_counters(metrics_url: str) -> tuple[float, float]:
-    """The model's CPU seconds and the frames judged, as the service's ``/metrics`` counts them: the line
-    monitor updates both from the same judgements, so their ratio over a window does not lag."""
-    totals = dict.fromkeys(("inspect_inference_cpu_seconds_total", "inspect_frames_total"), 0.0)
+_COUNTERS = (
+    "inspect_inference_cpu_seconds_total",
+    "inspect_frames_total",
+    "inspect_inference_duration_seconds_count",  # the forwards
+)
+
+
+def _model_counters(metrics_url: str) -> tuple[float, ...]:
+    """The model's CPU seconds, the frames judged and the forwards, as the service's ``/metrics`` counts them:
+    the line monitor updates all three from the same judgements, so their ratios over a window do not lag."""
+    totals = dict.fromkeys(_COUNTERS, 0.0)
     for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=30).text):
         for sample in family.samples:
             if sample.name in totals:
                 totals[sample.name] += sample.value
-    return totals["inspect_inference_cpu_seconds_total"], totals["inspect_frames_total"]
+    return tuple(totals[name] for name in _COUNTERS)
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -423,6 +446,7 @@ class Saturated:
         frames = result.ok or float("nan")
         self.cpu_ms_per_frame = 1000 * cpu.seconds / frames
         self.model_ms_per_frame = cpu.model_ms_per_frame
+        self.model_ms_bound = cpu.model_ms_bound
         self.plumbing_ms_per_frame = self.cpu_ms_per_frame - self.model_ms_per_frame  # against the service's count
         self.by_process_ms_per_frame = {
             label: round(1000 * seconds / frames, 2)
@@ -430,8 +454,8 @@ class Saturated:
         }
 
 
-def _saturate(url: str, bodies: list[bytes], metrics_url: str, **kw) -> Saturated:
-    cpu = ServiceCpu(metrics_url)
+def _saturate(url: str, bodies: list[bytes], metrics_url: str, judges: int, **kw) -> Saturated:
+    cpu = ServiceCpu(metrics_url, judges)
     return Saturated(run_in_process("closed", url, bodies, on_window=cpu, **kw), cpu)
 
 
@@ -601,7 +625,11 @@ def _table(r: dict) -> None:
             f"{r['plumbing_cpu_ms_per_frame']:.1f}",
             t["plumbing_cpu_ms_per_frame"],
         ),
-        ("model CPU per frame as the service counted it, single, ms", f"{r['served_model_cpu_ms_per_frame']:.1f}", ""),
+        (
+            "model CPU per frame as the service counted it, single, ms",
+            f"{r['served_model_cpu_ms_per_frame']:.1f} ± {r['served_model_cpu_ms_per_frame_bound']:.1f}",
+            "",
+        ),
         (
             "plumbing CPU per frame against that, single posts, ms",
             f"{r['plumbing_cpu_ms_per_frame_in_service']:.1f}",
@@ -626,7 +654,7 @@ def _table(r: dict) -> None:
         ),
         (
             "model CPU per frame as the service counted it, batch, ms",
-            f"{r['batch_served_model_cpu_ms_per_frame']:.1f}",
+            f"{r['batch_served_model_cpu_ms_per_frame']:.1f} ± {r['batch_served_model_cpu_ms_per_frame_bound']:.1f}",
             "",
         ),
         (
