@@ -336,7 +336,10 @@ def _burst(url: str, n: int) -> tuple[list[tuple[int, float, httpx.Response]], i
 
 
 def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
-    """The fixture deployed the repo's serve_config.yaml with `serve run`; its deployments are running."""
+    """The fixture deployed the repo's serve_config.yaml with `serve run`; its deployments are running.
+
+    Serve's status is as of the controller's last step (once a second, see ``BACKGROUND_LOOPS``): an
+    Inspector an earlier test reconfigured can still read UPDATING for a step or two."""
     import yaml
 
     config = yaml.safe_load((REPO / "serve_config.yaml").read_text())
@@ -344,8 +347,11 @@ def test_the_deployed_app_is_the_one_in_serve_config_yaml(service):
     assert app["import_path"] == "inspectline.serving.app:build_app"
     status = serve.status().applications[app["name"]]
     assert set(status.deployments) == {d["name"] for d in app["deployments"]}
-    details = serve.status().applications[app["name"]].deployments["Inspector"]
-    assert details.status == "HEALTHY"
+
+    def inspector() -> str:
+        return serve.status().applications[app["name"]].deployments["Inspector"].status
+
+    wait_for(lambda: inspector() == "HEALTHY", timeout_s=30, what=lambda: f"the Inspector HEALTHY, not {inspector()}")
 
 
 def test_a_repeated_frame_id_returns_the_first_verdict_only_for_the_same_bytes(service):
