@@ -95,6 +95,16 @@ def memory_by_role(command_pid: int) -> dict[str, dict[str, float]]:
     return dict(found)
 
 
+def frame_post(url: str, image: bytes, frame_id: str) -> dict:
+    """The arguments of one camera's PNG frame post, for httpx's ``post`` (sync or async)."""
+    return {
+        "url": f"{url}/v1/frames",
+        "content": image,
+        "headers": {"Content-Type": "image/png"},
+        "params": {"line_id": "line-1", "camera_id": "cam-1", "frame_id": frame_id},
+    }
+
+
 def cpu_at_rest(command_pid: int, seconds: float) -> dict[str, float]:
     """Cores each role used over ``seconds`` (user + system time of every process the command started)."""
 
@@ -136,12 +146,7 @@ def replica_recovery(command_pid: int, url: str, image: bytes, timeout_s: float)
             while not stop.is_set():
                 started = time.monotonic()
                 try:
-                    status = client.post(
-                        f"{url}/v1/frames",
-                        content=image,
-                        headers={"Content-Type": "image/png"},
-                        params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"recovery-{n}"},
-                    ).status_code
+                    status = client.post(**frame_post(url, image, f"recovery-{n}")).status_code
                 except httpx.HTTPError:
                     status = 0
                 answers.append((status, time.monotonic() - started))
@@ -171,6 +176,10 @@ def replica_recovery(command_pid: int, url: str, image: bytes, timeout_s: float)
         sender.join()
     finally:
         ray.shutdown()
+    if replaced_s is None:
+        seen = "never reported it gone" if noticed_s is None else f"reported it gone after {noticed_s:.1f} s"
+        msg = f"a killed Inspector replica was not replaced within {timeout_s:.0f} s: Serve {seen}"
+        raise RuntimeError(msg)
     return {
         "noticed_s": noticed_s,
         "replaced_s": replaced_s,
@@ -197,12 +206,7 @@ async def _frames_after_ready(url: str, image: bytes, seconds: float, tag: str) 
 
     async def one(client: httpx.AsyncClient, n: int) -> None:
         started = time.monotonic()
-        response = await client.post(
-            f"{url}/v1/frames",
-            content=image,
-            headers={"Content-Type": "image/png"},
-            params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"{tag}-{n}"},
-        )
+        response = await client.post(**frame_post(url, image, f"{tag}-{n}"))
         if response.status_code != 200:
             msg = f"a frame after ready got {response.status_code}: {response.text[:300]}"
             raise RuntimeError(msg)
@@ -253,13 +257,7 @@ def start_once(
                 pass
             time.sleep(0.2)
         ready_s = time.monotonic() - t0
-        answer = httpx.post(
-            f"{url}/v1/frames",
-            content=image,
-            headers={"Content-Type": "image/png"},
-            params={"line_id": "line-1", "camera_id": "cam-1", "frame_id": f"start-{port}"},
-            timeout=60,
-        )
+        answer = httpx.post(**frame_post(url, image, f"start-{port}"), timeout=60)
         if answer.status_code != 200:
             msg = f"the first frame got {answer.status_code}: {answer.text[:300]}"
             raise RuntimeError(msg)
