@@ -115,6 +115,10 @@ def create_loader(
         generator=generator,
         worker_init_fn=_seed_worker,
         persistent_workers=num_workers > 0,
+        # Workers start fresh rather than forked: a fork copies the state of OpenCV's and OpenMP's thread
+        # pools from a parent that has already used them (resizing the cache), and OpenCV's
+        # setNumThreads in such a child waits forever on threads that were not copied.
+        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
 
 

@@ -69,3 +69,37 @@ def test_soft_targets_are_the_annotators_probability_where_a_sample_has_one(tmp_
     assert [hard[i][1] for i in range(3)] == [0, 1, 1]
     # the balanced sampler still weighs by the 0/1 label
     assert soft.labels.tolist() == [0, 1, 1]
+
+
+LOADER_AFTER_OPENCV_THREADS = """
+import cv2, numpy as np, torch
+from pathlib import Path
+from inspectline.config import AugmentConfig
+from inspectline.data import FrameDataset, Preprocessing, Sample, build_train_preset, create_loader
+
+cv2.setNumThreads(4)
+big = np.random.default_rng(0).random((1500, 1500)).astype(np.float32)
+for _ in range(3):
+    cv2.resize(big, (700, 700))  # OpenCV's thread pool is now running in this process
+samples = [Sample(key=str(i), path=Path(f"{i}.png"), label=i % 2) for i in range(16)]
+images = [np.random.default_rng(i).integers(0, 255, (32, 32, 1), dtype=np.uint8) for i in range(16)]
+pre = Preprocessing(image_size=32, color_mode="gray", mean=(0.5,), std=(0.2,))
+dataset = FrameDataset(samples, build_train_preset(pre, AugmentConfig(), seed=0), "gray", images)
+loader = create_loader(dataset, batch_size=4, train=True, balanced=True, num_workers=2)
+for epoch in range(2):
+    shapes = {tuple(x.shape) for x, _ in loader}
+    assert shapes == {(4, 1, 32, 32)}, shapes
+print("ok")
+"""
+
+
+def test_loader_workers_start_in_a_process_that_has_used_opencv_threads():
+    """A forked worker inherited OpenCV's thread pool without its threads and hung in its first call to it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER_AFTER_OPENCV_THREADS], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")
