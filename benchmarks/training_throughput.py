@@ -101,12 +101,15 @@ def measure_row(arch: str, size: int, precision_name: str, args, splits, decoded
     dataset = FrameDataset(samples, build_train_preset(pre, cfg.augment, seed=0), "gray", cache)
     workers = loader_workers(t.num_workers)
     loader = create_loader(dataset, batch_size=t.batch_size, train=True, balanced=True, num_workers=workers)
-    model = build_model(arch, in_channels=1, head_dims=cfg.model.head_dims, head_dropout=cfg.model.head_dropout)
+    m = cfg.model  # the recipe's network as training builds it: width and pooling change its cost per image
+    model = build_model(
+        arch, in_channels=1, head_dims=m.head_dims, head_dropout=m.head_dropout, pooling=m.pooling, width=m.width
+    )
     model = model.to(memory_format=torch.channels_last)
     batch = torch.randn(t.batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (t.batch_size,))
     raw_rate(model, batch, labels, precision, 2)  # warm-up: allocator, oneDNN kernels
-    pipeline_rate(model, create_loader(dataset, batch_size=t.batch_size, train=True), cfg.train, precision)
+    pipeline_rate(model, loader, cfg.train, precision)  # warm-up too: starts the loader's persistent workers
 
     raw_images = raw_seconds = train_images = train_seconds = 0.0
     for _ in range(args.rounds):  # interleaved: load from other jobs slows both sides alike
@@ -120,6 +123,8 @@ def measure_row(arch: str, size: int, precision_name: str, args, splits, decoded
     raw, train = raw_images / raw_seconds, train_images / train_seconds
     return {
         "arch": arch,
+        "width": m.width,
+        "pooling": m.pooling,
         "image_size": size,
         "precision": precision.name,
         "batch_size": t.batch_size,
@@ -158,8 +163,9 @@ def main() -> None:
             rows.append(measure_row(arch, int(size), precision, args, splits, decoded))
             r = rows[-1]
             print(
-                f"{r['arch']} @ {r['image_size']} px {r['precision']}: train {r['train_images_per_s']:.1f} img/s, "
-                f"raw {r['raw_images_per_s']:.1f} img/s, ratio {r['loader_ratio']:.3f}",
+                f"{r['arch']} x{r['width']:g} @ {r['image_size']} px {r['precision']}: "
+                f"train {r['train_images_per_s']:.1f} img/s, raw {r['raw_images_per_s']:.1f} img/s, "
+                f"ratio {r['loader_ratio']:.3f}",
                 flush=True,
             )
     result = {
@@ -172,11 +178,11 @@ def main() -> None:
         "machine": machine_info(),
     }
     out = save_result(args.name, result)
-    print("\n| arch | px | precision | train img/s | raw img/s | loader ratio (≥ 0.9) | loader alone img/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| arch | width | px | precision | train img/s | raw img/s | loader ratio (≥ 0.9) | loader alone img/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['arch']} | {r['image_size']} | {r['precision']} | {r['train_images_per_s']:.1f} | "
+            f"| {r['arch']} | {r['width']:g} | {r['image_size']} | {r['precision']} | {r['train_images_per_s']:.1f} | "
             f"{r['raw_images_per_s']:.1f} | {r['loader_ratio']:.3f} | {r['loader_only_images_per_s']:.0f} |"
         )
     print(f"\nmachine: {cpu_capabilities().describe()}; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
