@@ -74,10 +74,12 @@ def class_sample_weights(labels: np.ndarray, num_classes: int = len(CLASS_NAMES)
 def loader_workers(setting: int | str, cpu_count: int | None = None) -> int:
     """Loader processes for ``train.num_workers``: a number as given, or ``auto``.
 
-    ``auto`` keeps augmentation in the training process on a machine of up to 4 cores: augmenting
-    from the in-memory cache costs a few per cent of a training step there, and a worker process
-    would take a core from the forward/backward pass. Bigger machines get a quarter of their cores
-    (at most 8), so the loader keeps up with a GPU.
+    ``auto`` keeps augmentation in the training process on a machine of up to 4 cores: a worker
+    process would take CPU from the forward/backward pass. Augmenting from the in-memory cache costs a
+    few per cent of a full-width ResNet18's step, but a fifth of the quarter-width one's in
+    ``elpv-cpu-long``, and even there one worker on 2 cores trained slower (README, "Training: speed
+    and what each lever does"). Bigger machines get a quarter of their cores (at most 8), so the
+    loader keeps up with a GPU.
     """
     if setting != "auto":
         return int(setting)
