@@ -125,6 +125,7 @@ def measure_row(arch: str, size: int, precision_name: str, args, splits, decoded
         "arch": arch,
         "width": m.width,
         "pooling": m.pooling,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "image_size": size,
         "precision": precision.name,
         "batch_size": t.batch_size,
