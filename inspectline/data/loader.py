@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
@@ -96,7 +97,15 @@ def create_loader(
     num_workers: int = 0,
     seed: int = 0,
 ) -> DataLoader:
-    """A loader: class-balanced sampling or shuffling for training, ordered for evaluation."""
+    """A loader: class-balanced sampling or shuffling for training, ordered for evaluation.
+
+    With workers, this process's OpenCV is set to one thread: the workers do the augmenting, and they
+    are forked (sharing the image cache with this process instead of each holding a copy). A worker
+    forked while OpenCV's thread pool is running inherits the pool without its threads and hangs in
+    its first OpenCV call; with one thread there is no pool to inherit.
+    """
+    if num_workers > 0:
+        cv2.setNumThreads(1)
     generator = torch.Generator().manual_seed(seed)
     sampler = None
     if train and balanced:
@@ -117,19 +126,13 @@ def create_loader(
         generator=generator,
         worker_init_fn=_seed_worker,
         persistent_workers=num_workers > 0,
-        # Workers start fresh rather than forked: a fork copies the state of OpenCV's and OpenMP's thread
-        # pools from a parent that has already used them (resizing the cache), and OpenCV's
-        # setNumThreads in such a child waits forever on threads that were not copied.
-        multiprocessing_context="spawn" if num_workers > 0 else None,
     )
 
 
 def _seed_worker(_worker_id: int) -> None:
     import random
 
-    import cv2
-
-    cv2.setNumThreads(1)  # workers share the CPU with the training process
+    cv2.setNumThreads(1)  # inherited already (create_loader); workers share the CPU with the training process
     seed = torch.initial_seed() % 2**32  # differs per worker and per epoch
     np.random.seed(seed)
     random.seed(seed)

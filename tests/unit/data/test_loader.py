@@ -94,7 +94,7 @@ print("ok")
 
 
 def test_loader_workers_start_in_a_process_that_has_used_opencv_threads():
-    """A forked worker inherited OpenCV's thread pool without its threads and hung in its first call to it."""
+    """A worker forked while OpenCV's thread pool ran inherited it without its threads and hung in it."""
     import subprocess
     import sys
 
