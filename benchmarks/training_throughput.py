@@ -12,7 +12,9 @@ slows both alike:
   (decoded and resized once, the recipe's augmentation preset, class-balanced sampling, workers as
   ``train.num_workers`` resolves them on this machine).
 
-``loader_ratio = train_images_per_s / raw_images_per_s`` (goal ≥ 0.9). A loader-only rate (no
+``loader_ratio = train_images_per_s / raw_images_per_s`` (goal ≥ 0.9). Where the real loop's time
+goes is reported per image: waiting for the loader's next batch (in-process augmentation, or workers
+that fall behind) and the rest, the training step, beside the model alone. A loader-only rate (no
 model) is reported too. ``auto`` precision measures fp32, and bf16 where the CPU has native bf16
 (AMX / AVX512-BF16); bf16 can be forced on any CPU, where it is emulated and slow. Writes
 ``benchmarks/results/training_throughput.json`` with the machine and its load average.
@@ -70,8 +72,31 @@ def raw_rate(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, precis
     return steps * batch.shape[0], time.perf_counter() - t0
 
 
+class WaitedLoader:
+    """``loader`` as the training loop sees it, adding up the time the loop waits for each batch."""
+
+    def __init__(self, loader):
+        self.loader, self.seconds = loader, 0.0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        batches = iter(self.loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            finally:
+                self.seconds += time.perf_counter() - t0
+            yield batch
+
+
 def pipeline_rate(model: nn.Module, loader, cfg, precision) -> tuple[int, float]:
-    """Images and seconds of one pass of the real training step over ``loader``."""
+    """Images and seconds of one pass of the real training step over ``loader`` (a :class:`WaitedLoader`
+    also adds up the part of those seconds spent waiting for batches)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     t0 = time.perf_counter()
@@ -112,10 +137,11 @@ def measure_row(arch: str, size: int, precision_name: str, args, splits, decoded
     pipeline_rate(model, loader, cfg.train, precision)  # warm-up too: starts the loader's persistent workers
 
     raw_images = raw_seconds = train_images = train_seconds = 0.0
+    waited = WaitedLoader(loader)
     for _ in range(args.rounds):  # interleaved: load from other jobs slows both sides alike
         i, s = raw_rate(model, batch, labels, precision, args.steps)
         raw_images, raw_seconds = raw_images + i, raw_seconds + s
-        i, s = pipeline_rate(model, loader, cfg.train, precision)
+        i, s = pipeline_rate(model, waited, cfg.train, precision)
         train_images, train_seconds = train_images + i, train_seconds + s
     t0 = time.perf_counter()
     seen = sum(int(y.shape[0]) for _, y in loader)
@@ -133,6 +159,10 @@ def measure_row(arch: str, size: int, precision_name: str, args, splits, decoded
         "num_workers": workers,
         "train_images_per_s": round(train, 2),
         "raw_images_per_s": round(raw, 2),
+        # per image of the real loop: waiting for the loader, and everything else (the training step)
+        "wait_ms_per_image": round(waited.seconds / train_images * 1e3, 3),
+        "step_ms_per_image": round((train_seconds - waited.seconds) / train_images * 1e3, 3),
+        "raw_ms_per_image": round(1e3 / raw, 3),
         "loader_ratio": round(train / raw, 3),
         "loader_only_images_per_s": round(loader_only, 1),
         "images_timed": int(train_images),
@@ -179,12 +209,16 @@ def main() -> None:
         "machine": machine_info(),
     }
     out = save_result(args.name, result)
-    print("\n| arch | width | px | precision | train img/s | raw img/s | loader ratio (≥ 0.9) | loader alone img/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| arch | width | px | precision | train img/s | raw img/s | loader ratio (≥ 0.9) | loader alone img/s "
+        "| ms/img: wait / step / raw |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
             f"| {r['arch']} | {r['width']:g} | {r['image_size']} | {r['precision']} | {r['train_images_per_s']:.1f} | "
-            f"{r['raw_images_per_s']:.1f} | {r['loader_ratio']:.3f} | {r['loader_only_images_per_s']:.0f} |"
+            f"{r['raw_images_per_s']:.1f} | {r['loader_ratio']:.3f} | {r['loader_only_images_per_s']:.0f} | "
+            f"{r['wait_ms_per_image']:.2f} / {r['step_ms_per_image']:.2f} / {r['raw_ms_per_image']:.2f} |"
         )
     print(f"\nmachine: {cpu_capabilities().describe()}; load average {load_before[0]:.1f} -> {os.getloadavg()[0]:.1f}")
     print(f"wrote {out}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from benchmarks.training_throughput import measure_row
@@ -29,3 +30,29 @@ def test_a_narrow_recipe_is_timed_as_the_narrow_network_it_trains(folder_dataset
     assert row["parameters"] < sum(p.numel() for p in full.parameters()) / 4
     assert (row["width"], row["pooling"], row["augment_preset"]) == (0.25, "gem", "train")
     assert row["train_images_per_s"] > 0 and row["raw_images_per_s"] > 0 and row["images_timed"] > 0
+    real_loop_ms = 1e3 / row["train_images_per_s"]  # the loop's time per image is its wait plus its step
+    assert row["wait_ms_per_image"] > 0
+    assert abs(row["wait_ms_per_image"] + row["step_ms_per_image"] - real_loop_ms) < 0.01 * real_loop_ms
+
+
+def test_the_loops_wait_for_batches_is_what_the_loader_made_it_wait():
+    from benchmarks.training_throughput import WaitedLoader
+
+    class Slow:
+        def __len__(self) -> int:
+            return 3
+
+        def __iter__(self):
+            for i in range(3):
+                time.sleep(0.05)
+                yield i
+
+    waited = WaitedLoader(Slow())
+    t0 = time.perf_counter()
+    batches = []
+    for batch in waited:
+        batches.append(batch)
+        time.sleep(0.02)  # the "training step": not waiting
+    total = time.perf_counter() - t0
+    assert batches == [0, 1, 2] and len(waited) == 3
+    assert 0.15 <= waited.seconds < total - 0.05
