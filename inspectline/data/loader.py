@@ -80,12 +80,20 @@ def loader_workers(setting: int | str, cpu_count: int | None = None) -> int:
     few per cent of a full-width ResNet18's step, but a fifth of the quarter-width one's in
     ``elpv-cpu-long``, and even there one worker on 2 cores trained slower (README, "Training: speed
     and what each lever does"). Bigger machines get a quarter of their cores (at most 8), so the
-    loader keeps up with a GPU.
+    loader keeps up with a GPU. The cores counted are those this process may run on (a container's or
+    ``taskset``'s CPU set), as PyTorch counts them for its own threads, not every core of the host.
     """
     if setting != "auto":
         return int(setting)
-    cores = cpu_count or os.cpu_count() or 1
+    cores = cpu_count or _usable_cores()
     return 0 if cores <= 4 else min(8, cores // 4)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no CPU affinity on this platform (macOS)
+        return os.cpu_count() or 1
 
 
 def create_loader(

@@ -53,6 +53,18 @@ def test_auto_workers_keep_small_machines_in_process_and_scale_on_big_ones():
     assert loader_workers(3, cpu_count=2) == 3
 
 
+def test_auto_workers_count_the_cores_this_process_may_use_not_the_hosts(monkeypatch):
+    import os
+
+    from inspectline.data import loader_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1}, raising=False)  # a 2-CPU container
+    assert loader_workers("auto") == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)), raising=False)
+    assert loader_workers("auto") == 4
+
+
 def test_soft_targets_are_the_annotators_probability_where_a_sample_has_one(tmp_path: Path):
     samples = [
         Sample(key="a", path=tmp_path / "a.png", label=0, meta={"defect_probability": 0.3333}),
