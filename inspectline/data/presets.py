@@ -39,8 +39,8 @@ class ElasticTransform(A.ElasticTransform):
     so every image gets exactly the distortion ``A.ElasticTransform`` would give it (bit for bit: a
     float32 sum of an integer coordinate and a float32 shift rounds as the float64 sum cast to float32
     does). Albumentations 2.0 builds the maps from int64 coordinate grids through float64, which took
-    1.2 ms of the transform's 4 ms on a 192 px cell, and the transform is most of the ``train``
-    preset's cost.
+    1.2 ms of the transform's 4 ms on a 192 px cell, and the transform is the largest part of the
+    ``train`` preset's cost.
     """
 
     def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:  # noqa: ARG002 - the base signature
