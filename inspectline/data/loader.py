@@ -110,7 +110,8 @@ def create_loader(
     With workers, this process's OpenCV is set to one thread: the workers do the augmenting, and they
     are forked (sharing the image cache with this process instead of each holding a copy). A worker
     forked while OpenCV's thread pool is running inherits the pool without its threads and hangs in
-    its first OpenCV call; with one thread there is no pool to inherit.
+    its first OpenCV call; with one thread there is no pool to inherit, and each worker inherits that
+    one thread, so the workers share the CPU with the training process without oversubscribing it.
     """
     if num_workers > 0:
         cv2.setNumThreads(1)
@@ -140,7 +141,6 @@ def create_loader(
 def _seed_worker(_worker_id: int) -> None:
     import random
 
-    cv2.setNumThreads(1)  # inherited already (create_loader); workers share the CPU with the training process
     seed = torch.initial_seed() % 2**32  # differs per worker and per epoch
     np.random.seed(seed)
     random.seed(seed)
